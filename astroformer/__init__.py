@@ -1,0 +1,14 @@
+"""astroformer: a differentiable simulator of neuron–astrocyte networks that compute self-attention."""
+
+from ._baselines import linear_attention as linear_attention, softmax_attention as softmax_attention
+from ._block import na_attention as na_attention
+from ._features import (
+    AbstractFeatureMap as AbstractFeatureMap,
+    EluFeatures as EluFeatures,
+    PositiveRandomFeatures as PositiveRandomFeatures,
+    RandomFourierFeatures as RandomFourierFeatures,
+)
+from ._params import NAParams as NAParams
+from ._read import Magnus2 as Magnus2
+
+__version__ = "0.1.0"

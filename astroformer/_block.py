@@ -1,0 +1,176 @@
+"""One neuron–astrocyte attention head: write phase, then one read per query (model.md §3–4)."""
+
+from typing import Literal
+
+import diffrax
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float
+
+from ._astrocyte import calcium_initial
+from ._linear import linear_attention_state, normalised_linear_attention
+from ._params import NAParams
+from ._read import FullReadField, Magnus2, ReducedReadField, read_grid
+from ._validate import check_choice, check_finite, check_mask, check_matrix
+from ._write import ReducedMemory, write_full, write_reduced
+
+
+def na_attention(
+    phi_q: Float[Array, "L M"],
+    phi_k: Float[Array, "L M"],
+    v: Float[Array, "L N"],
+    params: NAParams,
+    *,
+    causal: bool = True,
+    mode: Literal["ode", "equilibrium"] = "ode",
+    mask: Bool[Array, " L"] | None = None,
+    state: Literal["reduced", "full"] = "reduced",
+    solver: diffrax.AbstractSolver | None = None,
+    stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+    adjoint: diffrax.AbstractAdjoint | None = None,
+    read_steps: int = 16,
+    max_steps: int = 4096,
+    chunk_size: int = 64,
+    throw: bool = True,
+) -> Float[Array, "L N"]:
+    r"""Attention computed by a network of neurons, tripartite synapses and one astrocyte.
+
+    Tokens are written one window $T_w$ each into the synaptic trace $c$ and the astrocyte weights $g$; each
+    query $t$ is then read from rest for a window $T_r$ and the block returns the output neurons' rates
+    $x(T_r)$ (model.md §3). In the limit of fast neurons and long reads this is random-feature attention
+    with the astrocyte as the normaliser:
+
+    $$x^*_t = \frac{\sum_{\tau} v_\tau\,\phi(q_t)\cdot\phi(k_\tau)}{\sum_\tau \phi(q_t)\cdot\phi(k_\tau)}
+      \approx \mathrm{softmax}(q_t K^\top) V.$$
+
+    **Arguments:**
+
+    - `phi_q`, `phi_k`: feature-neuron rates $\phi(q_t)$, $\phi(k_t)$, shape (L, M), non-negative.
+    - `v`: values, shape (L, N).
+    - `params`: an `NAParams`.
+    - `causal`: if True the read of query t follows the write of token t; otherwise all queries are read
+      after the whole sequence.
+    - `mode`: `"ode"` simulates the equations; `"equilibrium"` returns the closed-form fixed point $x^*$.
+    - `mask`: optional (L,) booleans; a False token is not presented (its window writes nothing).
+    - `state`: `"reduced"` (default, exact O(M) reduction, equal to the full model, see the tests) or
+      `"full"` (the literal N×M synapses and N×M calcium processes; for validation and small sizes).
+    - `solver`, `stepsize_controller`, `adjoint`: diffrax options. Reduced default: `Magnus2()` on a fixed
+      geometric grid of `read_steps` steps (unconditionally stable) and
+      `RecursiveCheckpointAdjoint(checkpoints=read_steps)`. Full default: `Kvaerno5()` with a
+      `PIDController` (rtol 1e-6, atol 1e-9; 1e-4/1e-6 in float32).
+    - `max_steps`: per-solve step budget of adaptive solvers; running out raises an error.
+    - `chunk_size`: chunk length of the causal linear-time readout.
+    - `throw`: raise on solver failure (diffrax's `throw`).
+
+    **Returns:** the outputs $x$ at the end of each read (or $x^*$), shape (L, N).
+
+    References: Kozachkov, Kastanenka & Krotov, PNAS 120:e2219150120 (2023); Kozachkov, Slotine & Krotov,
+    arXiv:2311.08135, App. C.
+    """
+    check_choice("mode", mode, ("ode", "equilibrium"))
+    check_choice("state", state, ("reduced", "full"))
+    if not isinstance(params, NAParams):
+        raise TypeError(f"params: expected an astroformer.NAParams, got {type(params).__name__}")
+    check_matrix("phi_q", phi_q)
+    L, M = phi_q.shape
+    check_matrix("phi_k", phi_k, rows=L, cols=M, rows_from="phi_q", cols_from="phi_q")
+    check_matrix("v", v, rows=L, rows_from="phi_q")
+    present = check_mask(mask, L)
+    phi_q = check_finite("phi_q", phi_q, nonnegative=True)
+    phi_k = check_finite("phi_k", phi_k, nonnegative=True)
+    v = check_finite("v", v)
+
+    if mode == "equilibrium":
+        log_decay = jnp.where(present, params.log_write_decay(), 0.0).astype(phi_q.dtype)
+        return normalised_linear_attention(phi_q, phi_k, v, log_decay, present, causal=causal,
+                                           chunk_size=chunk_size)
+    opts = dict(solver=solver, stepsize_controller=stepsize_controller, adjoint=adjoint, read_steps=read_steps,
+                max_steps=max_steps, throw=throw)
+    if state == "full":
+        return _ode_full(phi_q, phi_k, v, params, present, causal=causal, **opts)
+    memory = write_reduced(phi_k, v, params, present)
+    z = reduced_read(phi_q, memory, params, v.shape[-1], causal=causal, **opts)
+    return linear_attention_state(z, memory.keys, memory.values, memory.log_decay, causal=causal,
+                                  chunk_size=chunk_size)
+
+
+def _default_tolerances(dtype):
+    return (1e-6, 1e-9) if dtype == jnp.float64 else (1e-4, 1e-6)
+
+
+def reduced_read(phi_q, memory: ReducedMemory, params: NAParams, N: int, *, causal: bool, solver,
+                 stepsize_controller, adjoint, read_steps, max_steps, throw, saveat=None):
+    r"""Solve every query's reduced read at once; returns $z(T_r)$, shape (L, M) (or the diffrax solution
+    when `saveat` is given)."""
+    L, M = phi_q.shape
+    g = memory.astrocyte_weights()
+    if not causal:
+        g = jnp.broadcast_to(g[-1], g.shape)
+    p0 = calcium_initial(phi_q, g)
+    field = ReducedReadField(phi_q=phi_q, p0=p0, p_bar=jnp.mean(p0, axis=-1, keepdims=True),
+                             rate=N * M / params.tau_p, params=params)
+    grid = read_grid(params, N, M, read_steps, phi_q.dtype)
+    solver = Magnus2() if solver is None else solver
+    dt0 = None
+    if stepsize_controller is None:
+        if isinstance(solver, Magnus2) or not isinstance(solver, diffrax.AbstractAdaptiveSolver):
+            stepsize_controller = diffrax.StepTo(ts=grid)
+        else:
+            rtol, atol = _default_tolerances(phi_q.dtype)
+            stepsize_controller = diffrax.PIDController(rtol=rtol, atol=atol)
+            dt0 = grid[1]
+    if isinstance(stepsize_controller, diffrax.StepTo):
+        max_steps = len(stepsize_controller.ts) - 1
+        adjoint = diffrax.RecursiveCheckpointAdjoint(checkpoints=max_steps) if adjoint is None else adjoint
+    adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
+    y0 = (jnp.zeros_like(phi_q), jnp.zeros_like(phi_q))
+    sol = diffrax.diffeqsolve(diffrax.ODETerm(field), solver, 0.0, 1.0, dt0, y0,
+                              stepsize_controller=stepsize_controller, adjoint=adjoint,
+                              saveat=diffrax.SaveAt(t1=True) if saveat is None else saveat,
+                              max_steps=max_steps, throw=throw)
+    return sol.ys[1][-1] if saveat is None else sol
+
+
+def _full_options(dtype, solver, stepsize_controller, adjoint):
+    solver = diffrax.Kvaerno5() if solver is None else solver
+    if stepsize_controller is None:
+        rtol, atol = _default_tolerances(dtype)
+        stepsize_controller = diffrax.PIDController(rtol=rtol, atol=atol)
+    adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
+    dt0 = None if isinstance(stepsize_controller, diffrax.PIDController) else 1e-3
+    return solver, stepsize_controller, adjoint, dt0
+
+
+def full_memory(phi_k, v, params, present, *, solver, stepsize_controller, adjoint, max_steps, throw):
+    """The literal write phase: c (L, N, M) and g (L, M) after each token."""
+    solver, stepsize_controller, adjoint, dt0 = _full_options(phi_k.dtype, solver, stepsize_controller, adjoint)
+    c, g, _ = write_full(phi_k, v, params, present, solver=solver, stepsize_controller=stepsize_controller,
+                         adjoint=adjoint, max_steps=max_steps, dt0=dt0, throw=throw)
+    return c, g
+
+
+def full_read(phi_q_t, c_t, g_t, params, *, solver, stepsize_controller, adjoint, max_steps, throw,
+              saveat=None):
+    """The literal read of one query from rest: returns the diffrax solution over state (h, x, s, p)."""
+    N, M = c_t.shape
+    dtype = c_t.dtype
+    solver, stepsize_controller, adjoint, dt0 = _full_options(dtype, solver, stepsize_controller, adjoint)
+    p0 = jnp.broadcast_to(calcium_initial(phi_q_t, g_t), (N, M))
+    y0 = (jnp.zeros(M, dtype), jnp.zeros(N, dtype), jnp.zeros((N, M), dtype), p0)
+    return diffrax.diffeqsolve(diffrax.ODETerm(FullReadField(params)), solver, 0.0, 1.0, dt0, y0,
+                               args=(phi_q_t, c_t), stepsize_controller=stepsize_controller, adjoint=adjoint,
+                               saveat=diffrax.SaveAt(t1=True) if saveat is None else saveat,
+                               max_steps=max_steps, throw=throw)
+
+
+def _ode_full(phi_q, phi_k, v, params, present, *, causal, solver, stepsize_controller, adjoint, read_steps,
+              max_steps, throw):
+    del read_steps
+    opts = dict(solver=solver, stepsize_controller=stepsize_controller, adjoint=adjoint, max_steps=max_steps,
+                throw=throw)
+    c, g = full_memory(phi_k, v, params, present, **opts)
+    if not causal:
+        c = jnp.broadcast_to(c[-1], c.shape)
+        g = jnp.broadcast_to(g[-1], g.shape)
+    read = jax.vmap(lambda q, ct, gt: full_read(q, ct, gt, params, **opts).ys[1][-1])
+    return read(phi_q, c, g)

@@ -1,0 +1,94 @@
+r"""Decayed linear recurrences and (chunked) linear attention, the algebra that the reduced write phase and the
+equilibrium share.
+
+A stored trace with per-token decay $e^{\ell_t}$ obeys $S_t = e^{\ell_t} S_{t-1} + \sum_r k_{r,t} v_{r,t}^\top$,
+and a query reads $q_t^\top S_t$. The causal form is computed chunk by chunk (quadratic inside a chunk, a
+recurrence across chunks), so its cost is linear in the sequence length.
+"""
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float
+
+
+def linear_recurrence(a: Float[Array, "L *K"], b: Float[Array, "L *K"]) -> Float[Array, "L *K"]:
+    r"""$y_t = a_t\,y_{t-1} + b_t$ with $y_0 = 0$ (so $y_1 = b_1$), by a parallel associative scan."""
+
+    def combine(left, right):
+        a_l, b_l = left
+        a_r, b_r = right
+        return a_l * a_r, a_r * b_l + b_r
+
+    return jax.lax.associative_scan(combine, (a, b))[1]
+
+
+def linear_attention_state(q: Float[Array, "L M"], keys: Float[Array, "R L M"], values: Float[Array, "R L N"],
+                           log_decay: Float[Array, " L"], *, causal: bool, chunk_size: int = 64
+                           ) -> Float[Array, "L N"]:
+    r"""$o_t = q_t^\top S$, with $S = \sum_{r}\sum_{\tau} e^{A_t - A_\tau} k_{r\tau} v_{r\tau}^\top$ and
+    $A_t = \sum_{u \le t}\ell_u$.
+
+    Causal: the sum runs over $\tau \le t$ (the state after token $t$). Bidirectional: over all $\tau$, read
+    after the last token ($A_t \to A_L$).
+
+    **Arguments:**
+
+    - `q`: (L, M) queries (features).
+    - `keys`: (R, L, M), `values`: (R, L, N): R rank-one streams written per token.
+    - `log_decay`: (L,) non-positive log decay $\ell_t$ applied when token t arrives.
+    - `causal`, `chunk_size`: the causal algorithm works in chunks of this many tokens.
+
+    **Returns:** (L, N).
+    """
+    L, M = q.shape
+    A = jnp.cumsum(log_decay)
+    if not causal:
+        w = jnp.exp(A[-1] - A)
+        state = jnp.einsum("t,rtm,rtn->mn", w, keys, values)
+        return q @ state
+
+    C = min(chunk_size, L)
+    n_chunks = -(-L // C)
+    pad = n_chunks * C - L
+    if pad:
+        q = jnp.pad(q, ((0, pad), (0, 0)))
+        keys = jnp.pad(keys, ((0, 0), (0, pad), (0, 0)))
+        values = jnp.pad(values, ((0, 0), (0, pad), (0, 0)))
+        log_decay = jnp.pad(log_decay, (0, pad))
+    R, N = keys.shape[0], values.shape[-1]
+    qc = q.reshape(n_chunks, C, M)
+    kc = keys.reshape(R, n_chunks, C, M).transpose(1, 0, 2, 3)
+    vc = values.reshape(R, n_chunks, C, N).transpose(1, 0, 2, 3)
+    a = jnp.cumsum(log_decay.reshape(n_chunks, C), axis=-1)  # local cumulative log decay
+
+    tril = jnp.tril(jnp.ones((C, C), dtype=bool))
+    diff = jnp.where(tril, a[:, :, None] - a[:, None, :], 0.0)
+    weights = jnp.where(tril, jnp.exp(diff), 0.0)  # (n, C, C)
+    scores = jnp.einsum("ncm,nrdm->nrcd", qc, kc) * weights[:, None]
+    intra = jnp.einsum("nrcd,nrdv->ncv", scores, vc)
+
+    to_end = jnp.exp(a[:, -1:] - a)  # decay from each token to the chunk's end
+    chunk_kv = jnp.einsum("nd,nrdm,nrdv->nmv", to_end, kc, vc)
+    chunk_decay = jnp.exp(a[:, -1])
+
+    def step(state, inputs):
+        decay, kv = inputs
+        return decay * state + kv, state
+
+    _, before = jax.lax.scan(step, jnp.zeros((M, N), q.dtype), (chunk_decay, chunk_kv))
+    inter = jnp.einsum("ncm,nmv->ncv", qc * jnp.exp(a)[..., None], before)
+    return (intra + inter).reshape(n_chunks * C, N)[:L]
+
+
+def normalised_linear_attention(phi_q: Float[Array, "L M"], phi_k: Float[Array, "L M"], v: Float[Array, "L N"],
+                                log_decay: Float[Array, " L"], present: Bool[Array, " L"], *, causal: bool,
+                                chunk_size: int = 64) -> Float[Array, "L N"]:
+    r"""$y_t = \sum_\tau w_{t\tau} v_\tau\,(\phi(q_t)\cdot\phi(k_\tau)) / \sum_\tau w_{t\tau}\,(\phi(q_t)\cdot\phi(k_\tau))$
+    with decay weights $w$ and only `present` tokens; 0 where the denominator vanishes."""
+    phi_k = jnp.where(present[:, None], phi_k, 0.0)
+    values = jnp.concatenate([v, jnp.ones_like(v[:, :1])], axis=-1)
+    out = linear_attention_state(phi_q, phi_k[None], values[None], log_decay, causal=causal,
+                                 chunk_size=chunk_size)
+    num, den = out[:, :-1], out[:, -1:]
+    ok = den != 0
+    return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)

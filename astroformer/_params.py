@@ -1,0 +1,94 @@
+"""The biophysical parameters of one neuron–astrocyte attention head."""
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float
+
+
+_POSITIVE_FIELDS = ("tau_n", "tau_s", "tau_p", "t_write", "t_read")
+
+
+def _is_concrete(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if value is None or not _is_concrete(value):
+        return
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise TypeError(f"NAParams.{name}: expected a positive number, got {value!r}") from None
+    if not np.all(np.isfinite(arr)) or not np.all(arr > 0):
+        raise ValueError(f"NAParams.{name}: expected a positive, finite time constant, got {value!r}")
+
+
+class NAParams(eqx.Module):
+    r"""Time constants of the neuron–astrocyte attention head (Kozachkov, Kastanenka & Krotov, PNAS 2023;
+    Kozachkov, Slotine & Krotov, arXiv 2311.08135, App. C). Equation numbers follow `model.md` §3.
+
+    **Fields** (all positive scalars, or arrays of one value per head when stacked by
+    `NeuronAstrocyteAttention`):
+
+    - `tau_n`: neuron time constant: $\tau_n \dot h = -h + \phi(u)$, $\tau_n \dot x = -x + \dots$.
+    - `tau_s`: synaptic time constant: $\tau_s \dot s_{ij} = -p_{ij} s_{ij} + c_{ij}$.
+    - `tau_p`: calcium diffusion time constant: $\tau_p \dot p_{ij} = \sum_{kl}(p_{kl} - p_{ij})$; the processes
+      synchronise at rate $NM/\tau_p$.
+    - `t_write`: the window $T_w$ for which each token is presented while writing.
+    - `t_read`: the read window $T_r$; the block returns $x(T_r)$.
+    - `tau_f`: forgetting time of the Hebbian trace and astrocyte weights, or `None` (no forgetting, the paper).
+
+    Nothing in the fixed point depends on `tau_n`, `tau_s`, `tau_p`: they set how fast and how exactly a finite
+    read gets there. A read has settled when $\bar p\,T_r / \tau_s \gg 1$ and $T_r \gg \tau_n$, where
+    $\bar p = \phi(q)\cdot g / M \approx \sum_t e^{q\cdot k_t} / M$; the write is exact up to
+    $O(\tau_n / T_w)$.
+
+    Values are checked when concrete (a non-positive, infinite or NaN time constant raises `ValueError`); inside
+    `jax.jit`/`jax.grad` they are traced and not checked. To train them, optimise an unconstrained
+    reparameterisation (see `astroformer.fit`), never the raw values.
+    """
+
+    tau_n: Float[ArrayLike, "*heads"] = 1e-3
+    tau_s: Float[ArrayLike, "*heads"] = 1e-4
+    tau_p: Float[ArrayLike, "*heads"] = 1.0
+    t_write: Float[ArrayLike, "*heads"] = 1.0
+    t_read: Float[ArrayLike, "*heads"] = 1.0
+    tau_f: Float[ArrayLike, "*heads"] | None = None
+
+    def __check_init__(self):
+        for name in _POSITIVE_FIELDS:
+            _check_positive(name, getattr(self, name))
+        _check_positive("tau_f", self.tau_f)
+
+    def write_decay(self) -> Float[Array, "*heads"]:
+        r"""$F = e^{-T_w/\tau_f}$, the factor by which the stored trace decays over one write window (1 if no
+        forgetting)."""
+        if self.tau_f is None:
+            return jnp.ones_like(jnp.asarray(self.t_write))
+        return jnp.exp(-jnp.asarray(self.t_write) / jnp.asarray(self.tau_f))
+
+    def log_write_decay(self) -> Float[Array, "*heads"]:
+        r"""$\log F = -T_w / \tau_f$ (0 if no forgetting)."""
+        if self.tau_f is None:
+            return jnp.zeros_like(jnp.asarray(self.t_write, dtype=float))
+        return -jnp.asarray(self.t_write) / jnp.asarray(self.tau_f)
+
+    @staticmethod
+    def stack(params: "list[NAParams]") -> "NAParams":
+        """Stack per-head parameters into one `NAParams` with a leading head axis."""
+        forgets = [p.tau_f is None for p in params]
+        if any(forgets) and not all(forgets):
+            raise ValueError("NAParams.stack: either every head forgets (tau_f set) or none does")
+        return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *params)
+
+
+def default_params() -> NAParams:
+    """The library's default parameters (see `NAParams`)."""
+    return NAParams()
+
+
+__all__ = ["NAParams", "default_params"]

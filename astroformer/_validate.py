@@ -1,0 +1,47 @@
+"""Input checks shared by the public functions: every error names the argument, what was expected and what
+came."""
+
+import equinox as eqx
+import jax.numpy as jnp
+
+
+def check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def check_matrix(name: str, x, *, rows: int | None = None, cols: int | None = None,
+                 rows_from: str = "", cols_from: str = ""):
+    """Check that `x` is a 2-D floating array; returns it as an array."""
+    if not hasattr(x, "shape"):
+        raise TypeError(f"{name}: expected a 2-D JAX array, got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array of shape (L, features), got shape {tuple(x.shape)}"
+                         " (use jax.vmap for batch and head axes)")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{name}: expected a floating dtype, got {x.dtype}")
+    if rows is not None and x.shape[0] != rows:
+        raise ValueError(f"{name}: expected {rows} rows (the sequence length of {rows_from}), "
+                         f"got shape {tuple(x.shape)}")
+    if cols is not None and x.shape[1] != cols:
+        raise ValueError(f"{name}: expected {cols} columns (as {cols_from}), got shape {tuple(x.shape)}")
+    return x
+
+
+def check_mask(mask, length: int):
+    if mask is None:
+        return jnp.ones(length, bool)
+    mask = jnp.asarray(mask)
+    if mask.shape != (length,) or mask.dtype != bool:
+        raise ValueError(f"mask: expected a boolean array of shape ({length},), "
+                         f"got {mask.dtype} of shape {tuple(mask.shape)}")
+    return mask
+
+
+def check_finite(name: str, x, *, nonnegative: bool = False):
+    """Runtime check (works under jit): raise if `x` holds NaN/inf (or negative values)."""
+    x = eqx.error_if(x, ~jnp.all(jnp.isfinite(x)), f"{name}: expected finite values, got NaN or inf")
+    if nonnegative:
+        x = eqx.error_if(x, jnp.any(x < 0), f"{name}: expected non-negative firing rates (phi >= 0), "
+                                            "got negative values; use a positive feature map")
+    return x
