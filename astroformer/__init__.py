@@ -12,3 +12,17 @@ from ._params import NAParams as NAParams
 from ._read import Magnus2 as Magnus2
 
 __version__ = "0.1.0"
+
+from ._attention import (
+    ATTENTION_KINDS as ATTENTION_KINDS,
+    AbstractAttention as AbstractAttention,
+    LinearAttention as LinearAttention,
+    NeuronAstrocyteAttention as NeuronAstrocyteAttention,
+    SoftmaxAttention as SoftmaxAttention,
+    make_attention as make_attention,
+)
+from ._trajectory import (
+    ReadTrajectory as ReadTrajectory,
+    plot_read_trajectory as plot_read_trajectory,
+    read_trajectory as read_trajectory,
+)

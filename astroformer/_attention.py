@@ -1,0 +1,196 @@
+"""Multi-head attention layers, (L, d_model) -> (L, d_model), one per attention kind, interchangeable.
+
+All share the query/key/value/output projections and the $D^{-1/4}$ scaling of queries and keys (model.md §2);
+they differ only in what one head computes. Batch with `jax.vmap`.
+"""
+
+import abc
+from typing import Literal
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
+
+from ._baselines import linear_attention, softmax_attention
+from ._block import na_attention
+from ._features import AbstractFeatureMap, EluFeatures, PositiveRandomFeatures, RandomFourierFeatures
+from ._params import NAParams
+
+
+def _dense(layer: eqx.nn.Linear, x: Float[Array, "L d_in"]) -> Float[Array, "L d_out"]:
+    # A matmul over the whole sequence (faster on CPU than vmapping a vector layer).
+    return x @ layer.weight.T + layer.bias
+
+
+class AbstractAttention(eqx.Module):
+    """Shared projections of a multi-head attention layer; subclasses define one head's computation."""
+
+    query: eqx.AbstractVar[eqx.nn.Linear]
+    key: eqx.AbstractVar[eqx.nn.Linear]
+    value: eqx.AbstractVar[eqx.nn.Linear]
+    output: eqx.AbstractVar[eqx.nn.Linear]
+    num_heads: eqx.AbstractVar[int]
+    causal: eqx.AbstractVar[bool]
+
+    @abc.abstractmethod
+    def head(self, q: Float[Array, "L D"], k: Float[Array, "L D"], v: Float[Array, "L D"],
+             mask: Bool[Array, " L"] | None, index: Array) -> Float[Array, "L D"]:
+        """One head on scaled queries and keys; `index` is the head's index (for per-head parameters)."""
+
+    def __call__(self, x: Float[Array, "L d_model"], mask: Bool[Array, " L"] | None = None
+                 ) -> Float[Array, "L d_model"]:
+        """**Arguments:** `x` (L, d_model); `mask` optional (L,) booleans, False = padding.
+
+        **Returns:** (L, d_model)."""
+        if x.ndim != 2:
+            raise ValueError(f"x: expected shape (L, d_model), got {tuple(x.shape)} (use jax.vmap for batches)")
+        L, d_model = x.shape
+        H = self.num_heads
+        D = d_model // H
+        scale = D ** -0.25
+
+        def split(a):
+            return a.reshape(L, H, D).transpose(1, 0, 2)
+
+        q = split(_dense(self.query, x)) * scale
+        k = split(_dense(self.key, x)) * scale
+        v = split(_dense(self.value, x))
+        out = jax.vmap(lambda q, k, v, i: self.head(q, k, v, mask, i))(q, k, v, jnp.arange(H))
+        return _dense(self.output, out.transpose(1, 0, 2).reshape(L, d_model))
+
+
+def _projections(d_model: int, num_heads: int, key: PRNGKeyArray, dtype=None):
+    if d_model % num_heads:
+        raise ValueError(f"d_model: expected a multiple of num_heads={num_heads}, got {d_model}")
+    kq, kk, kv, ko = jax.random.split(key, 4)
+    return tuple(eqx.nn.Linear(d_model, d_model, key=k, dtype=dtype) for k in (kq, kk, kv, ko))
+
+
+class SoftmaxAttention(AbstractAttention):
+    """Vanilla multi-head softmax attention (`jax.nn.dot_product_attention`)."""
+
+    query: eqx.nn.Linear
+    key: eqx.nn.Linear
+    value: eqx.nn.Linear
+    output: eqx.nn.Linear
+    num_heads: int = eqx.field(static=True)
+    causal: bool = eqx.field(static=True)
+
+    def __init__(self, d_model: int, num_heads: int, *, causal: bool = True, dtype=None, key: PRNGKeyArray):
+        self.query, self.key, self.value, self.output = _projections(d_model, num_heads, key, dtype)
+        self.num_heads = num_heads
+        self.causal = causal
+
+    def head(self, q, k, v, mask, index):
+        return softmax_attention(q, k, v, causal=self.causal, mask=mask)
+
+
+class LinearAttention(AbstractAttention):
+    """Multi-head kernelised linear attention on a feature map (default `elu + 1`)."""
+
+    query: eqx.nn.Linear
+    key: eqx.nn.Linear
+    value: eqx.nn.Linear
+    output: eqx.nn.Linear
+    feature_map: AbstractFeatureMap
+    num_heads: int = eqx.field(static=True)
+    causal: bool = eqx.field(static=True)
+
+    def __init__(self, d_model: int, num_heads: int, *, feature_map: AbstractFeatureMap | None = None,
+                 causal: bool = True, dtype=None, key: PRNGKeyArray):
+        kp, kf = jax.random.split(key)
+        self.query, self.key, self.value, self.output = _projections(d_model, num_heads, kp, dtype)
+        self.feature_map = EluFeatures(d_model // num_heads, dtype=dtype) if feature_map is None else feature_map
+        self.num_heads = num_heads
+        self.causal = causal
+
+    def head(self, q, k, v, mask, index):
+        return linear_attention(self.feature_map(q), self.feature_map(k), v, causal=self.causal, mask=mask)
+
+
+class NeuronAstrocyteAttention(AbstractAttention):
+    r"""Multi-head attention whose heads are neuron–astrocyte networks (`na_attention`).
+
+    **Arguments:**
+
+    - `d_model`, `num_heads`: sizes; each head has D = N = d_model / num_heads.
+    - `num_features`: M feature neurons per head (ignored if `feature_map` is given).
+    - `feature_map`: the feature-neuron tuning shared by all heads (default: `PositiveRandomFeatures`,
+      frozen). Must be non-negative (firing rates).
+    - `params`: `NAParams` for every head (scalars are broadcast to all heads). Default: `NAParams` with
+      `tau_s = 0.01 / num_features`, so that reads settle whatever M (the calcium per process scales as 1/M).
+    - `mode`: `"ode"` (simulate) or `"equilibrium"` (closed-form fixed point).
+    - `causal`: autoregressive (True) or bidirectional.
+    - `solver`, `read_steps`, ...: passed to `na_attention`.
+    - `key`: PRNG key (keyword-only).
+
+    The time constants in `params` are fields of the module; exclude them from optimisers unless trained
+    through a positive reparameterisation.
+    """
+
+    query: eqx.nn.Linear
+    key: eqx.nn.Linear
+    value: eqx.nn.Linear
+    output: eqx.nn.Linear
+    feature_map: AbstractFeatureMap
+    params: NAParams
+    num_heads: int = eqx.field(static=True)
+    causal: bool = eqx.field(static=True)
+    mode: str = eqx.field(static=True)
+    state: str = eqx.field(static=True)
+    solver: diffrax.AbstractSolver | None = eqx.field(static=True)
+    read_steps: int = eqx.field(static=True)
+    chunk_size: int = eqx.field(static=True)
+
+    def __init__(self, d_model: int, num_heads: int, *, num_features: int = 64,
+                 feature_map: AbstractFeatureMap | None = None, params: NAParams | None = None,
+                 mode: Literal["ode", "equilibrium"] = "ode", state: Literal["reduced", "full"] = "reduced",
+                 causal: bool = True, solver: diffrax.AbstractSolver | None = None, read_steps: int = 16,
+                 chunk_size: int = 64, dtype=None, key: PRNGKeyArray):
+        kp, kf = jax.random.split(key)
+        self.query, self.key, self.value, self.output = _projections(d_model, num_heads, kp, dtype)
+        D = d_model // num_heads
+        if feature_map is None:
+            feature_map = PositiveRandomFeatures(D, num_features, dtype=dtype, key=kf)
+        if not feature_map.nonnegative:
+            raise ValueError(f"feature_map: expected a non-negative feature map (firing rates), got "
+                             f"{type(feature_map).__name__}; use PositiveRandomFeatures or EluFeatures")
+        if feature_map.in_dim != D:
+            raise ValueError(f"feature_map: expected in_dim = d_model / num_heads = {D}, "
+                             f"got {feature_map.in_dim}")
+        self.feature_map = feature_map
+        params = NAParams(tau_s=0.01 / feature_map.num_features) if params is None else params
+        self.params = jax.tree.map(lambda a: jnp.broadcast_to(jnp.asarray(a, dtype), (num_heads,)), params)
+        self.num_heads = num_heads
+        self.causal = causal
+        self.mode = mode
+        self.state = state
+        self.solver = solver
+        self.read_steps = read_steps
+        self.chunk_size = chunk_size
+
+    def head(self, q, k, v, mask, index):
+        params = jax.tree.map(lambda a: a[index], self.params)
+        return na_attention(self.feature_map(q), self.feature_map(k), v, params, causal=self.causal,
+                            mode=self.mode, mask=mask, state=self.state, solver=self.solver,
+                            read_steps=self.read_steps, chunk_size=self.chunk_size)
+
+
+ATTENTION_KINDS = ("softmax", "linear", "na-equilibrium", "na-ode")
+
+
+def make_attention(kind: str, d_model: int, num_heads: int, *, causal: bool = True, num_features: int = 64,
+                   params: NAParams | None = None, key: PRNGKeyArray, **kwargs) -> AbstractAttention:
+    """Build an attention layer by name: one of `ATTENTION_KINDS`. Extra keyword arguments go to the class."""
+    if kind == "softmax":
+        return SoftmaxAttention(d_model, num_heads, causal=causal, key=key, **kwargs)
+    if kind == "linear":
+        return LinearAttention(d_model, num_heads, causal=causal, key=key, **kwargs)
+    if kind in ("na-equilibrium", "na-ode"):
+        return NeuronAstrocyteAttention(d_model, num_heads, num_features=num_features, params=params,
+                                        mode=kind.removeprefix("na-"), causal=causal, key=key, **kwargs)
+    raise ValueError(f"kind: expected one of {', '.join(ATTENTION_KINDS)}, got {kind!r}")
+
+

@@ -1,0 +1,91 @@
+"""The `astroformer` command line: `astroformer simulate` (and, where installed, train/sample/eval/bench)."""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def _simulate(args) -> int:
+    import jax
+    import jax.numpy as jnp
+
+    from . import NAParams, PositiveRandomFeatures, na_attention, plot_read_trajectory, read_trajectory
+    from . import softmax_attention
+
+    key = jax.random.PRNGKey(args.seed)
+    kq, kk, kv, kf = jax.random.split(key, 4)
+    L, D, N = args.length, args.dim, args.dim
+    # Random tokens projected to queries/keys with moderate norms (|q| ~ |k| ~ scale), scaled by D^(-1/4).
+    q = jax.random.normal(kq, (L, D)) * args.scale / jnp.sqrt(D)
+    k = jax.random.normal(kk, (L, D)) * args.scale / jnp.sqrt(D)
+    v = jax.random.normal(kv, (L, N))
+    exact = softmax_attention(q, k, v, causal=True)
+
+    def rel(a, b):
+        return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+    print(f"one head: L={L} tokens, D=N={D}, |q|,|k| ~ {args.scale}, seed {args.seed}, T_r={args.t_read}")
+    print("tau_s = 0.01/M: the synapses relax at rate p/tau_s with p ~ sum_t exp(q.k_t)/M")
+    print(f"{'M':>7} {'|ode-eq|/|eq|':>14} {'|eq-softmax|/|sm|':>18} {'|ode-softmax|/|sm|':>19} {'ode s':>7}")
+    for M in args.features:
+        params = NAParams(t_read=args.t_read, tau_s=0.01 / M)
+        fm = PositiveRandomFeatures(D, M, key=kf)
+        phi_q, phi_k = fm(q), fm(k)
+        eq = na_attention(phi_q, phi_k, v, params, mode="equilibrium")
+        start = time.perf_counter()
+        ode = na_attention(phi_q, phi_k, v, params, mode="ode").block_until_ready()
+        seconds = time.perf_counter() - start
+        print(f"{M:>7} {rel(ode, eq):>14.2e} {rel(eq, exact):>18.2e} {rel(ode, exact):>19.2e} {seconds:>7.2f}")
+
+    M = args.features[0]
+    params = NAParams(t_read=args.t_read, tau_s=0.01 / M)
+    fm = PositiveRandomFeatures(D, M, key=kf)
+    small = slice(0, min(L, 16))
+    traj = read_trajectory(fm(q)[small], fm(k)[small], v[small], params, index=-1)
+    eq = na_attention(fm(q)[small], fm(k)[small], v[small], params, mode="equilibrium")[-1]
+    fig = plot_read_trajectory(traj, equilibrium=eq)
+    fig.suptitle(f"read of token {small.stop} (M={M}, N={N})", y=1.02)
+    out = Path(args.figure)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    print(f"saved the time courses of a read to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="astroformer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sim = sub.add_parser("simulate", help="run one head in every mode on random tokens and compare")
+    sim.add_argument("--length", type=int, default=64, help="number of tokens L")
+    sim.add_argument("--dim", type=int, default=16, help="head dimension D = N")
+    sim.add_argument("--features", type=int, nargs="+", default=[64, 1024, 16384], help="feature counts M")
+    sim.add_argument("--scale", type=float, default=1.0, help="typical query/key norm")
+    sim.add_argument("--t-read", type=float, default=1.0, help="read window T_r")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--figure", default="astroformer-read.png", help="where to save the read's time courses")
+    sim.set_defaults(func=_simulate)
+    for extra in _extra_commands():
+        extra(sub)
+    return parser
+
+
+def _extra_commands():
+    """Subcommands contributed by other modules (training, benchmarks), registered if importable."""
+    commands = []
+    for module, name in (("astroformer.training.cli", "register"), ("benchmarks.cli", "register")):
+        try:
+            mod = __import__(module, fromlist=[name])
+        except ImportError:
+            continue
+        commands.append(getattr(mod, name))
+    return commands
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
