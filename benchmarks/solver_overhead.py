@@ -1,0 +1,121 @@
+"""Solver overhead: the reduced read solved by diffrax against the same method and steps as a plain `lax.scan`.
+
+Both versions apply the identical `Magnus2` step on the identical grid, so they compute the same numbers; the
+ratio is what diffrax's machinery (step-size controller, saving, checkpointed adjoint) costs. Measured for
+the read alone and for the whole block (write + read + readout), forward and forward+backward, interleaved.
+
+    python -m benchmarks.solver_overhead [--quick] [--out PATH]
+"""
+
+import argparse
+import statistics
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from astroformer import NAParams, PositiveRandomFeatures
+from astroformer._block import reduced_read
+from astroformer._linear import linear_attention_state
+from astroformer._read import Magnus2, ReducedReadField, read_grid
+from astroformer._write import write_reduced
+
+from ._common import compile_time, machine_info, summarise, time_call, write_json
+
+
+def scan_read(phi_q, memory, params, N, *, causal, read_steps):
+    """The reduced read with the same `Magnus2` steps on the same grid, written as a `lax.scan`."""
+    L, M = phi_q.shape
+    g = memory.astrocyte_weights()
+    if not causal:
+        g = jnp.broadcast_to(g[-1], g.shape)
+    p0 = phi_q * g
+    field = ReducedReadField(phi_q=phi_q, p0=p0, p_bar=jnp.mean(p0, -1, keepdims=True), rate=N * M / params.tau_p,
+                             params=params)
+    term, solver = diffrax.ODETerm(field), Magnus2()
+    grid = read_grid(params, N, M, read_steps, phi_q.dtype)
+
+    def body(y, interval):
+        y1, *_ = solver.step(term, interval[0], interval[1], y, None, None, False)
+        return y1, None
+
+    y, _ = jax.lax.scan(body, (jnp.zeros_like(phi_q), jnp.zeros_like(phi_q)), (grid[:-1], grid[1:]))
+    return y[1]
+
+
+def diffrax_read(phi_q, memory, params, N, *, causal, read_steps):
+    return reduced_read(phi_q, memory, params, N, causal=causal, solver=None, stepsize_controller=None,
+                        adjoint=None, read_steps=read_steps, max_steps=read_steps, throw=False)
+
+
+def make_block(read, *, read_only, read_steps):
+    def head(phi_q, phi_k, v, params):
+        present = jnp.ones(phi_q.shape[0], bool)
+        memory = write_reduced(phi_k, v, params, present)
+        z = read(phi_q, memory, params, v.shape[-1], causal=True, read_steps=read_steps)
+        if read_only:
+            return z
+        return linear_attention_state(z, memory.keys, memory.values, memory.log_decay, causal=True)
+
+    batched = jax.vmap(jax.vmap(head, in_axes=(0, 0, 0, None)), in_axes=(0, 0, 0, None))
+    forward = jax.jit(batched)
+    backward = jax.jit(jax.grad(lambda q, k, v, p: jnp.sum(batched(q, k, v, p) ** 2), argnums=(0, 1, 2)))
+    return forward, backward
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke test)")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--read-steps", type=int, default=16)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    B, H, L, D, M = (2, 2, 32, 8, 16) if args.quick else (8, 4, 256, 32, 64)
+    repeats = 2 if args.quick else args.repeats
+    kq, kk, kv, kf = jax.random.split(jax.random.PRNGKey(0), 4)
+    fm = PositiveRandomFeatures(D, M, key=kf)
+    scale = D**-0.25
+    phi_q = fm(jax.random.normal(kq, (B, H, L, D)) * scale)
+    phi_k = fm(jax.random.normal(kk, (B, H, L, D)) * scale)
+    v = jax.random.normal(kv, (B, H, L, D))
+    params = NAParams(tau_s=0.01 / M)
+    inputs = (phi_q, phi_k, v, params)
+
+    config = dict(B=B, H=H, L=L, head_dim=D, M=M, read_steps=args.read_steps, dtype="float32", causal=True)
+    results = {"config": config, "machine": machine_info(), "cases": {}}
+    fns = {}
+    for scope in ("read", "block"):
+        for impl, read in (("diffrax", diffrax_read), ("scan", scan_read)):
+            fwd, bwd = make_block(read, read_only=scope == "read", read_steps=args.read_steps)
+            for kind, fn in (("forward", fwd), ("forward+backward", bwd)):
+                name = f"{scope}/{impl}/{kind}"
+                seconds, compiled = compile_time(fn, *inputs)
+                jax.block_until_ready(compiled(*inputs))
+                fns[name] = compiled
+                results["cases"][name] = {"compile_s": seconds}
+    # Same numbers from both implementations (they apply the same steps).
+    same = float(jnp.max(jnp.abs(fns["block/diffrax/forward"](*inputs) - fns["block/scan/forward"](*inputs))))
+    results["max_abs_difference_diffrax_vs_scan"] = same
+    times = {name: [] for name in fns}
+    for _ in range(repeats):  # interleaved: every case once per round
+        for name, fn in fns.items():
+            times[name].append(time_call(fn, *inputs))
+    ratios = {}
+    for name in fns:
+        results["cases"][name].update(summarise(times[name]))
+    for scope in ("read", "block"):
+        for kind in ("forward", "forward+backward"):
+            d, s = times[f"{scope}/diffrax/{kind}"], times[f"{scope}/scan/{kind}"]
+            ratios[f"{scope}/{kind}"] = statistics.median(d) / statistics.median(s)
+    results["ratio_diffrax_over_scan"] = ratios
+    path = write_json(results, args.out, "solver_overhead.json")
+    print(f"diffrax / scan (median of {repeats}, same steps, outputs differ by {same:.1e}):")
+    for key, ratio in ratios.items():
+        print(f"  {key:<24} {ratio:5.2f}x   ({1e3 * results['cases'][key.replace('/', '/diffrax/', 1)]['median']:.1f} ms)")
+    print(f"wrote {path}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
