@@ -26,3 +26,8 @@ from ._trajectory import (
     plot_read_trajectory as plot_read_trajectory,
     read_trajectory as read_trajectory,
 )
+from ._calcium_read import (
+    CalciumCoupling as CalciumCoupling,
+    default_coupling as default_coupling,
+    na_attention_calcium as na_attention_calcium,
+)

@@ -1,0 +1,351 @@
+r"""The read phase with a biophysical astrocyte: each process carries a calcium model (docs/calcium.md).
+
+The paper's abstract astrocyte (model.md §3) is replaced by a calcium model from `astroformer.calcium`
+(`GChI`, `LiRinzel`, or any `AbstractCalciumModel` with scalar state variables). For a query q read after
+the memory c (N×M), g (M) was written, in block time t ∈ [0, T_r]:
+
+    h_j(t) = phi_j(q) (1 - e^{-t/tau_n})                                  (feature neurons, closed form)
+    u_j(t) = gain · h_j(t) g_j                                            (drive of process j)
+    dy_j/dt = time_scale · [ f(y_j, u_j) + D (C̄ - C_j) e_C ]              (calcium model + diffusion)
+    rate_j = rate_max · C_j^n / (C_j^n + K^n)                             (saturating, units of 1/tau_s)
+    tau_s dsigma_j/dt = 1 - rate_j sigma_j,        sigma(0) = 0
+    tau_n dz_j/dt     = -z_j + h_j sigma_j,        z(0) = 0
+    x = c z,  s_ij = c_ij sigma_j
+
+with C_j the process's calcium (`model.calcium(y_j)`), C̄ = mean_j C_j, e_C the unit vector of the calcium
+variable and `time_scale` the model seconds per unit of block time. The abstract model is the special case
+rate_j = p_j(t), the diffusive calcium in closed form.
+
+Exactness of the one-process-per-feature reduction: in the literal network there is one process per synapse
+ij. Its drive gain · h_j g_j and its initial state do not depend on the output neuron i, and all-to-all
+diffusion over the N·M processes sees only their mean; so the N copies j of every process stay identical,
+(C̄ over ij) = (C̄ over j), and the N×M system reduces exactly to M processes, as in the abstract read
+(model.md §5). The tests check this against a literal N×M simulation.
+
+Numerics: the calcium subsystem does not depend on sigma or z, so it is solved first (diffrax, default
+`Tsit5` + `PIDController`, in read time u = t/T_r), saved at the two Gauss–Legendre nodes of every step of a
+fixed read grid; the linear, possibly very stiff synapse/output equations are then advanced on that grid by
+the exponential integrator `Magnus2` with the step-averaged rate from the Gauss nodes (local error
+O(Δu³), unconditionally stable however small tau_s and tau_n are).
+"""
+
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Bool, Float
+
+from ._block import na_attention
+from ._linear import linear_attention_state
+from ._params import NAParams
+from ._read import Magnus2
+from ._special import psi
+from ._validate import check_finite, check_mask, check_matrix
+from ._write import write_reduced
+from .calcium import AbstractCalciumModel, DiffusiveProcesses, GChI, LiRinzel
+from .calcium import default_stepsize_controller as _calcium_controller
+
+_COUPLING_FIELDS = ("gain", "diffusion", "rate_max", "half_saturation", "hill", "time_scale")
+
+
+def _as_float(x: Any) -> Array:
+    x = jnp.asarray(x)
+    return x if jnp.issubdtype(x.dtype, jnp.inexact) else x.astype(jnp.result_type(float))
+
+
+class CalciumCoupling(eqx.Module):
+    r"""How a calcium model is wired into the read phase (docs/calcium.md). Every field is a positive,
+    trainable scalar.
+
+    **Fields:**
+
+    - `gain`: drive per unit of presynaptic drive, $u_j = \text{gain}\cdot h_j g_j$, in the model's drive unit
+      (mM of glutamate $Y_S$ for `GChI`, µM of IP3 for `LiRinzel`). An *absolute* gain: calcium must encode
+      the size of $\bar p = \frac1M\sum_j\phi_j(q)g_j$, the softmax denominator, which a drive normalised by
+      its own mean would divide out.
+    - `diffusion`: $D$ (1/s of model time), all-to-all exchange $D(\bar C - C_j)$ of the calcium variable
+      between processes; conserves $\sum_j C_j$.
+    - `rate_max`: $\rho_{\max}$, maximal synaptic decay rate, in units of $1/\tau_s$.
+    - `half_saturation`: $K$ (µM), calcium at half-maximal rate.
+    - `hill`: $n$, Hill exponent of $\mathrm{rate}_j = \rho_{\max} C_j^n / (C_j^n + K^n)$.
+    - `time_scale`: model seconds per unit of block time ($t_{\text{model}} = \text{time\_scale}\cdot t$).
+
+    Use `default_coupling(model)` for the documented defaults of each model.
+    """
+
+    gain: Float[Array, ""] = eqx.field(converter=_as_float)
+    diffusion: Float[Array, ""] = eqx.field(default=10.0, converter=_as_float)
+    rate_max: Float[Array, ""] = eqx.field(default=1.0, converter=_as_float)
+    half_saturation: Float[Array, ""] = eqx.field(default=1.0, converter=_as_float)
+    hill: Float[Array, ""] = eqx.field(default=2.0, converter=_as_float)
+    time_scale: Float[Array, ""] = eqx.field(default=10.0, converter=_as_float)
+
+    def __check_init__(self):
+        for name in _COUPLING_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, jax.core.Tracer):
+                continue
+            arr = np.asarray(value)
+            if arr.shape != () or not np.isfinite(arr) or not arr > 0:
+                raise ValueError(f"CalciumCoupling.{name}: expected a positive, finite scalar, got {arr!r}")
+
+    def rate(self, calcium: Float[Array, "*b"]) -> Float[Array, "*b"]:
+        r"""$\rho_{\max} C^n / (C^n + K^n)$ for $C > 0$, 0 otherwise (finite value and gradient everywhere)."""
+        positive = calcium > 0
+        safe = jnp.where(positive, calcium, 1.0)
+        return jnp.where(positive, self.rate_max / (1.0 + (self.half_saturation / safe) ** self.hill), 0.0)
+
+
+_DEFAULT_GAIN = {GChI: 0.1, LiRinzel: 3.0}
+
+
+def default_coupling(model: AbstractCalciumModel) -> CalciumCoupling:
+    r"""The default `CalciumCoupling` of `model`: `gain` 0.1 mM (`GChI`) or 3 µM (`LiRinzel`) per unit of
+    $\phi_j(q) g_j$, `diffusion` 10/s, `rate_max` 1, `half_saturation` 1 µM, `hill` 2, `time_scale` 10 s.
+
+    With these, a typical drive $\phi_j g_j \sim 10^{-2}$–$1$ puts the steady calcium in its graded range
+    (G-ChI ≈ 0.4–0.8 µM for $Y_S$ = 1–100 µM; Li–Rinzel ≈ 0.5–1.3 µM for IP3 = 0.05–5 µM), and the default
+    read ($T_r = 1$) lasts 10 model seconds, the time these models take to settle.
+    """
+    for cls, gain in _DEFAULT_GAIN.items():
+        if isinstance(model, cls):
+            return CalciumCoupling(gain=jnp.asarray(gain, model.dtype))
+    raise TypeError(f"default_coupling: no default for {type(model).__name__}; "
+                    "pass coupling=CalciumCoupling(gain=...) explicitly")
+
+
+def _calcium_key(model: AbstractCalciumModel, y: dict) -> str:
+    """The state name of the calcium variable (`model.calcium(y)` must return one entry of `y`)."""
+    c = model.calcium(y)
+    for name in model.state_names:
+        if y[name] is c:
+            return name
+    raise TypeError(f"calcium_model: {type(model).__name__}.calcium(y) must return one of its state variables "
+                    f"{model.state_names} to be coupled by diffusion")
+
+
+class CalciumField(eqx.Module):
+    r"""Calcium of the M processes of every query, in read time $u = t/T_r$; state: the model's dict with
+    leaves of shape (L, M). Fields: `model`, `coupling`, presynaptic drive `phi_g` $= \phi_j(q) g_j$ (L, M),
+    and the `params` (for $T_r$, $\tau_n$)."""
+
+    model: AbstractCalciumModel
+    coupling: CalciumCoupling
+    phi_g: Float[Array, "L M"]
+    params: NAParams
+    key: str = eqx.field(static=True)
+
+    def __call__(self, u, y, args):
+        cp, prm = self.coupling, self.params
+        t = u * prm.t_read
+        drive = cp.gain * self.phi_g * -jnp.expm1(-t / prm.tau_n)
+        dy = self.model.vector_field(t * cp.time_scale, y, drive)
+        c = y[self.key]
+        dy = dict(dy)
+        dy[self.key] = dy[self.key] + cp.diffusion * (jnp.mean(c, axis=-1, keepdims=True) - c)
+        return jax.tree.map(lambda d: prm.t_read * cp.time_scale * d, dy)
+
+
+class SynapseField(eqx.Module):
+    r"""Reduced synapse/output equations $\dot\sigma = f - a(u)\sigma$, $\dot z = b(u)\sigma - d z$ in read time,
+    with the decay rate taken from the calcium at the Gauss nodes of each grid step (for `Magnus2`).
+
+    Fields: `phi_q` (L, M); `rates` (S, 2, L, M): $\mathrm{rate}_j$ at the two Gauss nodes of each of the S
+    steps of `grid` (S + 1,); `params`.
+    """
+
+    phi_q: Float[Array, "L M"]
+    rates: Float[Array, "S 2 L M"]
+    grid: Float[Array, " S+1"]
+    params: NAParams
+
+    def _rate_avg(self, u0):
+        k = jnp.argmin(jnp.abs(self.grid[:-1] - u0))
+        return jnp.mean(self.rates[k], axis=0)
+
+    def __call__(self, u, y, args):
+        sigma, z = y
+        prm = self.params
+        t = u * prm.t_read
+        k = jnp.clip(jnp.searchsorted(self.grid, u, side="right") - 1, 0, self.rates.shape[0] - 1)
+        rate = jnp.mean(self.rates[k], axis=0)
+        h = self.phi_q * -jnp.expm1(-t / prm.tau_n)
+        return prm.t_read * (1.0 - rate * sigma) / prm.tau_s, prm.t_read * (h * sigma - z) / prm.tau_n
+
+    def linear_coefficients(self, u0, u1):
+        prm = self.params
+        T = prm.t_read
+        t0, dt = u0 * T, (u1 - u0) * T
+        h_avg = self.phi_q * (1.0 - jnp.exp(-t0 / prm.tau_n) * psi(dt / prm.tau_n))
+        return T * self._rate_avg(u0) / prm.tau_s, T * h_avg / prm.tau_n, T / prm.tau_n, T / prm.tau_s
+
+
+def calcium_read_grid(params: NAParams, coupling: CalciumCoupling, steps: int, dtype
+                      ) -> Float[Array, " 2*steps+1"]:
+    r"""Read grid (read time): `steps` geometric steps from the fastest transient
+    $\min(\tau_n, \tau_s/\rho_{\max})$ up to $1/$`steps`, then `steps` - 1 uniform steps to 1 (so calcium,
+    which varies on the model's time scale, is sampled evenly over the whole read)."""
+    fastest = jnp.minimum(params.tau_n, params.tau_s / coupling.rate_max) / (4 * params.t_read)
+    first = jnp.minimum(fastest, 0.5 / steps**2).astype(dtype)
+    k = jnp.arange(steps, dtype=dtype) / (steps - 1)
+    geometric = first ** (1.0 - k) * (1.0 / steps) ** k
+    uniform = jnp.arange(2, steps + 1, dtype=dtype) / steps
+    return jnp.concatenate([jnp.zeros(1, dtype), geometric, uniform])
+
+
+class CalciumRead(eqx.Module):
+    """What a calcium read returns besides the outputs (for plots): the grid, the Gauss nodes, and the
+    calcium and decay rates there, each (S, 2, L, M); `sigma` and `z` at $T_r$, (L, M)."""
+
+    grid: Float[Array, " S+1"]
+    nodes: Float[Array, "S 2"]
+    calcium: Float[Array, "S 2 L M"]
+    rates: Float[Array, "S 2 L M"]
+    sigma: Float[Array, "L M"]
+    z: Float[Array, "L M"]
+
+
+def calcium_read(phi_q: Float[Array, "L M"], g: Float[Array, "L M"], params: NAParams,
+                 model: AbstractCalciumModel, coupling: CalciumCoupling, *, solver=None, stepsize_controller=None,
+                 adjoint=None, dt0=None, read_steps: int = 32, max_steps: int = 16384,
+                 throw: bool = True) -> CalciumRead:
+    r"""Solve the calcium read of every query at once (see the module docstring). `g` is the astrocyte weight
+    vector each query sees, (L, M)."""
+    dtype = phi_q.dtype
+    L, M = phi_q.shape
+    y0 = model.default_y0()
+    for name, leaf in y0.items():
+        if jnp.shape(leaf) != ():
+            raise TypeError(f"calcium_model: expected scalar state variables (one compartment per process), "
+                            f"got {type(model).__name__}.{name} of shape {jnp.shape(leaf)}")
+    y0 = {name: jnp.full((L, M), leaf, dtype) for name, leaf in y0.items()}
+    key = _calcium_key(model, y0)
+    field = CalciumField(model=model, coupling=coupling, phi_g=phi_q * g, params=params, key=key)
+
+    grid = calcium_read_grid(params, coupling, read_steps, dtype)
+    u0, du = grid[:-1], jnp.diff(grid)
+    offset = 0.5 / np.sqrt(3.0)
+    nodes = jnp.stack([u0 + (0.5 - offset) * du, u0 + (0.5 + offset) * du], axis=-1)  # (S, 2)
+
+    solver = diffrax.Tsit5() if solver is None else solver
+    if stepsize_controller is None:
+        stepsize_controller = _calcium_controller(dtype)
+    adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
+    sol = diffrax.diffeqsolve(diffrax.ODETerm(field), solver, 0.0, 1.0, dt0, y0,
+                              saveat=diffrax.SaveAt(ts=nodes.reshape(-1)), stepsize_controller=stepsize_controller,
+                              adjoint=adjoint, max_steps=max_steps, throw=throw)
+    S = read_steps * 2 - 1
+    calcium = model.calcium(sol.ys).reshape(S, 2, L, M)
+    rates = coupling.rate(calcium)
+
+    synapse = SynapseField(phi_q=phi_q, rates=rates, grid=grid, params=params)
+    zeros = jnp.zeros_like(phi_q)
+    syn = diffrax.diffeqsolve(diffrax.ODETerm(synapse), Magnus2(), 0.0, 1.0, None, (zeros, zeros),
+                              saveat=diffrax.SaveAt(t1=True), stepsize_controller=diffrax.StepTo(ts=grid),
+                              adjoint=diffrax.RecursiveCheckpointAdjoint(checkpoints=S), max_steps=S, throw=throw)
+    sigma, z = (y[-1] for y in syn.ys)
+    return CalciumRead(grid=grid, nodes=nodes, calcium=calcium, rates=rates, sigma=sigma, z=z)
+
+
+def na_attention_calcium(
+    phi_q: Float[Array, "L M"],
+    phi_k: Float[Array, "L M"],
+    v: Float[Array, "L N"],
+    params: NAParams,
+    calcium_model: AbstractCalciumModel | str | None = None,
+    *,
+    coupling: CalciumCoupling | None = None,
+    causal: bool = True,
+    mask: Bool[Array, " L"] | None = None,
+    solver: diffrax.AbstractSolver | None = None,
+    stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+    adjoint: diffrax.AbstractAdjoint | None = None,
+    dt0: Float[ArrayLike, ""] | None = None,
+    read_steps: int | None = None,
+    max_steps: int = 16384,
+    chunk_size: int = 64,
+    throw: bool = True,
+    return_read: bool = False,
+) -> Float[Array, "L N"] | tuple[Float[Array, "L N"], CalciumRead]:
+    r"""Neuron–astrocyte attention whose astrocyte processes carry biophysical calcium (docs/calcium.md).
+
+    Tokens are written exactly as in `na_attention` (`write_reduced`); every query is then read from rest for
+    $T_r$ with each process j driven by $u_j = \text{gain}\cdot h_j(t)\, g_j$ (glutamate for `GChI`, IP3 for
+    `LiRinzel`), the processes exchanging calcium by all-to-all diffusion, and the synapse's decay rate a
+    saturating function of the process's calcium:
+
+    $$\tau_s\dot\sigma_j = 1 - \rho_{\max}\frac{C_j^n}{C_j^n + K^n}\sigma_j,\quad
+      \tau_n\dot z_j = -z_j + h_j\sigma_j,\quad x(T_r) = c\,z(T_r).$$
+
+    The abstract model's rate is $\bar p = \frac1M\phi(q)\cdot g$ (the attention denominator); a calcium model
+    only approximates it, so the output is attention only where $\mathrm{rate}(C) \approx \bar p$.
+
+    **Arguments:**
+
+    - `phi_q`, `phi_k`: feature-neuron rates, (L, M), non-negative. `v`: values, (L, N).
+    - `params`: an `NAParams` ($\tau_n$, $\tau_s$, $T_w$, $T_r$, $\tau_f$; $\tau_p$ is used by the abstract path
+      only).
+    - `calcium_model`: a `GChI`, a `LiRinzel` (or another `AbstractCalciumModel` with scalar states whose
+      `calcium(y)` is one of them); or `None`, `"abstract"` or a `DiffusiveProcesses`, which all return
+      `na_attention(..., mode="ode")` exactly (the closed-form abstract calcium, with `params.tau_p`; the
+      fields of a `DiffusiveProcesses` are not used).
+    - `coupling`: a `CalciumCoupling` (gain, diffusion, saturation, time scale); default
+      `default_coupling(calcium_model)`.
+    - `causal`, `mask`, `chunk_size`: as in `na_attention`.
+    - `solver`, `stepsize_controller`, `adjoint`, `dt0`, `max_steps`: diffrax options of the calcium solve
+      (default `Tsit5()`, `PIDController` with rtol/atol 1e-6/1e-9 in float64 and 1e-4/1e-7 in float32,
+      `RecursiveCheckpointAdjoint()`). A fixed-step controller (`ConstantStepSize` with `dt0`, `StepTo`)
+      makes the output a smooth function of the parameters, as finite differences need.
+    - `read_steps`: the synapse equations use 2·`read_steps` − 1 exponential (`Magnus2`) steps (default 32);
+      on the abstract path it is passed to `na_attention` (default: its own, 16).
+    - `throw`: raise if a solve fails (for example runs out of `max_steps`).
+    - `return_read`: also return the `CalciumRead` (calcium and rates of every process over the read).
+
+    **Returns:** $x(T_r)$ for each query, (L, N) (and the `CalciumRead` if `return_read`).
+
+    References: Kozachkov, Kastanenka & Krotov, PNAS 120:e2219150120 (2023); De Pittà et al., J. Biol. Phys.
+    35:383 (2009); Li & Rinzel, J. Theor. Biol. 166:461 (1994).
+    """
+    if calcium_model is None or isinstance(calcium_model, DiffusiveProcesses) or (
+            isinstance(calcium_model, str) and calcium_model == "abstract"):
+        if return_read:
+            raise ValueError("return_read: only available for a biophysical calcium_model, got the abstract one")
+        opts = {} if read_steps is None else dict(read_steps=read_steps)
+        return na_attention(phi_q, phi_k, v, params, causal=causal, mode="ode", mask=mask, chunk_size=chunk_size,
+                            throw=throw, **opts)
+    if not isinstance(calcium_model, AbstractCalciumModel):
+        raise TypeError(f"calcium_model: expected an astroformer.calcium.AbstractCalciumModel, 'abstract' or None, "
+                        f"got {calcium_model!r}")
+    if not isinstance(params, NAParams):
+        raise TypeError(f"params: expected an astroformer.NAParams, got {type(params).__name__}")
+    coupling = default_coupling(calcium_model) if coupling is None else coupling
+    if not isinstance(coupling, CalciumCoupling):
+        raise TypeError(f"coupling: expected a CalciumCoupling, got {type(coupling).__name__}")
+    read_steps = 32 if read_steps is None else read_steps
+    if isinstance(read_steps, bool) or not isinstance(read_steps, int) or read_steps < 2:
+        raise ValueError(f"read_steps: expected an integer >= 2, got {read_steps!r}")
+    check_matrix("phi_q", phi_q)
+    L, M = phi_q.shape
+    check_matrix("phi_k", phi_k, rows=L, cols=M, rows_from="phi_q", cols_from="phi_q")
+    check_matrix("v", v, rows=L, rows_from="phi_q")
+    present = check_mask(mask, L)
+    phi_q = check_finite("phi_q", phi_q, nonnegative=True)
+    phi_k = check_finite("phi_k", phi_k, nonnegative=True)
+    v = check_finite("v", v)
+
+    memory = write_reduced(phi_k, v, params, present)
+    g = memory.astrocyte_weights()
+    if not causal:
+        g = jnp.broadcast_to(g[-1], g.shape)
+    read = calcium_read(phi_q, g, params, calcium_model, coupling, solver=solver,
+                        stepsize_controller=stepsize_controller, adjoint=adjoint, dt0=dt0, read_steps=read_steps,
+                        max_steps=max_steps, throw=throw)
+    x = linear_attention_state(read.z, memory.keys, memory.values, memory.log_decay, causal=causal,
+                               chunk_size=chunk_size)
+    return (x, read) if return_read else x
+
+
+__all__ = ["CalciumCoupling", "CalciumRead", "default_coupling", "na_attention_calcium", "calcium_read"]

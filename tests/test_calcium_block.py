@@ -1,0 +1,208 @@
+"""Tests of the attention block with biophysical astrocyte calcium (`astroformer._calcium_read`).
+
+- The abstract path is `na_attention(..., mode="ode")` exactly.
+- Each calcium model in the block: finite outputs; jit equals eager; vmap equals a loop; gradients with
+  respect to the drive gain and one calcium parameter equal central finite differences (fixed-step solve,
+  so the output is a smooth function of the parameters).
+- The O(M) reduction equals an independent literal simulation of N×M processes and synapses (scipy).
+- Physical properties: the output is linear in the stored values and causal, with non-negative attention
+  weights (it lies in the convex cone of the visible values; it is not normalised, see docs/calcium.md).
+
+Everything runs in float64 (module-scoped switch, restored afterwards), on tiny shapes.
+"""
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import astroformer as af
+from astroformer._calcium_read import CalciumCoupling, na_attention_calcium
+from astroformer._write import write_reduced
+from astroformer.calcium import DiffusiveProcesses, GChI, LiRinzel
+
+L, D, M, N = 5, 3, 6, 2
+# Short reads in model time (T_r · time_scale = 0.5 · 4 = 2 s) keep the calcium solves cheap.
+PARAMS = dict(tau_n=0.02, tau_s=0.01, t_read=0.5)
+COUPLING = {"GChI": dict(gain=0.05, time_scale=4.0), "LiRinzel": dict(gain=3.0, time_scale=4.0)}
+# One calcium parameter per model for the gradient check.
+CALCIUM_PARAM = {"GChI": "O_beta", "LiRinzel": "r_IP3R"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def x64():
+    previous = jax.config.read("jax_enable_x64")
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)
+
+
+def _problem(seed, length=L):
+    k1, k2, k3, k4 = jax.random.split(jax.random.PRNGKey(seed), 4)
+    q = jax.random.normal(k1, (length, D)) * D**-0.25
+    k = jax.random.normal(k2, (length, D)) * D**-0.25
+    v = jax.random.normal(k3, (length, N))
+    features = af.PositiveRandomFeatures(D, M, key=k4)
+    return features(q), features(k), v
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return _problem(0)
+
+
+def _setup(name):
+    model = {"GChI": GChI, "LiRinzel": LiRinzel}[name]()
+    return model, CalciumCoupling(**COUPLING[name]), af.NAParams(**PARAMS)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The abstract path.
+
+
+@pytest.mark.parametrize("calcium", [None, "abstract", "diffusive"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_abstract_path_is_na_attention(problem, calcium, causal):
+    phi_q, phi_k, v = problem
+    params = af.NAParams()
+    mask = jnp.array([True, True, False, True, True])
+    model = DiffusiveProcesses(n=M) if calcium == "diffusive" else calcium
+    out = na_attention_calcium(phi_q, phi_k, v, params, model, causal=causal, mask=mask)
+    ref = af.na_attention(phi_q, phi_k, v, params, causal=causal, mode="ode", mask=mask)
+    assert out.dtype == jnp.float64
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=0, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Transforms, per calcium model.
+
+
+@pytest.fixture(scope="module", params=["GChI", "LiRinzel"])
+def setup(request):
+    name = request.param
+    model, coupling, params = _setup(name)
+
+    def forward(phi_q, phi_k, v, coupling, model):
+        return na_attention_calcium(phi_q, phi_k, v, params, model, coupling=coupling)
+
+    return name, model, coupling, params, forward, eqx.filter_jit(forward)
+
+
+def test_finite_jit_equals_eager_vmap_equals_loop(setup):
+    name, model, coupling, params, forward, jitted = setup
+    batch = [_problem(seed) for seed in (1, 2)]
+    eager = [forward(*inputs, coupling, model) for inputs in batch]
+    for out in eager:
+        assert out.shape == (L, N)
+        assert np.all(np.isfinite(np.asarray(out)))
+    np.testing.assert_allclose(np.asarray(jitted(*batch[0], coupling, model)), np.asarray(eager[0]), rtol=1e-10, atol=1e-12)
+    stacked = [jnp.stack(arrays) for arrays in zip(*batch)]
+    vmapped = eqx.filter_jit(jax.vmap(forward, in_axes=(0, 0, 0, None, None)))(*stacked, coupling, model)
+    # Adaptive steps are chosen per batch element inside vmap, so the loop is reproduced to round-off.
+    np.testing.assert_allclose(np.asarray(vmapped), np.stack([np.asarray(e) for e in eager]), rtol=1e-9,
+                               atol=1e-11)
+
+
+def test_gradient_matches_finite_differences(problem, setup):
+    name, model, coupling, params, _, _ = setup
+    phi_q, phi_k, v = problem
+    pname = CALCIUM_PARAM[name]
+    weights = jax.random.normal(jax.random.PRNGKey(7), (L, N))
+    n_steps = 400
+
+    @eqx.filter_jit
+    def loss(theta):
+        gain, value = theta
+        cp = eqx.tree_at(lambda c: c.gain, coupling, gain)
+        md = eqx.tree_at(lambda m: getattr(m, pname), model, value)
+        out = na_attention_calcium(phi_q, phi_k, v, params, md, coupling=cp,
+                                   stepsize_controller=diffrax.ConstantStepSize(), dt0=1.0 / n_steps,
+                                   max_steps=n_steps)
+        return jnp.sum(weights * out)
+
+    theta = (coupling.gain, getattr(model, pname))
+    grads = eqx.filter_jit(jax.grad(loss))(theta)
+    for i in range(2):
+        eps = 1e-5 * float(theta[i])
+        plus = list(theta)
+        minus = list(theta)
+        plus[i] = theta[i] + eps
+        minus[i] = theta[i] - eps
+        fd = (float(loss(tuple(plus))) - float(loss(tuple(minus)))) / (2 * eps)
+        print(f"{name} d/d{('gain', pname)[i]}: autodiff {float(grads[i]):.10g}, finite difference {fd:.10g}")
+        assert abs(fd) > 1e-6  # the parameter matters
+        np.testing.assert_allclose(float(grads[i]), fd, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The reduction against a literal N×M simulation.
+
+
+def test_reduction_equals_literal_network(problem, setup):
+    """One query, read with scipy's Radau on the literal state (h (M), x (N), one calcium model per synapse ij
+    (N, M), s (N, M)), all-to-all diffusion over the N·M processes."""
+    from scipy.integrate import solve_ivp
+
+    name, model, coupling, params, _, _ = setup
+    phi_q, phi_k, v = problem
+    t = 3
+    out = na_attention_calcium(phi_q, phi_k, v, params, model, coupling=coupling, read_steps=256,
+                               stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-12))
+    memory = write_reduced(phi_k, v, params, jnp.ones(L, bool))
+    c = memory.hebbian_trace(t)
+    g = memory.astrocyte_weights()[t]
+    names = model.state_names
+    y0 = model.default_y0()
+    sizes = [M, N] + [N * M] * (len(names) + 1)
+
+    def unpack(y):
+        parts = jnp.split(y, np.cumsum(sizes)[:-1])
+        h, x, s = parts[0], parts[1], parts[-1].reshape(N, M)
+        calcium = {n: p.reshape(N, M) for n, p in zip(names, parts[2:-1])}
+        return h, x, calcium, s
+
+    @jax.jit
+    def rhs(y):
+        h, x, y_ca, s = unpack(y)
+        drive = coupling.gain * jnp.broadcast_to(h * g, (N, M))
+        dy = model.vector_field(0.0, y_ca, drive)
+        C = model.calcium(y_ca)
+        dy["C"] = dy["C"] + coupling.diffusion * (jnp.mean(C) - C)
+        rate = coupling.rate_max * C**coupling.hill / (C**coupling.hill + coupling.half_saturation**coupling.hill)
+        dh = (phi_q[t] - h) / params.tau_n
+        dx = (s @ h - x) / params.tau_n
+        ds = (c - rate * s) / params.tau_s
+        return jnp.concatenate([dh, dx] + [coupling.time_scale * dy[n].ravel() for n in names] + [ds.ravel()])
+
+    y_init = np.concatenate([np.zeros(M + N)] + [np.full(N * M, float(y0[n])) for n in names] + [np.zeros(N * M)])
+    jac = jax.jit(jax.jacfwd(rhs))
+    sol = solve_ivp(lambda _, y: np.asarray(rhs(y)), (0.0, float(params.t_read)), y_init, method="Radau",
+                    rtol=1e-10, atol=1e-12, jac=lambda _, y: np.asarray(jac(y)))
+    assert sol.success
+    x_literal = sol.y[M:M + N, -1]
+    err = np.max(np.abs(np.asarray(out[t]) - x_literal)) / np.max(np.abs(x_literal))
+    print(f"{name}: reduced vs literal N×M read, relative error {err:.2e}")
+    # Magnus2 with 511 steps: global error O(Δu²) ~ 1e-6 relative; a wrong drive, diffusion scale or rate
+    # would show up at the percent level.
+    assert err < 1e-5
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Physical properties.
+
+
+def test_linear_causal_nonnegative_weights(problem, setup):
+    """The astrocyte sees only phi(q) and g, never the values, so x is linear in v: with one-hot values the
+    outputs are the attention weights W (L, L); they must be non-negative (rates and drives are), zero on
+    future tokens (causal), and reproduce x = W v for any v."""
+    name, model, coupling, params, forward, jitted = setup
+    phi_q, phi_k, v = problem
+    W = jitted(phi_q, phi_k, jnp.eye(L), coupling, model)  # N = L here
+    x = jitted(phi_q, phi_k, v, coupling, model)
+    np.testing.assert_allclose(np.asarray(W @ v), np.asarray(x), rtol=1e-8, atol=1e-10)
+    assert np.all(np.asarray(W) >= -1e-12)
+    np.testing.assert_array_equal(np.triu(np.asarray(W), 1), 0.0)
+    assert np.all(np.diag(np.asarray(W)) > 0)
+    print(f"{name}: row sums of the attention weights (1 for exact attention): {np.asarray(W.sum(1)).round(3)}")
