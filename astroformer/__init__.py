@@ -31,3 +31,4 @@ from ._calcium_read import (
     default_coupling as default_coupling,
     na_attention_calcium as na_attention_calcium,
 )
+from . import calcium as calcium, fit as fit, tasks as tasks

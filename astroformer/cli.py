@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands():
     """Subcommands contributed by other modules (training, benchmarks), registered if importable."""
     commands = []
-    for module, name in (("astroformer.training.cli", "register"), ("benchmarks.cli", "register")):
+    for module, name in (("astroformer.training.cli", "register"), ("astroformer.fit.cli", "register"),
+                         ("benchmarks.cli", "register")):
         try:
             mod = __import__(module, fromlist=[name])
         except ImportError:
