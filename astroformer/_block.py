@@ -79,6 +79,7 @@ def na_attention(
     phi_q = check_finite("phi_q", phi_q, nonnegative=True)
     phi_k = check_finite("phi_k", phi_k, nonnegative=True)
     v = check_finite("v", v)
+    params = params.checked()
 
     if mode == "equilibrium":
         log_decay = jnp.where(present, params.log_write_decay(), 0.0).astype(phi_q.dtype)

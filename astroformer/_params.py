@@ -64,6 +64,18 @@ class NAParams(eqx.Module):
             _check_positive(name, getattr(self, name))
         _check_positive("tau_f", self.tau_f)
 
+    def checked(self) -> "NAParams":
+        """The same parameters with a runtime check (works under `jax.jit`): raises if any time constant is
+        non-positive or not finite. Concrete values are already checked at construction."""
+        leaves = [jnp.asarray(getattr(self, name)) for name in _POSITIVE_FIELDS + ("tau_f",)
+                  if getattr(self, name) is not None]
+        if all(_is_concrete(x) for x in leaves):
+            return self
+        bad = jnp.any(jnp.stack([jnp.any(~(x > 0) | ~jnp.isfinite(x)) for x in leaves]))
+        first = eqx.error_if(jnp.asarray(self.tau_n), bad, "params: expected positive, finite time constants "
+                             "(tau_n, tau_s, tau_p, t_write, t_read, tau_f), got a non-positive or NaN/inf value")
+        return eqx.tree_at(lambda p: p.tau_n, self, first)
+
     def write_decay(self) -> Float[Array, "*heads"]:
         r"""$F = e^{-T_w/\tau_f}$, the factor by which the stored trace decays over one write window (1 if no
         forgetting)."""

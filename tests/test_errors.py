@@ -183,3 +183,14 @@ def test_adversarial_inputs_finite(adversarial, params):
         assert np.all(np.isfinite(np.asarray(g)))
     # Far from NaN-free noise: outputs stay within a few times the value range.
     assert float(jnp.max(jnp.abs(out))) < 10 * float(jnp.max(jnp.abs(v)))
+
+
+def test_traced_nonpositive_time_constant_raises_under_jit():
+    """Inside jit the time constants are traced: the runtime check still refuses a negative or NaN value."""
+    fm = af.PositiveRandomFeatures(4, 8, key=jax.random.PRNGKey(0))
+    x = jax.random.normal(jax.random.PRNGKey(1), (5, 4))
+    run = eqx.filter_jit(lambda s: af.na_attention(fm(x), fm(x), x, af.NAParams(tau_s=s)))
+    assert jnp.all(jnp.isfinite(run(jnp.asarray(1e-3))))
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(RuntimeError, match="params: expected positive, finite time constants"):
+            run(jnp.asarray(bad))
