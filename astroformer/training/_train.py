@@ -1,0 +1,436 @@
+"""The training loop: AdamW with warm-up and cosine decay, one jitted train step, periodic evaluation,
+metrics in `metrics.jsonl`, atomic checksummed checkpoints and exact resumption.
+
+A run directory holds `config.json` (the `TrainConfig`), `checkpoint.eqx` (model, optimiser state, step
+and data-stream state; see `_checkpoint`) and `metrics.jsonl` (one JSON record per line: `"train"` records
+with the loss of every step, `"eval"` records with the task's metric).
+
+Data batches are a deterministic function of `(seed, step)`: batch `s` is
+`task.batch("train", batch_size, seed=data_seed(seed, s))`. So a resumed run sees exactly the batches an
+uninterrupted run would, and (with the restored optimiser state) produces bit-identical losses on the same
+machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ..tasks import AbstractTask, Batch, CharCorpus, get_task
+from ._checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from ._config import TrainConfig
+from ._model import Transformer, trainable_filter
+
+CHECKPOINT = "checkpoint.eqx"
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+RUNS_ROOT = "runs"
+#: `train` raises after this many consecutive steps with non-finite gradients.
+MAX_SKIPPED_IN_A_ROW = 10
+
+
+# ------------------------------------------------------------------------------------------ building
+
+
+def data_seed(seed: int, step: int) -> int:
+    """The seed of training batch `step` of a run seeded `seed`: a 32-bit hash of `(seed, step)`."""
+    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+
+
+def eval_seed(seed: int, index: int) -> int:
+    """The seed of evaluation batch `index` (the same batches at every evaluation of a run)."""
+    return int(np.random.SeedSequence([seed, index, 1]).generate_state(1)[0])
+
+
+def build_task(config: TrainConfig) -> AbstractTask:
+    """The task of `config` (for `"charlm"` with `config.text`, a corpus read from that file)."""
+    kwargs = dict(config.task_kwargs)
+    if config.text is not None:
+        kwargs["corpus"] = CharCorpus.from_file(config.text)
+    return get_task(config.task, **kwargs)
+
+
+def build_model(config: TrainConfig, task: AbstractTask) -> Transformer:
+    """A freshly initialised `Transformer` for `task`, seeded by `config.seed`."""
+    attention_kwargs = {"read_steps": config.read_steps} if config.attention == "na-ode" else None
+    return Transformer(task.vocab_size, task.seq_len, attention=config.attention, d_model=config.d_model,
+                       num_layers=config.num_layers, num_heads=config.num_heads,
+                       num_features=config.num_features, mlp_ratio=config.mlp_ratio,
+                       tie_embeddings=config.tie_embeddings, attention_kwargs=attention_kwargs,
+                       key=jax.random.PRNGKey(config.seed))
+
+
+def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
+    """Linear warm-up from 0 to `lr` over `warmup` steps, then cosine decay to `min_lr_ratio * lr` at `steps`."""
+    return optax.warmup_cosine_decay_schedule(0.0, config.lr, config.warmup, config.steps,
+                                              end_value=config.lr * config.min_lr_ratio)
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Global-norm clipping followed by AdamW (Loshchilov & Hutter 2019) on `learning_rate_schedule`; weight
+    decay applies to matrices (ndim ≥ 2: embeddings, positions, weights) only, not to biases or LayerNorm
+    gains."""
+    decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)  # noqa: E731
+    return optax.chain(
+        optax.clip_by_global_norm(config.grad_clip),
+        optax.adamw(learning_rate_schedule(config), b1=0.9, b2=0.95, weight_decay=config.weight_decay,
+                    mask=decay_mask),
+    )
+
+
+def loss_fn(model: Transformer, batch: Batch) -> jax.Array:
+    r"""Mean next-token cross-entropy (nats) over the scored positions:
+    $\frac{1}{|M|}\sum_{(b,t)\in M} -\log \mathrm{softmax}(z_{bt})_{y_{bt}}$."""
+    logits = model.batched(batch.inputs)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch.targets)
+    mask = batch.mask.astype(jnp.float32)
+    return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def make_train_step(optimizer: optax.GradientTransformation, *, replicated_sharding=None, max_traces=None):
+    """The train step `step(trainable, frozen, opt_state, batch) -> (trainable, opt_state, loss, skipped)`,
+    one `eqx.filter_jit` function that compiles once per shape.
+
+    `loss` is the batch's loss before the update. If any gradient is not finite the update is skipped
+    (`skipped` is True and `trainable`, `opt_state` come back unchanged), as mixed-precision trainers do;
+    the loop gives up after `MAX_SKIPPED_IN_A_ROW` such steps in a row.
+
+    **Arguments:**
+
+    - `optimizer`: the optax transformation (`make_optimizer`).
+    - `replicated_sharding`: for data-parallel training, the `NamedSharding` that keeps the updated
+      parameters and optimiser state on every device.
+    - `max_traces`: if set, tracing the step more often raises (`eqx.debug.assert_max_traces`).
+    """
+
+    def step(trainable, frozen, opt_state, batch):
+        def f(params):
+            return loss_fn(eqx.combine(params, frozen), batch)
+
+        loss, grads = eqx.filter_value_and_grad(f)(trainable)
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        updates, new_opt_state = optimizer.update(grads, opt_state, trainable)
+        new_trainable = eqx.apply_updates(trainable, updates)
+        # A step with a non-finite gradient is skipped (parameters and optimiser state unchanged).
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        trainable = jax.tree.map(keep, new_trainable, trainable)
+        opt_state = jax.tree.map(keep, new_opt_state, opt_state)
+        if replicated_sharding is not None:
+            trainable, opt_state = eqx.filter_shard((trainable, opt_state), replicated_sharding)
+        return trainable, opt_state, loss, ~finite
+
+    if max_traces is not None:
+        step = eqx.debug.assert_max_traces(step, max_traces=max_traces)
+    return eqx.filter_jit(step)
+
+
+def make_eval_step(task: AbstractTask):
+    """`eval_step(model, batch) -> (metric, loss)`, jitted: the task's metric (`task.metric`) and the mean
+    cross-entropy in nats."""
+
+    @eqx.filter_jit
+    def eval_step(model, batch):
+        logits = model.batched(batch.inputs)
+        return task.metric(logits, batch), loss_fn(model, batch)
+
+    return eval_step
+
+
+def evaluate(model: Transformer, task: AbstractTask, *, batch_size: int, num_batches: int, seed: int,
+             eval_step=None, mesh=None) -> dict[str, float]:
+    """The task's metric and the loss, averaged over `num_batches` batches of its eval split.
+
+    **Returns:** `{task.metric_name: value, "loss": nats}`.
+    """
+    from ._parallel import shard_batch
+
+    eval_step = make_eval_step(task) if eval_step is None else eval_step
+    metrics, losses = [], []
+    for i in range(num_batches):
+        batch = task.batch("eval", batch_size, seed=eval_seed(seed, i))
+        batch = shard_batch(batch, mesh) if mesh is not None else jax.tree.map(jnp.asarray, batch)
+        metric, loss = eval_step(model, batch)
+        metrics.append(float(metric))
+        losses.append(float(loss))
+    return {task.metric_name: float(np.mean(metrics)), "loss": float(np.mean(losses))}
+
+
+# ----------------------------------------------------------------------------------------- run dirs
+
+
+def default_run_dir(config: TrainConfig, root: str | os.PathLike = RUNS_ROOT) -> str:
+    """`<root>/<task>-<attention>-<YYYYmmdd-HHMMSS>` (with a suffix if that exists already)."""
+    base = Path(root) / f"{config.task}-{config.attention}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        path, n = Path(f"{base}-{n}"), n + 1
+    return str(path)
+
+
+def _prepare_run_dir(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
+    run_dir = Path(config.run_dir)
+    checkpoint = run_dir / CHECKPOINT
+    if resume and overwrite:
+        raise ValueError("resume and overwrite: expected at most one of them, got both")
+    if resume:
+        if not checkpoint.exists():
+            raise FileNotFoundError(f"run_dir: cannot resume, {str(checkpoint)!r} does not exist")
+        return run_dir
+    existing = [name for name in (CHECKPOINT, METRICS, CONFIG) if (run_dir / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"run_dir: {str(run_dir)!r} already holds a run ({', '.join(existing)}); resume it (--resume), "
+            "replace it (--overwrite) or choose another --run-dir")
+    for name in existing:
+        (run_dir / name).unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a run's `metrics.jsonl` (an empty list if there is none)."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_run(run_dir: str | os.PathLike, *, with_optimizer: bool = False):
+    """Load a run's config and latest checkpoint.
+
+    **Returns:** `(config, task, model, metadata)`, plus the optimiser state if `with_optimizer`.
+
+    **Raises:** `CheckpointError` (naming the file) for a missing, truncated or corrupted checkpoint.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).exists():
+        raise FileNotFoundError(f"run_dir: {str(run_dir)!r} has no {CONFIG}; is it a training run directory?")
+    config = TrainConfig.load(run_dir / CONFIG)
+    task = build_task(config)
+    model = build_model(config, task)
+    opt_state = make_optimizer(config).init(eqx.filter(model, trainable_filter(model)))
+    (model, opt_state), metadata = load_checkpoint(run_dir / CHECKPOINT, (model, opt_state))
+    return (config, task, model, metadata, opt_state) if with_optimizer else (config, task, model, metadata)
+
+
+# ------------------------------------------------------------------------------------------ progress
+
+
+class _Progress:
+    """A tqdm bar if tqdm is installed (else plain prints): step, loss, tokens/s and the time left."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        self.enabled, self.total, self.bar = enabled, total, None
+        self.every = max(1, total // 20)
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+            except ImportError:
+                pass
+
+    def update(self, step: int, loss: float, tokens_per_s: float, seconds_left: float):
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+        elif step % self.every == 0 or step == self.total:
+            print(f"step {step}/{self.total}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s  "
+                  f"{_duration(seconds_left)} left", flush=True)
+
+    def write(self, message: str):
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+# ------------------------------------------------------------------------------------------ the loop
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train` returns: the trained `model`, its `config`, `run_dir`, the `step` reached, the `losses`
+    of the steps run by this call (`(step, loss)` pairs) and the `evals` records of this call."""
+
+    model: Transformer
+    config: TrainConfig
+    run_dir: str
+    step: int
+    losses: list[tuple[int, float]]
+    evals: list[dict[str, Any]]
+    seconds: float
+
+
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, stop_at: int | None = None,
+          progress: bool = True, max_traces: int | None = 1) -> TrainResult:
+    """Train a `Transformer` on `config.task`, writing metrics and checkpoints to `config.run_dir`.
+
+    **Arguments:**
+
+    - `config`: the `TrainConfig` (with `run_dir=None`, a fresh `runs/<task>-<attention>-<timestamp>`).
+    - `resume`: continue the run in `config.run_dir` from its checkpoint. The stored `config.json` must equal
+      `config` (use `resume_run` to take the stored one). The losses continue exactly as an uninterrupted run's.
+    - `overwrite`: replace a run already in `config.run_dir` (by default that raises `FileExistsError`).
+    - `stop_at`: stop (with a checkpoint) after this many steps instead of `config.steps`; the learning-rate
+      schedule still runs to `config.steps`, so resuming later continues the same run.
+    - `progress`: show a progress bar and evaluation lines.
+    - `max_traces`: the train step may be traced at most this often (1: it compiles once); `None` disables it.
+
+    **Returns:** a `TrainResult`.
+
+    Ctrl-C writes a checkpoint of the last completed step before re-raising `KeyboardInterrupt`.
+    """
+    from ._parallel import make_mesh, replicate, replicated, shard_batch
+
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
+    if config.run_dir is None:
+        if resume:
+            raise ValueError("config.run_dir: expected the directory of the run to resume, got None")
+        config = config.replace(run_dir=default_run_dir(config))
+    if stop_at is not None and not (isinstance(stop_at, int) and 0 < stop_at <= config.steps):
+        raise ValueError(f"stop_at: expected an int in [1, steps={config.steps}] or None, got {stop_at!r}")
+    run_dir = _prepare_run_dir(config, resume=resume, overwrite=overwrite)
+    if resume:
+        stored = TrainConfig.load(run_dir / CONFIG)
+        if stored.replace(run_dir=None) != config.replace(run_dir=None):
+            diff = {f.name: (getattr(stored, f.name), getattr(config, f.name)) for f in dataclasses.fields(config)
+                    if f.name != "run_dir" and getattr(stored, f.name) != getattr(config, f.name)}
+            raise ValueError(f"config: differs from the stored {run_dir / CONFIG} in (stored, given) {diff}; "
+                             "resume with the stored config (resume_run) or start a new run")
+    writer = jax.process_index() == 0
+
+    task = build_task(config)
+    model = build_model(config, task)
+    optimizer = make_optimizer(config)
+    spec = trainable_filter(model)
+    opt_state = optimizer.init(eqx.filter(model, spec))
+    start = 0
+    if resume:
+        (model, opt_state), metadata = load_checkpoint(run_dir / CHECKPOINT, (model, opt_state))
+        start = int(metadata["step"])
+        if metadata.get("data_seed") != config.seed:
+            raise CheckpointError(f"checkpoint {str(run_dir / CHECKPOINT)!r} was written with data seed "
+                                  f"{metadata.get('data_seed')}, the config says {config.seed}")
+        if writer:  # drop records past the checkpoint (written after it, before an interruption)
+            kept = [r for r in read_metrics(run_dir) if r["step"] <= start]
+            atomic_write(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in kept).encode())
+    elif writer:
+        config.save(run_dir / CONFIG)
+
+    mesh = None
+    if config.data_parallel:
+        mesh = make_mesh()
+        if config.batch_size % mesh.devices.size:
+            raise ValueError(f"batch_size: expected a multiple of the {mesh.devices.size} devices for "
+                             f"data-parallel training, got {config.batch_size}")
+        model, opt_state = replicate((model, opt_state), mesh)
+    trainable, frozen = eqx.partition(model, spec)
+    step_fn = make_train_step(optimizer, replicated_sharding=None if mesh is None else replicated(mesh),
+                              max_traces=max_traces)
+    eval_step = make_eval_step(task)
+    schedule = learning_rate_schedule(config)
+    end = config.steps if stop_at is None else stop_at
+    tokens_per_step = config.batch_size * task.seq_len
+
+    def log(record):
+        if writer:
+            with open(run_dir / METRICS, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def checkpoint(step):
+        if writer:
+            save_checkpoint(run_dir / CHECKPOINT, (eqx.combine(trainable, frozen), opt_state), {
+                "step": step, "data_seed": config.seed, "next_data_step": step, "task": config.task,
+                "attention": config.attention, "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    def run_eval(step):
+        result = evaluate(eqx.combine(trainable, frozen), task, batch_size=config.batch_size,
+                          num_batches=config.eval_batches, seed=config.seed, eval_step=eval_step, mesh=mesh)
+        record = {"kind": "eval", "step": step, **result}
+        log(record)
+        bar.write(f"step {step}: eval {task.metric_name} {result[task.metric_name]:.4f}  "
+                  f"loss {result['loss']:.4f}")
+        return record
+
+    bar = _Progress(end, start, progress)
+    losses, evals = [], []
+    began = time.perf_counter()
+    timed_from, timed_steps = None, 0
+    step, skipped_in_a_row = start, 0
+    try:
+        while step < end:
+            batch = task.batch("train", config.batch_size, seed=data_seed(config.seed, step))
+            batch = shard_batch(batch, mesh) if mesh is not None else jax.tree.map(jnp.asarray, batch)
+            trainable, opt_state, loss, skipped = step_fn(trainable, frozen, opt_state, batch)
+            loss, skipped = float(loss), bool(skipped)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss: expected a finite value, got {loss} at step {step + 1}; lower "
+                                         f"--lr (now {config.lr}) or --grad-clip (now {config.grad_clip})")
+            skipped_in_a_row = skipped_in_a_row + 1 if skipped else 0
+            if skipped:
+                bar.write(f"step {step + 1}: non-finite gradient, update skipped")
+            if skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                raise FloatingPointError(f"gradients: expected finite values, got NaN/inf in {skipped_in_a_row} "
+                                         f"steps in a row (up to step {step + 1}); lower --lr (now {config.lr})")
+            step += 1
+            now = time.perf_counter()
+            if timed_from is None:  # the first step includes compilation
+                timed_from = now
+                rate, left = float("nan"), float("nan")
+            else:
+                timed_steps += 1
+                per_step = (now - timed_from) / timed_steps
+                rate, left = tokens_per_step / per_step, per_step * (end - step)
+            losses.append((step, loss))
+            log({"kind": "train", "step": step, "loss": loss, "lr": float(schedule(step - 1)), "skipped": skipped,
+                 "tokens_per_s": None if math.isnan(rate) else rate, "seconds": now - began})
+            bar.update(step, loss, 0.0 if math.isnan(rate) else rate, left)
+            if step % config.eval_every == 0 or step == config.steps:
+                evals.append(run_eval(step))
+            if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == end:
+                checkpoint(step)
+    except KeyboardInterrupt:
+        checkpoint(step)
+        bar.close()
+        print(f"\ninterrupted: checkpoint of step {step} written to {run_dir / CHECKPOINT}; continue with "
+              f"`astroformer train --run-dir {run_dir} --resume`", file=sys.stderr)
+        raise
+    bar.close()
+    return TrainResult(model=eqx.combine(trainable, frozen), config=config, run_dir=str(run_dir), step=step,
+                       losses=losses, evals=evals, seconds=time.perf_counter() - began)
+
+
+def resume_run(run_dir: str | os.PathLike, **kwargs) -> TrainResult:
+    """Continue the run in `run_dir` with its stored config (keyword arguments go to `train`)."""
+    config = TrainConfig.load(Path(run_dir) / CONFIG).replace(run_dir=str(run_dir))
+    return train(config, resume=True, **kwargs)
