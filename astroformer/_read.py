@@ -32,7 +32,7 @@ from jaxtyping import Array, ArrayLike, Float
 from ._astrocyte import calcium_rhs, calcium_window_mean
 from ._neurons import feature_neurons_rhs, output_neurons_rhs
 from ._params import NAParams
-from ._special import exp_mean2, exp_mean3, psi
+from ._special import magnus_exponentials, psi
 from ._synapse import efficacy_rhs
 
 
@@ -122,8 +122,9 @@ class Magnus2(diffrax.AbstractSolver):
         a, b, d, f = field.linear_coefficients(t0, t1)
         dt = t1 - t0
         alpha, beta = a * dt, d * dt
-        sigma1 = jnp.exp(-alpha) * sigma0 + f * dt * psi(alpha)
-        z1 = jnp.exp(-beta) * z0 + b * dt * (sigma0 * exp_mean2(alpha, beta) + f * dt * exp_mean3(alpha, beta))
+        e_alpha, psi_alpha, e1, e2 = magnus_exponentials(alpha, beta)
+        sigma1 = e_alpha * sigma0 + f * dt * psi_alpha
+        z1 = jnp.exp(-beta) * z0 + b * dt * (sigma0 * e1 + f * dt * e2)
         y1 = (sigma1, z1)
         return y1, None, dict(y0=y0, y1=y1), None, diffrax.RESULTS.successful
 
@@ -146,4 +147,7 @@ def read_grid(params: NAParams, N: int, M: int, steps: int, dtype) -> Float[Arra
     u1 = jnp.minimum(fastest, 1.0 / steps).astype(dtype)
     k = jnp.arange(steps, dtype=dtype) / max(steps - 1, 1)
     grid = u1 ** (1.0 - k)  # u1 ... 1, geometric
+    # Pin the end to exactly 1 (diffrax's StepTo requires ts[-1] == t1): under jit with traced parameters,
+    # XLA may round k[-1] or the power so that the last point lands an ulp away from 1.
+    grid = grid.at[-1].set(1.0)
     return jnp.concatenate([jnp.zeros(1, dtype), grid])

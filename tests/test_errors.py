@@ -194,3 +194,20 @@ def test_traced_nonpositive_time_constant_raises_under_jit():
     for bad in (-1.0, float("nan")):
         with pytest.raises(RuntimeError, match="params: expected positive, finite time constants"):
             run(jnp.asarray(bad))
+
+
+@pytest.mark.parametrize("x", [1e-3, 0.5, 30.0, 1e9])
+def test_special_functions_have_finite_gradients_for_any_stiffness(x):
+    """Regression: the Taylor branches once overflowed (x^5) for very stiff steps, and the unselected branch's
+    inf times a zero cotangent made NaN gradients in training. Checked against the exact value's derivative."""
+    from astroformer._special import exp_mean2, exp_mean3, magnus_exponentials, psi
+
+    x = jnp.float32(x)
+    y = jnp.float32(0.5)
+    for f in (psi, lambda a: exp_mean2(a, y), lambda a: exp_mean3(a, y),
+              lambda a: magnus_exponentials(a, y)[3], lambda a: magnus_exponentials(y, a)[2]):
+        value, grad = jax.value_and_grad(f)(x)
+        assert jnp.isfinite(value) and jnp.isfinite(grad)
+    # psi'(x) = (e^{-x}(1 + x) - 1) / x^2 -> -1/x^2 for large x.
+    expected = (np.exp(-float(x)) * (1 + float(x)) - 1) / float(x) ** 2
+    np.testing.assert_allclose(float(jax.grad(psi)(x)), expected, rtol=2e-2, atol=1e-9)
