@@ -15,8 +15,10 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from ._baselines import linear_attention, softmax_attention
 from ._block import na_attention
+from ._calcium_read import CalciumCoupling, default_coupling, na_attention_calcium
 from ._features import AbstractFeatureMap, EluFeatures, PositiveRandomFeatures, RandomFourierFeatures
 from ._params import NAParams
+from .calcium import AbstractCalciumModel, DiffusiveProcesses
 
 
 def _dense(layer: eqx.nn.Linear, x: Float[Array, "L d_in"]) -> Float[Array, "L d_out"]:
@@ -110,6 +112,29 @@ class LinearAttention(AbstractAttention):
         return linear_attention(self.feature_map(q), self.feature_map(k), v, causal=self.causal, mask=mask)
 
 
+def _calcium_fields(calcium, coupling, mode, state, dtype):
+    """Validate the optional calcium model and coupling of `NeuronAstrocyteAttention`; cast them to `dtype`."""
+    if calcium is None or isinstance(calcium, DiffusiveProcesses):
+        if coupling is not None and not isinstance(coupling, CalciumCoupling):
+            raise TypeError(f"coupling: expected a CalciumCoupling or None, got {type(coupling).__name__}")
+        return calcium, coupling
+    if not isinstance(calcium, AbstractCalciumModel):
+        raise TypeError(f"calcium: expected an astroformer.calcium.AbstractCalciumModel or None, got {calcium!r}")
+    if mode != "ode":
+        raise ValueError(f"mode: a biophysical calcium model has no closed-form equilibrium; expected 'ode' "
+                         f"with calcium={type(calcium).__name__}, got {mode!r}")
+    if state != "reduced":
+        raise ValueError(f"state: expected 'reduced' with calcium={type(calcium).__name__} (the calcium read "
+                         f"is exact in the reduced state), got {state!r}")
+    coupling = default_coupling(calcium) if coupling is None else coupling
+    if not isinstance(coupling, CalciumCoupling):
+        raise TypeError(f"coupling: expected a CalciumCoupling or None, got {type(coupling).__name__}")
+    if dtype is not None:
+        cast = lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a  # noqa: E731
+        calcium, coupling = jax.tree.map(cast, (calcium, coupling))
+    return calcium, coupling
+
+
 class NeuronAstrocyteAttention(AbstractAttention):
     r"""Multi-head attention whose heads are neuron–astrocyte networks (`na_attention`).
 
@@ -124,10 +149,26 @@ class NeuronAstrocyteAttention(AbstractAttention):
     - `mode`: `"ode"` (simulate) or `"equilibrium"` (closed-form fixed point).
     - `causal`: autoregressive (True) or bidirectional.
     - `solver`, `read_steps`, ...: passed to `na_attention`.
+    - `calcium`: optional biophysical calcium model of the astrocyte processes (`astroformer.calcium.GChI`,
+      `LiRinzel`, ...), shared by all heads. With `mode="ode"` each head is then
+      `na_attention_calcium(phi(q), phi(k), v, params_h, calcium, coupling=coupling, ...)` (docs/calcium.md):
+      the synaptic decay rate during the read is $\rho_{\max} C_j^n/(C_j^n + K^n)$ of the calcium $C_j$ of
+      process j, driven by $\text{gain}\cdot h_j(t) g_j$, instead of the abstract $\bar p$. `None` (default):
+      the abstract astrocyte (`na_attention`). A `DiffusiveProcesses` is the abstract astrocyte too. Only
+      `mode="ode"`, `state="reduced"` (exact for the calcium read) are supported with a calcium model.
+      `read_steps` is passed on (the synapse equations take 2·`read_steps` − 1 exponential steps).
+    - `coupling`: the `CalciumCoupling` (gain, diffusion, saturation, time scale), shared by all heads;
+      default `default_coupling(calcium)`. Ignored without a biophysical `calcium`.
+    - `calcium_steps`: `None` (default): the calcium solve is adaptive (`Tsit5` + `PIDController`, see
+      `na_attention_calcium`); an integer S: `Tsit5` with S constant steps over the read (fixed cost, a smooth
+      function of the parameters, but unstable, giving NaN, if the calcium dynamics are stiffer than about
+      S / (3 T_r · time_scale) per model second).
     - `key`: PRNG key (keyword-only).
 
     The time constants in `params` are fields of the module; exclude them from optimisers unless trained
-    through a positive reparameterisation.
+    through a positive reparameterisation. The same holds for the (positive) parameters of `calcium` and
+    `coupling`: they are trainable arrays, but must be optimised through a positive reparameterisation
+    (for example their logarithms), never raw.
     """
 
     query: eqx.nn.Linear
@@ -136,6 +177,9 @@ class NeuronAstrocyteAttention(AbstractAttention):
     output: eqx.nn.Linear
     feature_map: AbstractFeatureMap
     params: NAParams
+    calcium: AbstractCalciumModel | None
+    coupling: CalciumCoupling | None
+    calcium_steps: int | None = eqx.field(static=True)
     num_heads: int = eqx.field(static=True)
     causal: bool = eqx.field(static=True)
     mode: str = eqx.field(static=True)
@@ -147,11 +191,18 @@ class NeuronAstrocyteAttention(AbstractAttention):
     def __init__(self, d_model: int, num_heads: int, *, num_features: int = 64,
                  feature_map: AbstractFeatureMap | None = None, params: NAParams | None = None,
                  mode: Literal["ode", "equilibrium"] = "ode", state: Literal["reduced", "full"] = "reduced",
-                 causal: bool = True, solver: diffrax.AbstractSolver | None = None, read_steps: int = 16,
-                 chunk_size: int = 64, dtype=None, key: PRNGKeyArray):
+                 causal: bool = True, solver: diffrax.AbstractSolver | None = None, read_steps: int = 8,
+                 chunk_size: int = 64, calcium: AbstractCalciumModel | None = None,
+                 coupling: CalciumCoupling | None = None, calcium_steps: int | None = None, dtype=None,
+                 key: PRNGKeyArray):
         kp, kf = jax.random.split(key)
         self.query, self.key, self.value, self.output = _projections(d_model, num_heads, kp, dtype)
         D = d_model // num_heads
+        self.calcium, self.coupling = _calcium_fields(calcium, coupling, mode, state, dtype)
+        if calcium_steps is not None and (isinstance(calcium_steps, bool) or not isinstance(calcium_steps, int)
+                                          or calcium_steps < 1):
+            raise ValueError(f"calcium_steps: expected None or a positive int, got {calcium_steps!r}")
+        self.calcium_steps = calcium_steps
         if feature_map is None:
             feature_map = PositiveRandomFeatures(D, num_features, dtype=dtype, key=kf)
         if not feature_map.nonnegative:
@@ -171,8 +222,19 @@ class NeuronAstrocyteAttention(AbstractAttention):
         self.read_steps = read_steps
         self.chunk_size = chunk_size
 
+    def _calcium_solve(self) -> dict:
+        if self.calcium_steps is None:
+            return {}
+        return dict(stepsize_controller=diffrax.ConstantStepSize(), dt0=1.0 / self.calcium_steps,
+                    max_steps=self.calcium_steps)
+
     def head(self, q, k, v, mask, index):
         params = jax.tree.map(lambda a: a[index], self.params)
+        if self.calcium is not None and not isinstance(self.calcium, DiffusiveProcesses) and self.mode == "ode":
+            return na_attention_calcium(self.feature_map(q), self.feature_map(k), v, params, self.calcium,
+                                        coupling=self.coupling, causal=self.causal, mask=mask,
+                                        read_steps=self.read_steps, chunk_size=self.chunk_size,
+                                        **self._calcium_solve())
         return na_attention(self.feature_map(q), self.feature_map(k), v, params, causal=self.causal,
                             mode=self.mode, mask=mask, state=self.state, solver=self.solver,
                             read_steps=self.read_steps, chunk_size=self.chunk_size)

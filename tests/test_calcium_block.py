@@ -206,3 +206,81 @@ def test_linear_causal_nonnegative_weights(problem, setup):
     np.testing.assert_array_equal(np.triu(np.asarray(W), 1), 0.0)
     assert np.all(np.diag(np.asarray(W)) > 0)
     print(f"{name}: row sums of the attention weights (1 for exact attention): {np.asarray(W.sum(1)).round(3)}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The multi-head layer `NeuronAstrocyteAttention(calcium=...)`.
+
+D_MODEL, HEADS, M_LAYER = 4, 2, 3
+
+
+@pytest.fixture(scope="module")
+def calcium_layer():
+    coupling = CalciumCoupling(**COUPLING["GChI"])
+    layer = af.make_attention("na-ode", D_MODEL, HEADS, num_features=M_LAYER, params=af.NAParams(**PARAMS),
+                              calcium=GChI(), coupling=coupling, read_steps=8, key=jax.random.PRNGKey(3))
+    x = jax.random.normal(jax.random.PRNGKey(4), (L, D_MODEL))
+    mask = jnp.array([True, True, False, True, True])
+    return layer, x, mask
+
+
+def test_layer_with_calcium_equals_heads_by_hand(calcium_layer):
+    """The layer's output equals projections + `na_attention_calcium` per head + output projection, written
+    out independently here."""
+    layer, x, mask = calcium_layer
+    assert isinstance(layer, af.NeuronAstrocyteAttention) and isinstance(layer.calcium, GChI)
+    out = eqx.filter_jit(layer)(x, mask)
+    Dh = D_MODEL // HEADS
+
+    def dense(lin, a):
+        return a @ np.asarray(lin.weight).T + np.asarray(lin.bias)
+
+    q, k, v = (dense(lin, np.asarray(x)) for lin in (layer.query, layer.key, layer.value))
+    heads = []
+    for h in range(HEADS):
+        cols = slice(h * Dh, (h + 1) * Dh)
+        params = jax.tree.map(lambda a: a[h], layer.params)
+        heads.append(na_attention_calcium(layer.feature_map(jnp.asarray(q[:, cols]) * Dh**-0.25),
+                                          layer.feature_map(jnp.asarray(k[:, cols]) * Dh**-0.25),
+                                          jnp.asarray(v[:, cols]), params, GChI(), coupling=layer.coupling,
+                                          causal=True, mask=mask, read_steps=8))
+    ref = dense(layer.output, np.concatenate([np.asarray(o) for o in heads], axis=1))
+    assert out.shape == (L, D_MODEL)
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-9, atol=1e-11)
+    # The calcium model matters: the abstract layer with the same weights gives something else.
+    abstract = eqx.tree_at(lambda a: a.calcium, layer, None, is_leaf=lambda n: n is None)
+    assert np.max(np.abs(np.asarray(abstract(x, mask)) - ref)) > 1e-3
+
+
+def test_layer_with_calcium_gradients(calcium_layer):
+    layer, x, mask = calcium_layer
+    weights = jax.random.normal(jax.random.PRNGKey(5), (L, D_MODEL))
+
+    @eqx.filter_jit
+    @eqx.filter_grad
+    def grad(layer):
+        return jnp.sum(weights * layer(x, mask))
+
+    g = grad(layer)
+    for name, value in [("coupling.gain", g.coupling.gain), ("calcium.O_beta", g.calcium.O_beta),
+                        ("query.weight", g.query.weight)]:
+        value = np.asarray(value)
+        print(f"d/d{name}: {value.ravel()[:3]}")
+        assert np.all(np.isfinite(value)), name
+        assert np.any(value != 0), name
+
+
+def test_layer_calcium_defaults_and_errors():
+    key = jax.random.PRNGKey(0)
+    layer = af.NeuronAstrocyteAttention(D_MODEL, HEADS, num_features=M_LAYER, calcium=LiRinzel(), key=key)
+    assert float(layer.coupling.gain) == 3.0  # default_coupling(LiRinzel())
+    plain = af.NeuronAstrocyteAttention(D_MODEL, HEADS, num_features=M_LAYER, key=key)
+    assert plain.calcium is None and plain.coupling is None
+    with pytest.raises(ValueError, match="mode"):
+        af.NeuronAstrocyteAttention(D_MODEL, HEADS, calcium=GChI(), mode="equilibrium", key=key)
+    with pytest.raises(ValueError, match="state"):
+        af.NeuronAstrocyteAttention(D_MODEL, HEADS, calcium=GChI(), state="full", key=key)
+    with pytest.raises(TypeError, match="calcium"):
+        af.NeuronAstrocyteAttention(D_MODEL, HEADS, calcium="gchi", key=key)
+    with pytest.raises(TypeError, match="coupling"):
+        af.NeuronAstrocyteAttention(D_MODEL, HEADS, calcium=GChI(), coupling=dict(gain=1.0), key=key)
