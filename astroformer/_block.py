@@ -28,7 +28,7 @@ def na_attention(
     solver: diffrax.AbstractSolver | None = None,
     stepsize_controller: diffrax.AbstractStepSizeController | None = None,
     adjoint: diffrax.AbstractAdjoint | None = None,
-    read_steps: int = 16,
+    read_steps: int = 8,
     max_steps: int = 4096,
     chunk_size: int = 64,
     throw: bool = True,
@@ -58,6 +58,11 @@ def na_attention(
       geometric grid of `read_steps` steps (unconditionally stable) and
       `RecursiveCheckpointAdjoint(checkpoints=read_steps)`. Full default: `Kvaerno5()` with a
       `PIDController` (rtol 1e-6, atol 1e-9; 1e-4/1e-6 in float32).
+    - `read_steps`: steps of the reduced read's fixed grid (default 8). The error is second order,
+      $\propto$ `read_steps`$^{-2}$, and vanishes as the read settles: at `NeuronAstrocyteAttention`'s default
+      parameters 8 steps are within $10^{-9}$ (relative) of a tight float64 solve, far below float32 rounding;
+      reads that end far from equilibrium (e.g. $\tau_n = \tau_s = 0.1\,T_r$) need more (about 1% error at
+      8 steps, 0.1% at 16). Measured by `benchmarks/attention_speed.py`.
     - `max_steps`: per-solve step budget of adaptive solvers; running out raises an error.
     - `chunk_size`: chunk length of the causal linear-time readout.
     - `throw`: raise on solver failure (diffrax's `throw`).
