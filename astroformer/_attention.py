@@ -16,7 +16,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 from ._baselines import linear_attention, softmax_attention
 from ._block import na_attention
 from ._calcium_read import CalciumCoupling, default_coupling, na_attention_calcium
-from ._features import AbstractFeatureMap, EluFeatures, PositiveRandomFeatures, RandomFourierFeatures
+from ._features import AbstractFeatureMap, EluFeatures, PositiveRandomFeatures
 from ._params import NAParams
 from .calcium import AbstractCalciumModel, DiffusiveProcesses
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
 from ._linear import normalised_linear_attention
-from ._validate import check_finite, check_mask, check_matrix
+from ._validate import check_head_inputs, check_mask, check_matrix
 
 
 def softmax_attention(q: Float[Array, "L D"], k: Float[Array, "L D"], v: Float[Array, "L N"], *,
@@ -34,11 +34,7 @@ def linear_attention(phi_q: Float[Array, "L M"], phi_k: Float[Array, "L M"], v: 
     $y_t = \sum_\tau v_\tau\,\phi(q_t)\cdot\phi(k_\tau) / \sum_\tau \phi(q_t)\cdot\phi(k_\tau)$, linear in L
     (chunked). With non-negative features it equals `na_attention(..., mode="equilibrium")` without forgetting.
     """
-    check_matrix("phi_q", phi_q)
-    L, M = phi_q.shape
-    check_matrix("phi_k", phi_k, rows=L, cols=M, rows_from="phi_q", cols_from="phi_q")
-    check_matrix("v", v, rows=L, rows_from="phi_q")
-    present = check_mask(mask, L)
-    phi_q, phi_k = check_finite("phi_q", phi_q), check_finite("phi_k", phi_k)
-    return normalised_linear_attention(phi_q, phi_k, v, jnp.zeros(L, phi_q.dtype), present, causal=causal,
+    phi_q, phi_k, v, present = check_head_inputs(phi_q, phi_k, v, mask, nonnegative=False)
+    return normalised_linear_attention(phi_q, phi_k, v, jnp.zeros(phi_q.shape[0], phi_q.dtype), present,
+                                       causal=causal,
                                        chunk_size=chunk_size)

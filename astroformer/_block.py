@@ -11,7 +11,7 @@ from ._astrocyte import calcium_initial
 from ._linear import linear_attention_state, normalised_linear_attention
 from ._params import NAParams
 from ._read import FullReadField, Magnus2, ReducedReadField, read_grid
-from ._validate import check_choice, check_finite, check_mask, check_matrix
+from ._validate import check_choice, check_head_inputs
 from ._write import ReducedMemory, write_full, write_reduced
 
 
@@ -76,14 +76,7 @@ def na_attention(
     check_choice("state", state, ("reduced", "full"))
     if not isinstance(params, NAParams):
         raise TypeError(f"params: expected an astroformer.NAParams, got {type(params).__name__}")
-    check_matrix("phi_q", phi_q)
-    L, M = phi_q.shape
-    check_matrix("phi_k", phi_k, rows=L, cols=M, rows_from="phi_q", cols_from="phi_q")
-    check_matrix("v", v, rows=L, rows_from="phi_q")
-    present = check_mask(mask, L)
-    phi_q = check_finite("phi_q", phi_q, nonnegative=True)
-    phi_k = check_finite("phi_k", phi_k, nonnegative=True)
-    v = check_finite("v", v)
+    phi_q, phi_k, v, present = check_head_inputs(phi_q, phi_k, v, mask)
     params = params.checked()
 
     if mode == "equilibrium":

@@ -43,7 +43,7 @@ from ._linear import linear_attention_state
 from ._params import NAParams
 from ._read import Magnus2
 from ._special import psi
-from ._validate import check_finite, check_mask, check_matrix
+from ._validate import check_head_inputs
 from ._write import write_reduced
 from .calcium import AbstractCalciumModel, DiffusiveProcesses, GChI, LiRinzel
 from .calcium import default_stepsize_controller as _calcium_controller
@@ -327,14 +327,7 @@ def na_attention_calcium(
     read_steps = 32 if read_steps is None else read_steps
     if isinstance(read_steps, bool) or not isinstance(read_steps, int) or read_steps < 2:
         raise ValueError(f"read_steps: expected an integer >= 2, got {read_steps!r}")
-    check_matrix("phi_q", phi_q)
-    L, M = phi_q.shape
-    check_matrix("phi_k", phi_k, rows=L, cols=M, rows_from="phi_q", cols_from="phi_q")
-    check_matrix("v", v, rows=L, rows_from="phi_q")
-    present = check_mask(mask, L)
-    phi_q = check_finite("phi_q", phi_q, nonnegative=True)
-    phi_k = check_finite("phi_k", phi_k, nonnegative=True)
-    v = check_finite("v", v)
+    phi_q, phi_k, v, present = check_head_inputs(phi_q, phi_k, v, mask)
 
     memory = write_reduced(phi_k, v, params, present)
     g = memory.astrocyte_weights()

@@ -39,25 +39,7 @@ def exp_mean3(x: Float[ArrayLike, "*shape"], y: Float[ArrayLike, "*shape"]) -> F
     $x = y = 0$. Computed as $(E_1(0, lo) - E_1(lo, hi)) / hi$ with $lo, hi$ the sorted nodes, and by its
     Taylor series $\sum_n (-1)^n h_n(x, y) / (n+2)!$ when $hi < 0.1$ (truncation error below $10^{-10}$).
     """
-    x = jnp.asarray(x)
-    y = jnp.asarray(y)
-    lo = jnp.minimum(x, y)
-    hi = jnp.maximum(x, y)
-    small = hi < 0.1
-    hi_safe = jnp.where(small, 1.0, hi)
-    lo_safe = jnp.where(small, 0.5, lo)
-    exact = (exp_mean2(jnp.zeros_like(lo_safe), lo_safe) - exp_mean2(lo_safe, hi_safe)) / hi_safe
-    # Complete homogeneous symmetric polynomials h_n(x, y) = sum_{i=0..n} x^i y^(n-i), evaluated only on
-    # the small branch's inputs: x^5 overflows for large x, and inf * 0 is NaN in the backward pass.
-    x = jnp.where(small, x, 0.0)
-    y = jnp.where(small, y, 0.0)
-    h1 = x + y
-    h2 = x * x + x * y + y * y
-    h3 = h2 * x + y**3
-    h4 = h3 * x + y**4
-    h5 = h4 * x + y**5
-    series = 1 / 2 - h1 / 6 + h2 / 24 - h3 / 120 + h4 / 720 - h5 / 5040
-    return jnp.where(small, series, exact)
+    return magnus_exponentials(x, y)[3]
 
 
 def magnus_exponentials(alpha: Float[ArrayLike, "*shape"], beta: Float[ArrayLike, "*b"]

@@ -45,3 +45,18 @@ def check_finite(name: str, x, *, nonnegative: bool = False):
         x = eqx.error_if(x, jnp.any(x < 0), f"{name}: expected non-negative firing rates (phi >= 0), "
                                             "got negative values; use a positive feature map")
     return x
+
+
+def check_head_inputs(phi_q, phi_k, v, mask, *, nonnegative: bool = True):
+    """The checks of one head's inputs: shapes, mask, and (at run time) finite, non-negative feature rates.
+
+    **Returns:** `(phi_q, phi_k, v, present)` with the runtime checks attached and `present` the (L,) mask.
+    """
+    check_matrix("phi_q", phi_q)
+    L, M = phi_q.shape
+    check_matrix("phi_k", phi_k, rows=L, cols=M, rows_from="phi_q", cols_from="phi_q")
+    check_matrix("v", v, rows=L, rows_from="phi_q")
+    present = check_mask(mask, L)
+    phi_q = check_finite("phi_q", phi_q, nonnegative=nonnegative)
+    phi_k = check_finite("phi_k", phi_k, nonnegative=nonnegative)
+    return phi_q, phi_k, check_finite("v", v), present

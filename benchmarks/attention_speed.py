@@ -25,7 +25,6 @@ Output: JSON (``benchmarks/results/attention_speed.json``) and a log–log plot 
 """
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import astroformer as af
-from astroformer._calcium_read import CalciumCoupling, default_coupling, na_attention_calcium
+from astroformer._calcium_read import default_coupling, na_attention_calcium
 from astroformer.calcium import GChI, LiRinzel
 
 from ._common import RESULTS_DIR, machine_info, write_json

@@ -14,7 +14,6 @@ References: Kozachkov, Kastanenka & Krotov, PNAS 120:e2219150120 (2023), Fig. 3.
 """
 
 import argparse
-import math
 from pathlib import Path
 
 import equinox as eqx

@@ -11,7 +11,6 @@ import argparse
 import statistics
 
 import diffrax
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 

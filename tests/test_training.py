@@ -14,12 +14,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from astroformer import ATTENTION_KINDS
 from astroformer.cli import main as cli_main
-from astroformer.tasks import CharCorpus, get_task
+from astroformer.tasks import CharCorpus
 from astroformer.training import (
     CheckpointError,
     TrainConfig,

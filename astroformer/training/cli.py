@@ -7,7 +7,6 @@ bits/char with the latest softmax run of the same task under the same runs root,
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
