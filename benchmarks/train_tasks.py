@@ -81,9 +81,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="20 steps, MQAR and charlm, softmax and na-ode")
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default 200, quick 20)")
+    parser.add_argument("--tasks", nargs="+", choices=list(TASKS), help="tasks to run (default: all)")
+    parser.add_argument("--kinds", nargs="+", choices=list(ATTENTION_KINDS), help="attention kinds (default: all)")
     args = parser.parse_args(argv)
-    tasks = ["mqar", "charlm"] if args.quick else list(TASKS)
-    kinds = ["softmax", "na-ode"] if args.quick else list(ATTENTION_KINDS)
+    tasks = args.tasks or (["mqar", "charlm"] if args.quick else list(TASKS))
+    kinds = args.kinds or (["softmax", "na-ode"] if args.quick else list(ATTENTION_KINDS))
     steps = args.steps or (20 if args.quick else 200)
     info = machine_info()
     results = []
