@@ -25,12 +25,12 @@ from ._common import compile_time, machine_info, time_fn, write_json  # noqa: E4
 
 def configurations(quick: bool):
     steps = (2, 4, 8) if quick else (2, 4, 8, 16, 32, 64)
-    rtols = (1e-3, 1e-5) if quick else (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+    rtols = (1e-3,) if quick else (1e-2, 1e-4, 1e-6)
     fixed = (16, 64) if quick else (16, 64, 256, 1024)
     out = [(f"Magnus2 StepTo({n})", dict(read_steps=n)) for n in steps]
     out += [(f"Tsit5 PID rtol={r:g}", dict(solver=diffrax.Tsit5(),
                                            stepsize_controller=diffrax.PIDController(rtol=r, atol=r * 1e-3),
-                                           max_steps=100_000)) for r in rtols]
+                                           max_steps=20_000)) for r in rtols]
     # Explicit fixed steps, uniform in read time u = t / T_r in [0, 1] (the solves' time variable).
     out += [(f"Heun StepTo({n})", dict(solver=diffrax.Heun(), max_steps=n,
                                         stepsize_controller=diffrax.StepTo(ts=jnp.linspace(0.0, 1.0, n + 1))))
@@ -41,10 +41,12 @@ def configurations(quick: bool):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke test)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    B, H, L, D, M = (1, 2, 32, 8, 16) if args.quick else (8, 4, 256, 32, 64)
+    # One batch of B x H heads at the speed benchmark's per-head size (explicit adaptive solvers need ~1e4
+    # steps on this stiff problem, so the batch is kept small).
+    B, H, L, D, M = (1, 2, 32, 8, 16) if args.quick else (1, 4, 256, 32, 64)
     kq, kk, kv, kf = jax.random.split(jax.random.PRNGKey(0), 4)
     fm = PositiveRandomFeatures(D, M, key=kf, dtype=jnp.float64)
     scale = D**-0.25
