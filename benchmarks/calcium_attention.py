@@ -64,6 +64,7 @@ def errors(x, ref):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small grid and sizes (about a minute)")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/calcium_attention.json)")
     args = parser.parse_args(argv)
     quick = args.quick
     L, D, M, N = (16, 8, 32, 4) if quick else (32, 8, 64, 8)
@@ -138,8 +139,8 @@ def main(argv=None):
                   + " | rel_softmax " + " ".join(f"{e:8.3f}" for e in grid["rel_softmax"][a]))
 
     results["machine"] = machine_info()
-    path = write_json(results, RESULTS_DIR / "calcium_attention.json")
-    figure(results, RESULTS_DIR / "calcium_attention.png")
+    path = write_json(results, args.out or RESULTS_DIR / "calcium_attention.json")
+    figure(results, path.with_suffix(".png"))
     print(f"wrote {path} and calcium_attention.png")
     return results
 

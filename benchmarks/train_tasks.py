@@ -82,6 +82,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="20 steps, MQAR and charlm, softmax and na-ode")
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default 200, quick 20)")
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), help="tasks to run (default: all)")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/train_tasks[_quick].json)")
     parser.add_argument("--kinds", nargs="+", choices=list(ATTENTION_KINDS), help="attention kinds (default: all)")
     args = parser.parse_args(argv)
     tasks = args.tasks or (["mqar", "charlm"] if args.quick else list(TASKS))
@@ -105,9 +106,9 @@ def main(argv=None) -> int:
             print(f"{task:15s} na-ode tokens/s relative to softmax: {speed[task]:.3f}")
     name = "train_tasks_quick" if args.quick else "train_tasks"
     path = write_json({"machine": info, "steps": steps, "results": results,
-                       "na_ode_speed_relative_to_softmax": speed}, name=f"{name}.json")
-    plot(results, RESULTS_DIR / f"{name}.png")
-    print(f"wrote {path} and {RESULTS_DIR / (name + '.png')}")
+                       "na_ode_speed_relative_to_softmax": speed}, args.out, name=f"{name}.json")
+    plot(results, path.with_suffix(".png"))
+    print(f"wrote {path} and {path.with_suffix('.png')}")
     return 0
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # runs in CI through `pytest -m slow`
+
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("softmax", "linear", "na-equilibrium", "na-ode")
 

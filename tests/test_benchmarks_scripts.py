@@ -1,0 +1,78 @@
+"""Smoke tests of every benchmark script's `--quick` mode: it runs, and its JSON holds sane values.
+
+Marked `slow` (each script compiles its own functions in a fresh process): the default `pytest` run skips
+them, and `.ci/run` runs them in a second step (`python -m pytest -q -m slow`).
+"""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run_quick(name: str, tmp_path: Path, *extra: str) -> dict:
+    out = tmp_path / f"{name}.json"
+    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", "--quick", "--out", str(out), *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert out.exists() and out.with_suffix(".png").exists()
+    with open(out) as f:
+        data = json.load(f)
+    assert data["machine"]["jax"]
+    return data
+
+
+def finite_positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_solver_overhead_quick(tmp_path):
+    data = run_quick("solver_overhead", tmp_path)
+    assert data["max_abs_difference_diffrax_vs_scan"] < 1e-5  # the same steps give the same numbers
+    assert set(data["ratio_diffrax_over_scan"]) == {"read/forward", "read/forward+backward", "block/forward",
+                                                   "block/forward+backward"}
+    for case in data["cases"].values():
+        assert all(finite_positive(t) for t in case["times"]) and case["median"] >= case["min"]
+    assert all(finite_positive(r) for r in data["ratio_diffrax_over_scan"].values())
+
+
+def test_work_precision_quick(tmp_path):
+    data = run_quick("work_precision", tmp_path)
+    magnus = {r["name"]: r for r in data["rows"] if r["name"].startswith("Magnus2") and r.get("relative_error")}
+    assert len(magnus) >= 3
+    errors = [magnus[k]["relative_error"] for k in sorted(magnus, key=lambda n: int(n.split("(")[1][:-1]))]
+    assert errors[-1] < errors[0]  # more steps, smaller error
+    assert errors[-1] < 1e-4
+    assert 0 <= data["equilibrium_vs_reference"] < 1
+
+
+def test_fidelity_quick(tmp_path):
+    data = run_quick("fidelity", tmp_path, "--run-dir", str(tmp_path / "run"))
+    rows = data["normalisers"]
+    assert [r["M"] for r in rows] == sorted(r["M"] for r in rows)
+    for r in rows:
+        assert -1 <= r["normaliser_correlation"] <= 1 and r["normaliser_median_relative_error"] >= 0
+    assert all(finite_positive(d["bits_per_char"]) for d in data["downstream"])
+    assert finite_positive(data["softmax_bits_per_char"])
+
+
+def test_train_tasks_quick(tmp_path):
+    data = run_quick("train_tasks", tmp_path, "--tasks", "mqar", "--kinds", "softmax", "na-ode", "--steps", "5")
+    assert {r["attention"] for r in data["results"]} == {"softmax", "na-ode"}
+    for r in data["results"]:
+        assert 0 <= r["value"] <= 1 and finite_positive(r["tokens_per_s"])
+    assert finite_positive(data["na_ode_speed_relative_to_softmax"]["mqar"])
+
+
+def test_calcium_attention_quick(tmp_path):
+    data = run_quick("calcium_attention", tmp_path)
+    assert set(data["models"]) == {"abstract", "GChI", "LiRinzel"}
+    abstract = [e for row in data["models"]["abstract"]["rel_eq"] for e in row]
+    assert max(abstract) < 0.05  # the abstract astrocyte reaches the random-feature equilibrium
+    assert 0 < data["equilibrium_vs_softmax"] < 10
