@@ -239,6 +239,10 @@ def calcium_read(phi_q: Float[Array, "L M"], g: Float[Array, "L M"], params: NAP
                               adjoint=adjoint, max_steps=max_steps, throw=throw)
     S = read_steps * 2 - 1
     calcium = model.calcium(sol.ys).reshape(S, 2, L, M)
+    # A diverged explicit solve gives inf/NaN calcium, which the saturating rate would silently map to 0.
+    calcium = eqx.error_if(calcium, ~jnp.all(jnp.isfinite(calcium)),
+                           "calcium_model: the calcium solve diverged (non-finite calcium); use an adaptive "
+                           "stepsize_controller (the default), smaller fixed steps or a smaller coupling gain")
     rates = coupling.rate(calcium)
 
     synapse = SynapseField(phi_q=phi_q, rates=rates, grid=grid, params=params)

@@ -284,3 +284,18 @@ def test_layer_calcium_defaults_and_errors():
         af.NeuronAstrocyteAttention(D_MODEL, HEADS, calcium="gchi", key=key)
     with pytest.raises(TypeError, match="coupling"):
         af.NeuronAstrocyteAttention(D_MODEL, HEADS, calcium=GChI(), coupling=dict(gain=1.0), key=key)
+
+
+def test_diverged_calcium_solve_raises_instead_of_hiding_nan():
+    """A fixed step far too large for G-ChI makes the explicit solve blow up: that must raise, not be mapped
+    to a zero synaptic rate by the saturating function (which kept the forward pass finite before)."""
+    import diffrax
+
+    L, D, M = 8, 4, 16
+    ks = jax.random.split(jax.random.PRNGKey(0), 4)
+    fm = af.PositiveRandomFeatures(D, M, key=ks[0])
+    q, k, v = (jax.random.normal(kk, (L, D)) for kk in ks[1:])
+    params = af.NAParams(tau_s=0.01 / M)
+    with pytest.raises(Exception, match="calcium solve diverged"):
+        jax.block_until_ready(af.na_attention_calcium(
+            fm(q), fm(k), v, params, GChI(), stepsize_controller=diffrax.ConstantStepSize(), dt0=1 / 16))
