@@ -135,3 +135,15 @@ def run_python(code: str, timeout: float = 600.0, env: dict[str, str] | None = N
     if out.returncode != 0:
         raise RuntimeError(f"subprocess failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
     return out.stdout
+
+
+def pyplot():
+    """`matplotlib.pyplot` on the non-interactive Agg backend, or a clear error if matplotlib is missing."""
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise ImportError("the benchmark figures need matplotlib: pip install 'astroformer[plot]'") from err
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

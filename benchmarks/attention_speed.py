@@ -35,7 +35,7 @@ import numpy as np
 
 import astroformer as af
 
-from ._common import RESULTS_DIR, compile_time, machine_info, summarise, time_call, write_json
+from ._common import RESULTS_DIR, compile_time, machine_info, pyplot, summarise, time_call, write_json
 
 
 KINDS = ("softmax", "linear", "na-equilibrium", "na-ode", "na-ode-full")
@@ -174,10 +174,7 @@ def accuracy_reduced(L: int, D: int, M: int, steps_sweep, read_steps: int, seed:
 # --------------------------------------------------------------------------------------------------------- plot
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, phase, title in zip(axes, ("forward", "forward_backward"), ("forward", "forward + backward")):

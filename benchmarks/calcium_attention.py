@@ -31,7 +31,7 @@ import astroformer as af
 from astroformer._calcium_read import default_coupling, na_attention_calcium
 from astroformer.calcium import GChI, LiRinzel
 
-from ._common import RESULTS_DIR, machine_info, write_json
+from ._common import RESULTS_DIR, machine_info, pyplot, write_json
 
 GAIN_FACTORS = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 READ_TIMES = (0.1, 0.3, 1.0, 3.0)
@@ -146,10 +146,7 @@ def main(argv=None):
 
 
 def figure(results, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cfg = results["config"]
     names = list(results["models"])

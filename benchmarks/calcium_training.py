@@ -47,7 +47,7 @@ from astroformer.training import TrainConfig, Transformer, evaluate, make_optimi
 from astroformer.training import trainable_filter
 from astroformer.training._train import data_seed
 
-from ._common import RESULTS_DIR, machine_info, write_json
+from ._common import RESULTS_DIR, machine_info, pyplot, write_json
 
 KINDS = {
     "softmax": ("softmax", None),
@@ -159,10 +159,7 @@ def run(name: str, sizes: dict, seed: int = 0) -> dict:
 
 
 def plot(results: list[dict], path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for r in results:

@@ -26,7 +26,7 @@ from astroformer.tasks import bits_per_char
 from astroformer.training import TrainConfig, load_run, train
 from astroformer.training._model import _dense, _layer_norm
 
-from ._common import RESULTS_DIR, machine_info, write_json
+from ._common import RESULTS_DIR, machine_info, pyplot, write_json
 
 
 def softmax_model(run_dir: Path, quick: bool):
@@ -165,13 +165,7 @@ def main(argv=None):
 
 
 def _plot(results, path):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     curves = results["curves"]
     for ax, M in zip(axes[:2], (sorted(curves, key=int)[0], sorted(curves, key=int)[-1])):

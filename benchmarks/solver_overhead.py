@@ -20,7 +20,7 @@ from astroformer._linear import linear_attention_state
 from astroformer._read import Magnus2, ReducedReadField, read_grid
 from astroformer._write import write_reduced
 
-from ._common import compile_time, machine_info, summarise, time_call, write_json
+from ._common import compile_time, machine_info, pyplot, summarise, time_call, write_json
 
 
 def scan_read(phi_q, memory, params, N, *, causal, read_steps):
@@ -118,13 +118,7 @@ def main(argv=None):
 
 
 def _plot(results, path):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
+    plt = pyplot()
     cases = results["cases"]
     labels = [f"{scope}\n{kind}" for scope in ("read", "block") for kind in ("forward", "forward+backward")]
     fig, ax = plt.subplots(figsize=(7, 3.6))

@@ -21,7 +21,7 @@ import time
 from astroformer import ATTENTION_KINDS
 from astroformer.training import TrainConfig, read_metrics, train
 
-from ._common import RESULTS_DIR, machine_info, write_json
+from ._common import machine_info, pyplot, write_json
 
 TASKS = {
     "mqar": {"seq_len": 64, "num_kv_pairs": 4},
@@ -51,10 +51,7 @@ def run(task: str, kind: str, steps: int, root: str) -> dict:
 
 
 def plot(results: list[dict], path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     tasks = list(dict.fromkeys(r["task"] for r in results))
     kinds = list(dict.fromkeys(r["attention"] for r in results))

@@ -20,7 +20,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from astroformer import NAParams, PositiveRandomFeatures, na_attention  # noqa: E402
 
-from ._common import compile_time, machine_info, time_fn, write_json  # noqa: E402
+from ._common import compile_time, machine_info, pyplot, time_fn, write_json  # noqa: E402
 
 
 def configurations(quick: bool):
@@ -95,13 +95,7 @@ def main(argv=None):
 
 
 def _plot(rows, path):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for family, marker in (("Magnus2", "o"), ("Tsit5", "s"), ("Heun", "^")):
         pts = [(r["median"], r["relative_error"]) for r in rows

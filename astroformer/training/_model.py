@@ -16,11 +16,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from .._attention import ATTENTION_KINDS, AbstractAttention, make_attention
-
-
-def _dense(layer: eqx.nn.Linear, x: Float[Array, "n d_in"]) -> Float[Array, "n d_out"]:
-    return x @ layer.weight.T + layer.bias
+from .._attention import ATTENTION_KINDS, AbstractAttention, _dense, make_attention
 
 
 def _layer_norm(norm: eqx.nn.LayerNorm, x: Float[Array, "n d"]) -> Float[Array, "n d"]:
