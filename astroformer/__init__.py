@@ -10,6 +10,7 @@ from ._features import (
 )
 from ._params import NAParams as NAParams
 from ._read import Magnus2 as Magnus2
+from ._rosenbrock import Ros2 as Ros2
 
 __version__ = "0.1.0"
 

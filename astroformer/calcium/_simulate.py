@@ -166,7 +166,10 @@ def simulate(
 
         For genuinely stiff settings, e.g. [`astroformer.calcium.DiffusiveProcesses`][]
         with many processes (rate `n / tau_p`), or parameters trained into fast regimes,
-        pass an implicit solver with a Newton root finder:
+        pass `solver=astroformer.Ros2()` (a linearly implicit Rosenbrock–W method, L-stable
+        for fast self-relaxing variables, see `docs/calcium.md`; 2.2e-4 µM from Brian 2 on
+        the reference protocol with `PIDController(rtol=1e-4, atol=1e-7)`), or an implicit
+        solver with a Newton root finder:
         `solver=diffrax.Kvaerno5(root_finder=optimistix.Newton(rtol=1e-6, atol=1e-9))`
         (use float64: implicit solvers are fragile in float32).
 
