@@ -22,9 +22,12 @@ diffusion over the N·M processes sees only their mean; so the N copies j of eve
 (C̄ over ij) = (C̄ over j), and the N×M system reduces exactly to M processes, as in the abstract read
 (model.md §5). The tests check this against a literal N×M simulation.
 
-Numerics: the calcium subsystem does not depend on sigma or z, so it is solved first (diffrax, default
-`Tsit5` + `PIDController`, in read time u = t/T_r), saved at the two Gauss–Legendre nodes of every step of a
-fixed read grid; the linear, possibly very stiff synapse/output equations are then advanced on that grid by
+Numerics: the calcium subsystem does not depend on sigma or z, so it is solved first (diffrax, in read time
+u = t/T_r, default `Ros2` + `PIDController`), saved at the two Gauss–Legendre nodes of every step of a
+fixed read grid. `Ros2` (`_rosenbrock.py`) is a linearly implicit Rosenbrock–W method that treats every
+fast self-relaxing variable of every process L-stably (a strong drive makes G-ChI's receptor binding relax at
+~1e4 per unit of read time): explicit `Tsit5` diverges at fixed steps and runs out of steps adaptively on
+trained transformers' drives, which Ros2 handles in tens of steps; the linear, possibly very stiff synapse/output equations are then advanced on that grid by
 the exponential integrator `Magnus2` with the step-averaged rate from the Gauss nodes (local error
 O(Δu³), unconditionally stable however small tau_s and tau_n are).
 """
@@ -42,6 +45,7 @@ from ._block import na_attention
 from ._linear import linear_attention_state
 from ._params import NAParams
 from ._read import Magnus2
+from ._rosenbrock import Ros2, jacobian_diagonal
 from ._special import psi
 from ._validate import check_head_inputs
 from ._write import write_reduced
@@ -93,10 +97,13 @@ class CalciumCoupling(eqx.Module):
                 raise ValueError(f"CalciumCoupling.{name}: expected a positive, finite scalar, got {arr!r}")
 
     def rate(self, calcium: Float[Array, "*b"]) -> Float[Array, "*b"]:
-        r"""$\rho_{\max} C^n / (C^n + K^n)$ for $C > 0$, 0 otherwise (finite value and gradient everywhere)."""
+        r"""$\rho_{\max} C^n / (C^n + K^n)$ for $C > 0$, 0 otherwise, evaluated as
+        $\rho_{\max}\,\mathrm{sigmoid}(n(\ln C - \ln K))$ so that value and gradient stay finite for any
+        $C \ge 0$ (the form $(K/C)^n$ overflows to inf for small $C$, and its gradient to NaN)."""
         positive = calcium > 0
         safe = jnp.where(positive, calcium, 1.0)
-        return jnp.where(positive, self.rate_max / (1.0 + (self.half_saturation / safe) ** self.hill), 0.0)
+        logit = self.hill * (jnp.log(safe) - jnp.log(self.half_saturation))
+        return jnp.where(positive, self.rate_max * jax.nn.sigmoid(logit), 0.0)
 
 
 _DEFAULT_GAIN = {GChI: 0.1, LiRinzel: 3.0}
@@ -148,6 +155,17 @@ class CalciumField(eqx.Module):
         dy[self.key] = dy[self.key] + cp.diffusion * (jnp.mean(c, axis=-1, keepdims=True) - c)
         return jax.tree.map(lambda d: prm.t_read * cp.time_scale * d, dy)
 
+    def jacobian_diagonal(self, u, y, args):
+        r"""For `Ros2`: the stacked vector field and the diagonal of its per-process Jacobian. The Jacobian–
+        vector product with a tangent of ones sees only the zero-sum part of the diffusion; its own diagonal,
+        $-D(1 - 1/M)$ on the calcium variable, is added here."""
+        f, d = jacobian_diagonal(lambda y: self(u, y, args), y)
+        M = y[self.key].shape[-1]
+        scale = self.params.t_read * self.coupling.time_scale
+        own = {name: jnp.zeros((), d.dtype) for name in y}
+        own[self.key] = (scale * self.coupling.diffusion * (1.0 - 1.0 / M)).astype(d.dtype)
+        return f, d - jnp.stack(jax.tree.leaves(own))
+
 
 class SynapseField(eqx.Module):
     r"""Reduced synapse/output equations $\dot\sigma = f - a(u)\sigma$, $\dot z = b(u)\sigma - d z$ in read time,
@@ -183,17 +201,34 @@ class SynapseField(eqx.Module):
         return T * self._rate_avg(u0) / prm.tau_s, T * h_avg / prm.tau_n, T / prm.tau_n, T / prm.tau_s
 
 
+def _geometric_then_uniform(first, n_geometric: int, n_uniform: int, dtype) -> Array:
+    """0, then `n_geometric` points growing geometrically from `first` to 1/`n_uniform`, then the uniform points
+    2/`n_uniform`, ..., 1: `n_geometric` + `n_uniform` - 1 steps."""
+    first = jnp.minimum(first, 0.5 / (n_uniform * max(n_geometric, 2))).astype(dtype)
+    k = jnp.arange(n_geometric, dtype=dtype) / max(n_geometric - 1, 1)
+    geometric = first ** (1.0 - k) * (1.0 / n_uniform) ** k
+    uniform = jnp.arange(2, n_uniform + 1, dtype=dtype) / n_uniform
+    grid = jnp.concatenate([jnp.zeros(1, dtype), geometric, uniform])
+    return grid.at[-1].set(1.0)  # exactly 1 under jit (diffrax's StepTo needs ts[-1] == t1)
+
+
+def _fastest(params: NAParams, coupling: CalciumCoupling):
+    return jnp.minimum(params.tau_n, params.tau_s / coupling.rate_max) / (4 * params.t_read)
+
+
 def calcium_read_grid(params: NAParams, coupling: CalciumCoupling, steps: int, dtype
-                      ) -> Float[Array, " 2*steps+1"]:
+                      ) -> Float[Array, " 2*steps"]:
     r"""Read grid (read time): `steps` geometric steps from the fastest transient
     $\min(\tau_n, \tau_s/\rho_{\max})$ up to $1/$`steps`, then `steps` - 1 uniform steps to 1 (so calcium,
     which varies on the model's time scale, is sampled evenly over the whole read)."""
-    fastest = jnp.minimum(params.tau_n, params.tau_s / coupling.rate_max) / (4 * params.t_read)
-    first = jnp.minimum(fastest, 0.5 / steps**2).astype(dtype)
-    k = jnp.arange(steps, dtype=dtype) / (steps - 1)
-    geometric = first ** (1.0 - k) * (1.0 / steps) ** k
-    uniform = jnp.arange(2, steps + 1, dtype=dtype) / steps
-    return jnp.concatenate([jnp.zeros(1, dtype), geometric, uniform])
+    return _geometric_then_uniform(_fastest(params, coupling), steps, steps, dtype)
+
+
+def calcium_step_grid(params: NAParams, coupling: CalciumCoupling, steps: int, dtype) -> Float[Array, " steps+1"]:
+    r"""The fixed grid of `steps` `Ros2` steps of a calcium solve (read time): a quarter of them geometric,
+    resolving the rise of the drive (time constant $\tau_n$), the rest uniform up to 1."""
+    n_geometric = steps // 4 + 1
+    return _geometric_then_uniform(_fastest(params, coupling), n_geometric, steps - n_geometric + 1, dtype)
 
 
 class CalciumRead(eqx.Module):
@@ -210,10 +245,10 @@ class CalciumRead(eqx.Module):
 
 def calcium_read(phi_q: Float[Array, "L M"], g: Float[Array, "L M"], params: NAParams,
                  model: AbstractCalciumModel, coupling: CalciumCoupling, *, solver=None, stepsize_controller=None,
-                 adjoint=None, dt0=None, read_steps: int = 32, max_steps: int = 16384,
-                 throw: bool = True) -> CalciumRead:
+                 adjoint=None, dt0=None, read_steps: int = 32, calcium_steps: int | None = None,
+                 max_steps: int = 16384, throw: bool = True) -> CalciumRead:
     r"""Solve the calcium read of every query at once (see the module docstring). `g` is the astrocyte weight
-    vector each query sees, (L, M)."""
+    vector each query sees, (L, M). `calcium_steps`: see `na_attention_calcium`."""
     dtype = phi_q.dtype
     L, M = phi_q.shape
     y0 = model.default_y0()
@@ -230,8 +265,11 @@ def calcium_read(phi_q: Float[Array, "L M"], g: Float[Array, "L M"], params: NAP
     offset = 0.5 / np.sqrt(3.0)
     nodes = jnp.stack([u0 + (0.5 - offset) * du, u0 + (0.5 + offset) * du], axis=-1)  # (S, 2)
 
-    solver = diffrax.Tsit5() if solver is None else solver
-    if stepsize_controller is None:
+    solver = Ros2() if solver is None else solver
+    if calcium_steps is not None:
+        stepsize_controller = diffrax.StepTo(ts=calcium_step_grid(params, coupling, calcium_steps, dtype))
+        max_steps = calcium_steps
+    elif stepsize_controller is None:
         stepsize_controller = _calcium_controller(dtype)
     adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
     sol = diffrax.diffeqsolve(diffrax.ODETerm(field), solver, 0.0, 1.0, dt0, y0,
@@ -241,8 +279,9 @@ def calcium_read(phi_q: Float[Array, "L M"], g: Float[Array, "L M"], params: NAP
     calcium = model.calcium(sol.ys).reshape(S, 2, L, M)
     # A diverged explicit solve gives inf/NaN calcium, which the saturating rate would silently map to 0.
     calcium = eqx.error_if(calcium, ~jnp.all(jnp.isfinite(calcium)),
-                           "calcium_model: the calcium solve diverged (non-finite calcium); use an adaptive "
-                           "stepsize_controller (the default), smaller fixed steps or a smaller coupling gain")
+                           "calcium_model: the calcium solve diverged (non-finite calcium); use the default "
+                           "solver and step-size controller (Ros2, adaptive), smaller fixed steps or a smaller "
+                           "coupling gain")
     rates = coupling.rate(calcium)
 
     synapse = SynapseField(phi_q=phi_q, rates=rates, grid=grid, params=params)
@@ -269,6 +308,7 @@ def na_attention_calcium(
     adjoint: diffrax.AbstractAdjoint | None = None,
     dt0: Float[ArrayLike, ""] | None = None,
     read_steps: int | None = None,
+    calcium_steps: int | None = None,
     max_steps: int = 16384,
     chunk_size: int = 64,
     throw: bool = True,
@@ -300,11 +340,17 @@ def na_attention_calcium(
       `default_coupling(calcium_model)`.
     - `causal`, `mask`, `chunk_size`: as in `na_attention`.
     - `solver`, `stepsize_controller`, `adjoint`, `dt0`, `max_steps`: diffrax options of the calcium solve
-      (default `Tsit5()`, `PIDController` with rtol/atol 1e-6/1e-9 in float64 and 1e-4/1e-7 in float32,
+      (default `Ros2()`, `PIDController` with rtol/atol 1e-6/1e-9 in float64 and 1e-4/1e-7 in float32,
       `RecursiveCheckpointAdjoint()`). A fixed-step controller (`ConstantStepSize` with `dt0`, `StepTo`)
-      makes the output a smooth function of the parameters, as finite differences need.
+      makes the output a smooth function of the parameters, as finite differences need; `Ros2` stays stable
+      at steps where explicit solvers diverge, but needs steps of ~0.1 model second or less to be accurate
+      (its fast variables are treated implicitly, the self-amplifying calcium release explicitly).
     - `read_steps`: the synapse equations use 2·`read_steps` − 1 exponential (`Magnus2`) steps (default 32);
       on the abstract path it is passed to `na_attention` (default: its own, 16).
+    - `calcium_steps`: `None` (default): the calcium solve uses `stepsize_controller`. An integer S: the
+      calcium solve takes S fixed steps of `solver` (default `Ros2`) on `calcium_step_grid` (a quarter
+      geometric, resolving the drive's rise, the rest uniform): fixed cost and memory, and a smooth
+      function of the parameters, for training (`stepsize_controller` and `dt0` must then be left unset).
     - `throw`: raise if a solve fails (for example runs out of `max_steps`).
     - `return_read`: also return the `CalciumRead` (calcium and rates of every process over the read).
 
@@ -331,6 +377,12 @@ def na_attention_calcium(
     read_steps = 32 if read_steps is None else read_steps
     if isinstance(read_steps, bool) or not isinstance(read_steps, int) or read_steps < 2:
         raise ValueError(f"read_steps: expected an integer >= 2, got {read_steps!r}")
+    if calcium_steps is not None:
+        if isinstance(calcium_steps, bool) or not isinstance(calcium_steps, int) or calcium_steps < 4:
+            raise ValueError(f"calcium_steps: expected None or an integer >= 4, got {calcium_steps!r}")
+        if stepsize_controller is not None or dt0 is not None:
+            raise ValueError("calcium_steps: fixes the calcium steps; expected stepsize_controller=None and "
+                             f"dt0=None with it, got {stepsize_controller!r} and {dt0!r}")
     phi_q, phi_k, v, present = check_head_inputs(phi_q, phi_k, v, mask)
 
     memory = write_reduced(phi_k, v, params, present)
@@ -339,10 +391,11 @@ def na_attention_calcium(
         g = jnp.broadcast_to(g[-1], g.shape)
     read = calcium_read(phi_q, g, params, calcium_model, coupling, solver=solver,
                         stepsize_controller=stepsize_controller, adjoint=adjoint, dt0=dt0, read_steps=read_steps,
-                        max_steps=max_steps, throw=throw)
+                        calcium_steps=calcium_steps, max_steps=max_steps, throw=throw)
     x = linear_attention_state(read.z, memory.keys, memory.values, memory.log_decay, causal=causal,
                                chunk_size=chunk_size)
     return (x, read) if return_read else x
 
 
-__all__ = ["CalciumCoupling", "CalciumRead", "default_coupling", "na_attention_calcium", "calcium_read"]
+__all__ = ["CalciumCoupling", "CalciumRead", "default_coupling", "na_attention_calcium", "calcium_read",
+           "calcium_read_grid", "calcium_step_grid"]
