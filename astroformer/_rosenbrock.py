@@ -19,7 +19,8 @@ y_{n+1} &= y_n + \tfrac32\Delta t\,k_1 + \tfrac12\Delta t\,k_2 .
 (the $\partial_t f$ terms are the method applied to the autonomous system with $t$ as a state variable, whose
 Jacobian row is zero). It is second order for *any* matrix $J$ (a W-method: the choice of $J$ affects stability, never the order).
 Here $J = \mathrm{diag}(\min(\partial f_i/\partial y_i, 0))$, the *dissipative part of the diagonal* of the
-element-wise Jacobian, so that
+element-wise Jacobian, evaluated at $(t_n + \Delta t, y_n)$ (so that a drive switching on within the step is
+seen), so that
 
 - $W$ is diagonal with entries $\ge 1$: the "solves" are divisions, never singular. (With the full Jacobian,
   the self-amplifying calcium-induced calcium release, $\partial \dot C/\partial C > 0$, makes $W$ singular
@@ -27,6 +28,10 @@ element-wise Jacobian, so that
 - every variable that relaxes fast on its own (receptor binding, gating variables, the channel and leak
   fluxes in $C$, diffusion) is treated L-stably: a component $\dot y = \lambda(y - y^*)$,
   $\lambda \ll -1/\Delta t$, goes to $y^*$ in one step ($R(\infty) = 0$), whatever the step.
+
+The forcing's time derivative $\partial_t f$ is the secant $(f(t_n + \Delta t, y_n) - f(t_n, y_n))/\Delta t$:
+this keeps second order, and unlike the exact derivative it stays bounded when the forcing changes much faster
+than the step (the feature neurons' rise in $e^{-t/\tau_n}$ within the first read step).
 
 The embedded first-order solution $y_n + \Delta t\,k_1$ (linearly implicit Euler) gives the error estimate
 $\Delta t (k_1 + k_2)/2$ for adaptive step-size controllers.
@@ -118,14 +123,18 @@ class Ros2(diffrax.AbstractAdaptiveSolver):
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del solver_state, made_jump
         field = _unwrap(terms).vector_field
+        # The Jacobian diagonal at the end of the step, (t1, y0): a drive that switches on within the step
+        # (the feature neurons' rise) is then seen by W. Its value there gives the secant of the forcing.
         if hasattr(field, "jacobian_diagonal"):
-            f0, d = field.jacobian_diagonal(t0, y0, args)
+            f_end, d = field.jacobian_diagonal(t1, y0, args)
         else:
-            f0, d = jacobian_diagonal(lambda y: field(t0, y, args), y0)
+            f_end, d = jacobian_diagonal(lambda y: field(t1, y, args), y0)
         Y0 = _stack(y0)
+        f0 = _stack(field(t0, y0, args))
         dt = t1 - t0
-        # The explicit time dependence, as the secant over the step (see the module docstring).
-        f_t = (_stack(field(t1, y0, args)) - f0) / dt
+        # The explicit time dependence, as the secant over the step (see the module docstring). Steps of
+        # zero length (diffrax may make them) have f_end = f0: a safe divisor keeps gradients finite there.
+        f_t = (f_end - f0) / jnp.where(dt == 0, 1.0, dt)
         w = 1.0 - (_GAMMA * dt) * jnp.minimum(d, 0.0)  # W = diag(w), w >= 1
         k1 = (f0 + (_GAMMA * dt) * f_t) / w
         f1 = _stack(field(t1, _unstack(Y0 + dt * k1, y0), args))

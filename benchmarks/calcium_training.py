@@ -21,10 +21,12 @@ and at the end, wall time per optimiser step (median of the steps after the firs
 compile-inclusive first step, and for the calcium kinds the learned coupling and the calcium parameters that
 moved most. Results: `benchmarks/results/calcium_training.{json,png}` (`--quick`: `calcium_training_quick.*`).
 
-Known problem (not yet resolved): in float32 the gradients of the calcium kinds are NaN in every leaf at
-initialisation (loss finite), with the adaptive calcium solve (which also reaches its `max_steps` on these
-sizes) and with `calcium_steps` = 16–64 fixed steps, so those runs currently skip every update. The layer's
-gradients are finite in float64 on tiny sizes (tests/test_calcium_block.py).
+Calcium solve: `calcium_steps` fixed `Ros2` steps per read (`NeuronAstrocyteAttention(calcium_steps=...)`):
+fixed cost and memory, and a smooth function of the parameters. The adaptive default takes ~45 s per
+optimiser step for G-ChI at these sizes (the batched while-loop runs to the slowest head and is
+differentiated through recursive checkpoints), and explicit `Tsit5` at fixed steps diverges on the stiff
+receptor binding. If a calcium solve still diverges during training (the step raises), the run of that kind
+stops there and the JSON records the step (`diverged_at_step`).
 
     python -m benchmarks.calcium_training            # the full run (a few minutes on 2 CPU cores)
     python -m benchmarks.calcium_training --quick    # a smoke run, under a minute
@@ -47,7 +49,7 @@ from astroformer.training import TrainConfig, Transformer, evaluate, make_optimi
 from astroformer.training import trainable_filter
 from astroformer.training._train import data_seed
 
-from ._common import RESULTS_DIR, machine_info, pyplot, write_json
+from ._common import machine_info, pyplot, write_json
 
 KINDS = {
     "softmax": ("softmax", None),
@@ -56,7 +58,8 @@ KINDS = {
     "na-ode + Li-Rinzel": ("na-ode", LiRinzel),
 }
 FULL = dict(task=dict(vocab_size=32, seq_len=32, num_kv_pairs=4), d_model=32, num_layers=2, num_heads=2,
-            num_features=16, read_steps=8, batch_size=16, steps=300, evals=5, eval_batches=4, lr=3e-3)
+            num_features=16, read_steps=8, calcium_steps=64, batch_size=16, steps=300, evals=5, eval_batches=4,
+            lr=3e-3)
 QUICK = dict(FULL, steps=12, evals=2, eval_batches=1, batch_size=8, num_layers=1, read_steps=4)
 
 
@@ -109,7 +112,7 @@ def run(name: str, sizes: dict, seed: int = 0) -> dict:
     if kind == "na-ode":
         attention_kwargs = dict(read_steps=sizes["read_steps"])
         if calcium_cls is not None:
-            attention_kwargs["calcium"] = calcium_cls()
+            attention_kwargs.update(calcium=calcium_cls(), calcium_steps=sizes["calcium_steps"])
     model = Transformer(task.vocab_size, task.seq_len, attention=kind, d_model=sizes["d_model"],
                         num_layers=sizes["num_layers"], num_heads=sizes["num_heads"],
                         num_features=sizes["num_features"], attention_kwargs=attention_kwargs,
@@ -126,13 +129,18 @@ def run(name: str, sizes: dict, seed: int = 0) -> dict:
     step_fn = make_train_step(optimizer)
     opt_state = optimizer.init(eqx.filter(trainable, eqx.is_inexact_array))
     eval_points = sorted({int(round(steps * (i + 1) / sizes["evals"])) for i in range(sizes["evals"])})
-    losses, seconds, evals, skipped = [], [], [], 0
+    losses, seconds, evals, skipped, diverged = [], [], [], 0, None
     start = time.perf_counter()
     for s in range(steps):
         batch = jax.tree.map(jnp.asarray, task.batch("train", config.batch_size, seed=data_seed(seed, s)))
         t0 = time.perf_counter()
-        trainable, opt_state, loss, skip = step_fn(trainable, frozen, opt_state, batch)
-        loss = float(loss)
+        try:
+            trainable, opt_state, loss, skip = step_fn(trainable, frozen, opt_state, batch)
+            loss = float(loss)
+        except eqx.EquinoxRuntimeError as error:  # a diverged calcium solve: record it, stop this kind
+            print(f"  {name}: step {s + 1} failed: {str(error).splitlines()[0][:200]}", flush=True)
+            diverged = s + 1
+            break
         seconds.append(time.perf_counter() - t0)
         losses.append(loss)
         skipped += int(skip)
@@ -144,11 +152,14 @@ def run(name: str, sizes: dict, seed: int = 0) -> dict:
             print(f"  {name:20s} step {s + 1:4d}  train loss {loss:.3f}  eval accuracy {metrics['accuracy']:.3f}"
                   f"  ({time.perf_counter() - start:.0f} s)", flush=True)
     final = from_log(eqx.combine(trainable, frozen).model)
+    if diverged is not None:
+        metrics = evaluate(final, task, batch_size=config.batch_size, num_batches=sizes["eval_batches"], seed=seed)
+        evals.append({"step": diverged - 1, **metrics})
     result = {"name": name, "attention": kind, "calcium": None if calcium_cls is None else calcium_cls.__name__,
               "steps": steps, "losses": losses, "evals": evals, "accuracy": evals[-1]["accuracy"],
-              "eval_loss": evals[-1]["loss"], "skipped_steps": skipped,
-              "first_step_s": seconds[0],
-              "step_s_median": statistics.median(seconds[1:]) if steps > 1 else None,
+              "eval_loss": evals[-1]["loss"], "skipped_steps": skipped, "diverged_at_step": diverged,
+              "first_step_s": seconds[0] if seconds else None,
+              "step_s_median": statistics.median(seconds[1:]) if len(seconds) > 1 else None,
               "wall_s": time.perf_counter() - start}
     if calcium_cls is not None:
         learned = _named_calcium(final)
@@ -190,6 +201,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run (12 steps, one layer)")
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps per kind (default 300)")
+    parser.add_argument("--out", default=None,
+                        help="JSON path (default benchmarks/results/calcium_training[_quick].json); the PNG goes beside it")
     args = parser.parse_args(argv)
     sizes = dict(QUICK if args.quick else FULL)
     if args.steps is not None:
@@ -204,9 +217,10 @@ def main(argv=None) -> int:
     for name in KINDS:
         r = run(name, sizes)
         results.append(r)
-        print(f"{name:20s} accuracy {r['accuracy']:.3f}  loss {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f}  "
+        first, last = (r["losses"][0], r["losses"][-1]) if r["losses"] else (float("nan"), float("nan"))
+        print(f"{name:20s} accuracy {r['accuracy']:.3f}  loss {first:.3f} -> {last:.3f}  "
               f"{1e3 * (r['step_s_median'] or 0):8.1f} ms/step  first step {r['first_step_s']:.1f} s  "
-              f"skipped {r['skipped_steps']}", flush=True)
+              f"skipped {r['skipped_steps']}  diverged at {r['diverged_at_step']}", flush=True)
     ref = next(r["step_s_median"] for r in results if r["name"] == "softmax")
     print("\nwall time per step (median, after compilation):")
     for r in results:
@@ -218,9 +232,9 @@ def main(argv=None) -> int:
                 f"{k} {r['calcium_params_initial'][k]:.3g} -> {r['calcium_params_learned'][k]:.3g}" for k in top))
     name = "calcium_training_quick" if args.quick else "calcium_training"
     path = write_json({"machine": info, "sizes": sizes, "positivity": "log reparameterisation of every "
-                       "calcium-model and coupling parameter", "results": results}, name=f"{name}.json")
-    plot(results, RESULTS_DIR / f"{name}.png")
-    print(f"wrote {path} and {RESULTS_DIR / (name + '.png')}")
+                       "calcium-model and coupling parameter", "results": results}, args.out, name=f"{name}.json")
+    plot(results, path.with_suffix(".png"))
+    print(f"wrote {path} and {path.with_suffix('.png')}")
     return 0
 
 

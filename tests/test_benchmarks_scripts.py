@@ -76,3 +76,15 @@ def test_calcium_attention_quick(tmp_path):
     abstract = [e for row in data["models"]["abstract"]["rel_eq"] for e in row]
     assert max(abstract) < 0.05  # the abstract astrocyte reaches the random-feature equilibrium
     assert 0 < data["equilibrium_vs_softmax"] < 10
+
+
+def test_calcium_training_quick(tmp_path):
+    data = run_quick("calcium_training", tmp_path)
+    names = [r["name"] for r in data["results"]]
+    assert names == ["softmax", "na-ode (abstract)", "na-ode + G-ChI", "na-ode + Li-Rinzel"]
+    for r in data["results"]:
+        assert r["diverged_at_step"] is None, r["name"]
+        assert len(r["losses"]) == data["sizes"]["steps"] and all(math.isfinite(x) for x in r["losses"])
+        assert 0 <= r["accuracy"] <= 1 and r["skipped_steps"] == 0
+    for r in data["results"][2:]:  # the calcium parameters were trained (moved from their initial values)
+        assert max(abs(c) for c in r["calcium_params_log_change"].values()) > 0
