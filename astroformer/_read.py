@@ -132,10 +132,11 @@ class Magnus2(diffrax.AbstractSolver):
         return terms.vf(t0, y0, args)
 
 
-def _unwrap(term):
+def _unwrap(term, expected: str = "Magnus2: expected an ODETerm over a field with `linear_coefficients`"):
+    """The `diffrax.ODETerm` inside the wrappers diffrax puts around a solver's terms."""
     while not isinstance(term, diffrax.ODETerm):
         if not hasattr(term, "term"):
-            raise TypeError(f"Magnus2: expected an ODETerm over a field with `linear_coefficients`, got {term!r}")
+            raise TypeError(f"{expected}, got {term!r}")
         term = term.term
     return term
 

@@ -48,6 +48,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
+from ._read import _unwrap
+
 _GAMMA = 1.0 + 2.0**-0.5
 
 
@@ -87,14 +89,6 @@ def jacobian_diagonal(fn: Callable[[PyTree[Array]], PyTree[Array]], y: PyTree[Ar
     return f, jnp.diagonal(J, axis1=-2, axis2=-1)
 
 
-def _unwrap(term):
-    while not isinstance(term, diffrax.ODETerm):
-        if not hasattr(term, "term"):
-            raise TypeError(f"Ros2: expected an ODETerm, got {term!r}")
-        term = term.term
-    return term
-
-
 class Ros2(diffrax.AbstractAdaptiveSolver):
     r"""Second-order Rosenbrock–W solver (ROS2) with the dissipative diagonal of the element-wise Jacobian as
     its matrix (see the module docstring): L-stable for fast self-relaxing variables, never singular.
@@ -122,7 +116,7 @@ class Ros2(diffrax.AbstractAdaptiveSolver):
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del solver_state, made_jump
-        field = _unwrap(terms).vector_field
+        field = _unwrap(terms, "Ros2: expected an ODETerm").vector_field
         # The Jacobian diagonal at the end of the step, (t1, y0): a drive that switches on within the step
         # (the feature neurons' rise) is then seen by W. Its value there gives the secant of the forcing.
         if hasattr(field, "jacobian_diagonal"):

@@ -27,3 +27,13 @@ def x64():
     jax.config.update("jax_enable_x64", True)
     yield
     jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.fixture(scope="module")
+def x64_module():
+    """Run a whole test module in float64 (use with `pytestmark = pytest.mark.usefixtures("x64_module")`),
+    restoring the previous precision afterwards."""
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)

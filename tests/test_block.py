@@ -26,12 +26,8 @@ import pytest
 import astroformer as af
 
 
-@pytest.fixture(scope="module", autouse=True)
-def x64():
-    previous = jax.config.read("jax_enable_x64")
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+# float64 for the whole module (tests/conftest.py), switched back afterwards.
+pytestmark = pytest.mark.usefixtures("x64_module")
 
 
 def _relerr(a, b):

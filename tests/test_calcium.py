@@ -31,12 +31,8 @@ from astroformer.calcium import (
 REFERENCE = Path(__file__).parents[2] / "shared" / "reference" / "gchi_protocol_a.npz"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def x64():
-    previous = jax.config.read("jax_enable_x64")
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+# float64 for the whole module (tests/conftest.py), switched back afterwards.
+pytestmark = pytest.mark.usefixtures("x64_module")
 
 
 def _param_names(model: AbstractCalciumModel) -> list[str]:

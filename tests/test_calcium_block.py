@@ -31,12 +31,8 @@ COUPLING = {"GChI": dict(gain=0.05, time_scale=4.0), "LiRinzel": dict(gain=3.0, 
 CALCIUM_PARAM = {"GChI": "O_beta", "LiRinzel": "r_IP3R"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def x64():
-    previous = jax.config.read("jax_enable_x64")
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+# float64 for the whole module (tests/conftest.py), switched back afterwards.
+pytestmark = pytest.mark.usefixtures("x64_module")
 
 
 def _problem(seed, length=L):

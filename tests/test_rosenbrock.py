@@ -25,12 +25,8 @@ from astroformer.calcium import GChI, pulse_train, simulate
 REFERENCE = Path(__file__).parents[2] / "shared" / "reference" / "gchi_protocol_a.npz"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def x64():
-    previous = jax.config.read("jax_enable_x64")
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+# float64 for the whole module (tests/conftest.py), switched back afterwards.
+pytestmark = pytest.mark.usefixtures("x64_module")
 
 
 def test_jacobian_diagonal_matches_jacfwd():
