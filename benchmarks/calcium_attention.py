@@ -15,8 +15,8 @@ drive gain: its row is repeated across the gain axis. One causal head, positive 
 
     python -m benchmarks.calcium_attention [--quick]
 
-Writes `benchmarks/results/calcium_attention.json` and `.png`. Training of calcium parameters end to end is
-not included (see docs/calcium.md, "What is not done").
+Writes `benchmarks/results/calcium_attention.json` and `.png`. Training the calcium parameters end to end
+is `benchmarks/calcium_training.py`.
 """
 
 import argparse
