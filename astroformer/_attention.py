@@ -15,7 +15,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from ._baselines import linear_attention, softmax_attention
 from ._block import na_attention
-from ._calcium_read import CalciumCoupling, default_coupling, na_attention_calcium
+from ._calcium_read import CalciumCoupling, check_calcium_steps, default_coupling, na_attention_calcium
 from ._features import AbstractFeatureMap, EluFeatures, PositiveRandomFeatures
 from ._params import NAParams
 from .calcium import AbstractCalciumModel, DiffusiveProcesses
@@ -200,9 +200,7 @@ class NeuronAstrocyteAttention(AbstractAttention):
         self.query, self.key, self.value, self.output = _projections(d_model, num_heads, kp, dtype)
         D = d_model // num_heads
         self.calcium, self.coupling = _calcium_fields(calcium, coupling, mode, state, dtype)
-        if calcium_steps is not None and (isinstance(calcium_steps, bool) or not isinstance(calcium_steps, int)
-                                          or calcium_steps < 4):
-            raise ValueError(f"calcium_steps: expected None or an integer >= 4, got {calcium_steps!r}")
+        check_calcium_steps(calcium_steps)
         self.calcium_steps = calcium_steps
         if feature_map is None:
             feature_map = PositiveRandomFeatures(D, num_features, dtype=dtype, key=kf)
@@ -222,7 +220,6 @@ class NeuronAstrocyteAttention(AbstractAttention):
         self.solver = solver
         self.read_steps = read_steps
         self.chunk_size = chunk_size
-
 
     def head(self, q, k, v, mask, index):
         params = jax.tree.map(lambda a: a[index], self.params)

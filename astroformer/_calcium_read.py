@@ -27,8 +27,8 @@ u = t/T_r, default `Ros2` + `PIDController`), saved at the two Gauss–Legendre 
 fixed read grid. `Ros2` (`_rosenbrock.py`) is a linearly implicit Rosenbrock–W method that treats every
 fast self-relaxing variable of every process L-stably (a strong drive makes G-ChI's receptor binding relax at
 ~1e4 per unit of read time): explicit `Tsit5` diverges at fixed steps and runs out of steps adaptively on
-trained transformers' drives, which Ros2 handles in tens of steps; the linear, possibly very stiff synapse/output equations are then advanced on that grid by
-the exponential integrator `Magnus2` with the step-averaged rate from the Gauss nodes (local error
+transformers' drives. The linear, possibly very stiff synapse/output equations are then advanced on the read
+grid by the exponential integrator `Magnus2` with the step-averaged rate from the Gauss nodes (local error
 O(Δu³), unconditionally stable however small tau_s and tau_n are).
 """
 
@@ -216,6 +216,13 @@ def _fastest(params: NAParams, coupling: CalciumCoupling):
     return jnp.minimum(params.tau_n, params.tau_s / coupling.rate_max) / (4 * params.t_read)
 
 
+def check_calcium_steps(calcium_steps: Any) -> None:
+    """Raise unless `calcium_steps` is None or an integer >= 4 (the fixed calcium steps of a read)."""
+    if calcium_steps is not None and (isinstance(calcium_steps, bool) or not isinstance(calcium_steps, int)
+                                      or calcium_steps < 4):
+        raise ValueError(f"calcium_steps: expected None or an integer >= 4, got {calcium_steps!r}")
+
+
 def calcium_read_grid(params: NAParams, coupling: CalciumCoupling, steps: int, dtype
                       ) -> Float[Array, " 2*steps"]:
     r"""Read grid (read time): `steps` geometric steps from the fastest transient
@@ -377,9 +384,8 @@ def na_attention_calcium(
     read_steps = 32 if read_steps is None else read_steps
     if isinstance(read_steps, bool) or not isinstance(read_steps, int) or read_steps < 2:
         raise ValueError(f"read_steps: expected an integer >= 2, got {read_steps!r}")
+    check_calcium_steps(calcium_steps)
     if calcium_steps is not None:
-        if isinstance(calcium_steps, bool) or not isinstance(calcium_steps, int) or calcium_steps < 4:
-            raise ValueError(f"calcium_steps: expected None or an integer >= 4, got {calcium_steps!r}")
         if stepsize_controller is not None or dt0 is not None:
             raise ValueError("calcium_steps: fixes the calcium steps; expected stepsize_controller=None and "
                              f"dt0=None with it, got {stepsize_controller!r} and {dt0!r}")

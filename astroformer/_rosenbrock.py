@@ -17,7 +17,8 @@ y_{n+1} &= y_n + \tfrac32\Delta t\,k_1 + \tfrac12\Delta t\,k_2 .
 \end{aligned}$$
 
 (the $\partial_t f$ terms are the method applied to the autonomous system with $t$ as a state variable, whose
-Jacobian row is zero). It is second order for *any* matrix $J$ (a W-method: the choice of $J$ affects stability, never the order).
+Jacobian row is zero). It is second order for *any* matrix $J$ (a W-method: the choice of $J$ affects
+stability, never the order).
 Here $J = \mathrm{diag}(\min(\partial f_i/\partial y_i, 0))$, the *dissipative part of the diagonal* of the
 element-wise Jacobian, evaluated at $(t_n + \Delta t, y_n)$ (so that a drive switching on within the step is
 seen), so that
@@ -99,10 +100,10 @@ class Ros2(diffrax.AbstractAdaptiveSolver):
     `jacobian_diagonal(t, y, args) -> (f, d)` (stacked as in `jacobian_diagonal`) provides its own, for
     example to add the diagonal of a coupling between elements.
 
-    Cost per step: two vector-field evaluations, one linearisation with $k$ tangents and one time derivative
-    (a Jacobian–vector product). Works with fixed
-    steps (`StepTo`, `ConstantStepSize`) and adaptive controllers (`PIDController`; error order 2). Dense
-    output is linear between steps.
+    Cost per step: one linearisation at $(t_n + \Delta t, y_n)$ with $k$ tangents (its value also gives the
+    secant of the forcing) and two vector-field evaluations. Works with fixed steps (`StepTo`,
+    `ConstantStepSize`) and adaptive controllers (`PIDController`; error order 2). Dense output is linear
+    between steps.
     """
 
     term_structure: ClassVar = diffrax.AbstractTerm

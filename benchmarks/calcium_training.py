@@ -28,8 +28,8 @@ differentiated through recursive checkpoints), and explicit `Tsit5` at fixed ste
 receptor binding. If a calcium solve still diverges during training (the step raises), the run of that kind
 stops there and the JSON records the step (`diverged_at_step`).
 
-    python -m benchmarks.calcium_training            # the full run (a few minutes on 2 CPU cores)
-    python -m benchmarks.calcium_training --quick    # a smoke run, under a minute
+    python -m benchmarks.calcium_training            # the full run (about 17 minutes on 2 idle CPU cores)
+    python -m benchmarks.calcium_training --quick    # a smoke run (about 3 minutes)
 """
 
 from __future__ import annotations

@@ -20,20 +20,21 @@ def getkey():
     return _getkey
 
 
-@pytest.fixture
-def x64():
-    """Run the test in float64, restoring the previous precision afterwards."""
+def _float64():
     previous = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", True)
     yield
     jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.fixture
+def x64():
+    """Run the test in float64, restoring the previous precision afterwards."""
+    yield from _float64()
 
 
 @pytest.fixture(scope="module")
 def x64_module():
     """Run a whole test module in float64 (use with `pytestmark = pytest.mark.usefixtures("x64_module")`),
     restoring the previous precision afterwards."""
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+    yield from _float64()
