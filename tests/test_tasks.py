@@ -127,8 +127,28 @@ def test_mqar_queries_follow_a_power_law():
     assert slots.max() > num_slots // 2
 
 
-def test_induction_labels_brute_force():
-    task = InductionHeads(vocab_size=16, seq_len=24)
+def test_induction_repeat_labels_brute_force():
+    # Every scored position's target is what followed the same token at its only earlier occurrence.
+    for seq_len in (24, 25):
+        task = InductionHeads(vocab_size=16, seq_len=seq_len)
+        assert task.variant == "repeat"
+        batch = task.batch("train", NUM_EXAMPLES, seed=0)
+        n = seq_len // 2
+        for inputs, targets, mask in zip(batch.inputs.tolist(), batch.targets.tolist(), batch.mask.tolist()):
+            assert len(set(inputs[:n])) == n and inputs[n:2 * n] == inputs[:n]
+            scored = [t for t in range(seq_len) if mask[t]]
+            assert scored == list(range(n, 2 * n - 1))
+            for t in scored:
+                earlier = [u for u in range(t) if inputs[u] == inputs[t]]
+                assert len(earlier) == 1 and targets[t] == inputs[earlier[0] + 1]
+    with pytest.raises(ValueError, match=r"`vocab_size` must be at least seq_len // 2 = 16"):
+        InductionHeads(vocab_size=8, seq_len=32)
+    with pytest.raises(ValueError, match=r"`variant` must be one of \('repeat', 'trigger'\), got 'dense'"):
+        InductionHeads(variant="dense")
+
+
+def test_induction_trigger_labels_brute_force():
+    task = InductionHeads(vocab_size=16, seq_len=24, variant="trigger")
     batch = task.batch("train", NUM_EXAMPLES, seed=0)
     trigger = task.vocab_size - 1
     assert task.trigger_token == trigger
@@ -335,7 +355,7 @@ def test_default_corpus():
             ValueError,
             r"InductionHeads: `vocab_size` must be an int >= 3, got 2",
         ),
-        (lambda: InductionHeads(seq_len=2), ValueError, r"`seq_len` must be an int >= 3, got 2"),
+        (lambda: InductionHeads(seq_len=2, variant="trigger"), ValueError, r"`seq_len` must be an int >= 3, got 2"),
         (
             lambda: SelectiveCopying(seq_len=10, num_tokens=6),
             ValueError,

@@ -26,6 +26,8 @@ class TrainConfig:
     - `attention`: one of `astroformer.ATTENTION_KINDS`.
     - `d_model`, `num_layers`, `num_heads`, `num_features` (M per neuron–astrocyte head), `mlp_ratio`,
       `tie_embeddings`: the `Transformer`'s sizes.
+    - `short_conv`: width of the short causal convolution of the token embeddings (`Transformer`); 0: none.
+      Configs saved before this field existed load with 0, the model they were trained with.
     - `read_steps`: steps of each simulated read (`"na-ode"` only; more is closer to the exact ODE solution and
       slower, about linearly).
     - `steps`, `batch_size`: optimiser steps and sequences per step.
@@ -50,6 +52,7 @@ class TrainConfig:
     num_features: int = 32
     mlp_ratio: int = 4
     tie_embeddings: bool = True
+    short_conv: int = 2
     read_steps: int = 8
     steps: int = 300
     batch_size: int = 16
@@ -89,7 +92,7 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 fail(name, "a positive int")
-        for name in ("warmup", "checkpoint_every", "seed"):
+        for name in ("warmup", "checkpoint_every", "seed", "short_conv"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 fail(name, "a non-negative int")
@@ -131,6 +134,7 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"TrainConfig: unknown field(s) {unknown}; expected some of {sorted(known)}")
+        data = {"short_conv": 0, **data}  # saved before the field existed: no convolution
         return cls(**data)
 
     @classmethod

@@ -1,6 +1,7 @@
 """A decoder-only transformer language model whose attention kind is a constructor choice.
 
-Token embedding + learned positions → `num_layers` pre-norm blocks (x ← x + Attn(LN(x)); x ← x + MLP(LN(x)))
+Token embedding (optionally through a short causal convolution, see `Transformer`) + learned positions →
+`num_layers` pre-norm blocks (x ← x + Attn(LN(x)); x ← x + MLP(LN(x)))
 → final LayerNorm → output head (tied to the embedding by default), as in GPT-2 / nanoGPT. Only the
 attention layer differs between kinds (`astroformer.make_attention`); everything else is identical, so a
 comparison between kinds compares attention alone.
@@ -23,6 +24,15 @@ def _layer_norm(norm: eqx.nn.LayerNorm, x: Float[Array, "n d"]) -> Float[Array, 
     mean = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
     return (x - mean) * jax.lax.rsqrt(var + norm.eps) * norm.weight + norm.bias
+
+
+def causal_conv(e: Float[Array, "B L d"], w: Float[Array, "K d"]) -> Float[Array, "B L d"]:
+    r"""Depthwise causal convolution along the sequence: $e'_t = \sum_{j=0}^{K-1} w_j \odot e_{t-j}$, with
+    $e_{t-j} = 0$ before the first position (position t never sees t+1 or later)."""
+    out = w[0] * e
+    for j in range(1, min(w.shape[0], e.shape[1])):
+        out = out.at[:, j:].add(w[j] * e[:, :-j])
+    return out
 
 
 class Block(eqx.Module):
@@ -63,7 +73,7 @@ class Block(eqx.Module):
 
 
 class Transformer(eqx.Module):
-    """A decoder-only (causal) transformer language model.
+    r"""A decoder-only (causal) transformer language model.
 
     **Arguments:**
 
@@ -76,6 +86,12 @@ class Transformer(eqx.Module):
     - `mlp_ratio`: MLP hidden width / d_model.
     - `tie_embeddings`: if True the output head is the transposed token embedding.
     - `attention_kwargs`: extra keyword arguments for `make_attention`.
+    - `short_conv`: width K of a depthwise causal convolution of the token embeddings,
+      $e'_t = \sum_{j=0}^{K-1} w_j \odot e_{t-j}$ (learned per channel, initialised to ones), applied before the
+      positions are added; 0 disables it. With K ≥ 2 every position also sees the token before it, so a
+      recall lookup (find the key, read the value that followed it) is one attention read instead of a
+      two-layer circuit whose previous-token head must first be learnt from absolute positions — the short
+      convolution of H3, Hyena and Based (Zoology). It is the same for every attention kind.
     - `key`: PRNG key (keyword-only).
 
     Call on one sequence: `model(tokens)` with `tokens` int (L,), L ≤ max_len, returns logits (L, V);
@@ -91,6 +107,7 @@ class Transformer(eqx.Module):
     blocks: tuple[Block, ...]
     norm: eqx.nn.LayerNorm
     head: eqx.nn.Linear | None
+    conv: Float[Array, "K d"] | None
     vocab_size: int = eqx.field(static=True)
     max_len: int = eqx.field(static=True)
     d_model: int = eqx.field(static=True)
@@ -98,12 +115,15 @@ class Transformer(eqx.Module):
 
     def __init__(self, vocab_size: int, max_len: int, *, attention: str = "softmax", d_model: int = 64,
                  num_layers: int = 2, num_heads: int = 4, num_features: int = 32, mlp_ratio: int = 4,
-                 tie_embeddings: bool = True, attention_kwargs: dict | None = None, key: PRNGKeyArray):
+                 tie_embeddings: bool = True, attention_kwargs: dict | None = None, short_conv: int = 0,
+                 key: PRNGKeyArray):
         for name, value in (("vocab_size", vocab_size), ("max_len", max_len), ("d_model", d_model),
                             ("num_layers", num_layers), ("num_heads", num_heads),
                             ("num_features", num_features), ("mlp_ratio", mlp_ratio)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Transformer: `{name}` must be a positive int, got {value!r}")
+        if isinstance(short_conv, bool) or not isinstance(short_conv, int) or short_conv < 0:
+            raise ValueError(f"Transformer: `short_conv` must be a non-negative int (0: none), got {short_conv!r}")
         if attention not in ATTENTION_KINDS:
             raise ValueError(f"Transformer: `attention` must be one of {', '.join(ATTENTION_KINDS)}, "
                              f"got {attention!r}")
@@ -120,6 +140,7 @@ class Transformer(eqx.Module):
         self.blocks = tuple(blocks)
         self.norm = eqx.nn.LayerNorm(d_model)
         self.head = None if tie_embeddings else eqx.nn.Linear(d_model, vocab_size, key=kh)
+        self.conv = jnp.ones((short_conv, d_model)) if short_conv else None
         self.vocab_size = vocab_size
         self.max_len = max_len
         self.d_model = d_model
@@ -137,7 +158,10 @@ class Transformer(eqx.Module):
             raise TypeError(f"tokens: expected integer token ids, got dtype {tokens.dtype}")
         if mask is not None and tuple(mask.shape) != (B, L):
             raise ValueError(f"mask: expected shape {(B, L)} like tokens, got {tuple(mask.shape)}")
-        x = self.embedding[tokens] + self.positions[:L]
+        x = self.embedding[tokens]
+        if self.conv is not None:
+            x = causal_conv(x, self.conv)
+        x = x + self.positions[:L]
         for block in self.blocks:
             x = block(x, mask)
         flat = _layer_norm(self.norm, x.reshape(B * L, self.d_model))

@@ -69,7 +69,7 @@ def build_model(config: TrainConfig, task: AbstractTask) -> Transformer:
                        num_layers=config.num_layers, num_heads=config.num_heads,
                        num_features=config.num_features, mlp_ratio=config.mlp_ratio,
                        tie_embeddings=config.tie_embeddings, attention_kwargs=attention_kwargs,
-                       key=jax.random.PRNGKey(config.seed))
+                       short_conv=config.short_conv, key=jax.random.PRNGKey(config.seed))
 
 
 def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:

@@ -10,14 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-#: Task arguments used by the command line for the synthetic tasks (sizes that train in minutes on a CPU).
-CLI_TASK_DEFAULTS = {
-    "charlm": {},
-    "mqar": {"seq_len": 64, "num_kv_pairs": 4},
-    "induction": {"vocab_size": 16, "seq_len": 64},
-    "selective-copy": {"seq_len": 64, "num_tokens": 8},
-    "copy": {"seq_len": 32},
-}
+from ._presets import TASK_PRESETS, parse_task_args
 
 # argparse destination -> TrainConfig field
 _CONFIG_OPTIONS = {
@@ -38,7 +31,11 @@ def register(subparsers) -> None:
         "train", help="train a transformer on a task (default: a character model with na-ode attention)",
         description="Train a transformer; with no arguments, a character model of the default corpus with "
                     "neuron-astrocyte (na-ode) attention, a few minutes on a CPU.")
-    train.add_argument("--task", choices=list(CLI_TASK_DEFAULTS), help=f"task (default {d.task})")
+    train.add_argument("--task", choices=list(TASK_PRESETS),
+                       help=f"task (default {d.task}); each task has its own default sizes and budget "
+                            "(astroformer.training.TASK_PRESETS)")
+    train.add_argument("--task-arg", action="append", metavar="KEY=VALUE",
+                       help="a task argument, e.g. --task-arg num_kv_pairs=16 (repeatable; see the task's class)")
     train.add_argument("--attention", choices=list(ATTENTION_KINDS), help=f"attention kind (default {d.attention})")
     train.add_argument("--steps", type=int, help=f"optimiser steps (default {d.steps})")
     train.add_argument("--batch-size", type=int, help=f"sequences per step (default {d.batch_size})")
@@ -105,19 +102,29 @@ def _train_inner(args) -> int:
     if args.resume:
         if args.run_dir is None:
             raise ValueError("--resume: expected --run-dir naming the run to continue, got none")
-        extra = sorted(given) + (["seq_len"] if args.seq_len is not None else [])
+        extra = sorted(given) + (["seq_len"] if args.seq_len is not None else []) + (
+            ["task_arg"] if args.task_arg else [])
         if extra:
             raise ValueError(f"--resume: the run's options come from {Path(args.run_dir) / CONFIG}; do not pass "
                              f"{', '.join(extra)}")
         config = TrainConfig.load(Path(args.run_dir) / CONFIG).replace(run_dir=args.run_dir)
     else:
         task = given.get("task", TrainConfig.task)
-        task_kwargs = dict(CLI_TASK_DEFAULTS[task])
+        preset = dict(TASK_PRESETS[task])
+        task_kwargs = {**preset.pop("task_kwargs", {}), **parse_task_args(args.task_arg)}
         if args.seq_len is not None:
             task_kwargs["seq_len"] = args.seq_len
+        given = {**preset, **given}
         if "steps" in given and "warmup" not in given:  # keep the default warm-up shorter than short runs
             given["warmup"] = min(TrainConfig.warmup, given["steps"] // 10)
         config = TrainConfig(**given, task_kwargs=task_kwargs, run_dir=args.run_dir)
+        if task != "charlm":
+            from ..tasks import get_task
+
+            try:  # a bad task argument fails here, before any run directory is touched
+                get_task(task, **task_kwargs)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"--task-arg: {error}") from None
     result = train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     final = result.evals[-1] if result.evals else None
     print(f"run directory: {result.run_dir}  ({result.step} steps, {result.seconds:.0f} s)")
