@@ -74,7 +74,7 @@ def _extra_commands():
     """Subcommands contributed by other modules (training, benchmarks), registered if importable."""
     commands = []
     for module, name in (("astroformer.training.cli", "register"), ("astroformer.fit.cli", "register"),
-                         ("benchmarks.cli", "register")):
+                         ("astroformer._bench_command", "register")):
         try:
             mod = __import__(module, fromlist=[name])
         except ImportError:
