@@ -19,17 +19,12 @@ import tempfile
 import time
 
 from astroformer import ATTENTION_KINDS
-from astroformer.training import TrainConfig, read_metrics, train
+from astroformer.training import TASK_PRESETS, TrainConfig, read_metrics, train
 
 from ._common import machine_info, pyplot, write_json
 
-TASKS = {
-    "mqar": {"seq_len": 64, "num_kv_pairs": 4},
-    "induction": {"vocab_size": 16, "seq_len": 64},
-    "selective-copy": {"seq_len": 64, "num_tokens": 8},
-    "copy": {"seq_len": 32},
-    "charlm": {"seq_len": 64},
-}
+TASKS = {task: {**TASK_PRESETS[task].get("task_kwargs", {})} for task in TASK_PRESETS}  # the CLI's task sizes
+TASKS["charlm"] = {"seq_len": 64}
 
 
 def run(task: str, kind: str, steps: int, root: str) -> dict:
