@@ -88,3 +88,17 @@ def test_calcium_training_quick(tmp_path):
         assert 0 <= r["accuracy"] <= 1 and r["skipped_steps"] == 0
     for r in data["results"][2:]:  # the calcium parameters were trained (moved from their initial values)
         assert max(abs(c) for c in r["calcium_params_log_change"].values()) > 0
+
+
+def test_recall_quick(tmp_path):
+    data = run_quick("recall", tmp_path)
+    runs = {(r["attention"], r["num_features"]): r for r in data["results"]}
+    assert set(runs) == {("softmax", None), ("na-equilibrium", 16)}
+    assert runs[("softmax", None)]["accuracy"] >= 0.9  # 2 pairs: softmax learns it within the quick budget
+    table = data["summary"]["table"]
+    for row in table:
+        assert row["mean"] == pytest.approx(sum(row["accuracies"]) / len(row["accuracies"]))
+    within = data["summary"]["within_5_points_of_softmax"]["na-equilibrium"]["2"]
+    assert within["softmax"] == pytest.approx(runs[("softmax", None)]["accuracy"])
+    assert (within["smallest_M_within_5_points"] == 16) == (
+        runs[("na-equilibrium", 16)]["accuracy"] >= runs[("softmax", None)]["accuracy"] - 0.05)
