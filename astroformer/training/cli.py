@@ -138,7 +138,13 @@ def _train_inner(args) -> int:
             task_kwargs["seq_len"] = args.seq_len
         if "steps" in given and "warmup" not in given:  # keep the default warm-up shorter than short runs
             given["warmup"] = min(TrainConfig.warmup, given["steps"] // 10)
-        config = TrainConfig(**given, task_kwargs=task_kwargs, run_dir=args.run_dir)
+        try:
+            config = TrainConfig(**given, task_kwargs=task_kwargs, run_dir=args.run_dir)
+        except ValueError as error:  # name the command-line flag next to the config field
+            message = str(error)
+            for dest, field in _CONFIG_OPTIONS.items():
+                message = message.replace(f"`{field}`", f"`{field}` (--{dest.replace('_', '-')})")
+            raise ValueError(message) from None
     result = train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     final = result.evals[-1] if result.evals else None
     print(f"run directory: {result.run_dir}  ({result.step} steps, {result.seconds:.0f} s)")
