@@ -18,6 +18,7 @@ from ._block import na_attention
 from ._calcium_read import CalciumCoupling, check_calcium_steps, default_coupling, na_attention_calcium
 from ._features import AbstractFeatureMap, EluFeatures, PositiveRandomFeatures
 from ._params import NAParams
+from ._validate import check_na_layer, check_positive_int
 from .calcium import AbstractCalciumModel, DiffusiveProcesses
 
 
@@ -64,6 +65,8 @@ class AbstractAttention(eqx.Module):
 
 
 def _projections(d_model: int, num_heads: int, key: PRNGKeyArray, dtype=None):
+    check_positive_int("d_model", d_model)
+    check_positive_int("num_heads", num_heads)
     if d_model % num_heads:
         raise ValueError(f"d_model: expected a multiple of num_heads={num_heads}, got {d_model}")
     kq, kk, kv, ko = jax.random.split(key, 4)
@@ -196,6 +199,8 @@ class NeuronAstrocyteAttention(AbstractAttention):
                  chunk_size: int = 64, calcium: AbstractCalciumModel | None = None,
                  coupling: CalciumCoupling | None = None, calcium_steps: int | None = None, dtype=None,
                  key: PRNGKeyArray):
+        check_na_layer(d_model, num_heads, num_features=num_features, feature_map=feature_map, params=params,
+                       mode=mode, state=state, causal=causal, read_steps=read_steps, chunk_size=chunk_size)
         kp, kf = jax.random.split(key)
         self.query, self.key, self.value, self.output = _projections(d_model, num_heads, kp, dtype)
         D = d_model // num_heads

@@ -11,7 +11,7 @@ from ._astrocyte import calcium_initial
 from ._linear import linear_attention_state, normalised_linear_attention
 from ._params import NAParams
 from ._read import FullReadField, Magnus2, ReducedReadField, read_grid
-from ._validate import check_choice, check_head_inputs
+from ._validate import check_bool, check_choice, check_head_inputs, check_output, check_positive_int
 from ._write import ReducedMemory, write_full, write_reduced
 
 
@@ -74,23 +74,30 @@ def na_attention(
     """
     check_choice("mode", mode, ("ode", "equilibrium"))
     check_choice("state", state, ("reduced", "full"))
+    check_bool("causal", causal)
+    check_positive_int("read_steps", read_steps)
+    check_positive_int("chunk_size", chunk_size)
+    check_positive_int("max_steps", max_steps)
     if not isinstance(params, NAParams):
         raise TypeError(f"params: expected an astroformer.NAParams, got {type(params).__name__}")
     phi_q, phi_k, v, present = check_head_inputs(phi_q, phi_k, v, mask)
-    params = params.checked()
+    phi_q = params.guard(phi_q, phi_q.dtype)  # every mode reads phi_q, so the check is never dropped
 
     if mode == "equilibrium":
         log_decay = jnp.where(present, params.log_write_decay(), 0.0).astype(phi_q.dtype)
-        return normalised_linear_attention(phi_q, phi_k, v, log_decay, present, causal=causal,
-                                           chunk_size=chunk_size)
+        out = normalised_linear_attention(phi_q, phi_k, v, log_decay, present, causal=causal,
+                                          chunk_size=chunk_size)
+        return check_output("na_attention", out, phi_q.dtype)
     opts = dict(solver=solver, stepsize_controller=stepsize_controller, adjoint=adjoint, read_steps=read_steps,
                 max_steps=max_steps, throw=throw)
     if state == "full":
-        return _ode_full(phi_q, phi_k, v, params, present, causal=causal, **opts)
+        return check_output("na_attention", _ode_full(phi_q, phi_k, v, params, present, causal=causal, **opts),
+                            phi_q.dtype)
     memory = write_reduced(phi_k, v, params, present)
     z = reduced_read(phi_q, memory, params, v.shape[-1], causal=causal, **opts)
-    return linear_attention_state(z, memory.keys, memory.values, memory.log_decay, causal=causal,
-                                  chunk_size=chunk_size)
+    out = linear_attention_state(z, memory.keys, memory.values, memory.log_decay, causal=causal,
+                                 chunk_size=chunk_size)
+    return check_output("na_attention", out, phi_q.dtype)
 
 
 def _default_tolerances(dtype):

@@ -390,6 +390,7 @@ def na_attention_calcium(
             raise ValueError("calcium_steps: fixes the calcium steps; expected stepsize_controller=None and "
                              f"dt0=None with it, got {stepsize_controller!r} and {dt0!r}")
     phi_q, phi_k, v, present = check_head_inputs(phi_q, phi_k, v, mask)
+    phi_q = params.guard(phi_q, phi_q.dtype)
 
     memory = write_reduced(phi_k, v, params, present)
     g = memory.astrocyte_weights()

@@ -64,17 +64,58 @@ class NAParams(eqx.Module):
             _check_positive(name, getattr(self, name))
         _check_positive("tau_f", self.tau_f)
 
-    def checked(self) -> "NAParams":
-        """The same parameters with a runtime check (works under `jax.jit`): raises if any time constant is
-        non-positive or not finite. Concrete values are already checked at construction."""
-        leaves = [jnp.asarray(getattr(self, name)) for name in _POSITIVE_FIELDS + ("tau_f",)
-                  if getattr(self, name) is not None]
-        if all(_is_concrete(x) for x in leaves):
+    def guard(self, x, dtype=None):
+        """`x` with a check of every time constant attached, for use in computations of floating `dtype`
+        (default: the dtype each value has). Every time constant (`tau_n`, `tau_s`, `tau_p`, `t_write`,
+        `t_read`, `tau_f`) must be positive and finite *and stay so in `dtype`*: one that underflows to 0
+        (e.g. `tau_s=1e-50` in float32) or whose reciprocal overflows is refused too, since the equations
+        divide by it.
+
+        Concrete values raise `ValueError` naming the field at once. Traced values (under `jax.jit`,
+        `jax.grad`, `jax.vmap`) get one runtime check (`eqx.branched_error_if`, naming the first bad field)
+        attached to `x`: attach it to an input every computation uses, so that it is never dead code (a check
+        attached to a parameter that a mode does not use would be dropped by the compiler).
+        """
+        flags, names = [], []
+        for name in _POSITIVE_FIELDS + ("tau_f",):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            # The dtype the computation will use: Python floats take `dtype`, arrays promote with it.
+            compute = jnp.result_type(value, float) if dtype is None else jnp.result_type(value, dtype)
+            if not jnp.issubdtype(compute, jnp.floating):
+                compute = jnp.result_type(float)
+            v = jnp.asarray(value).astype(compute)
+            if _is_concrete(v):
+                arr = np.asarray(v)
+                with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+                    good = np.all(np.isfinite(arr)) and np.all(arr > 0) and np.all(np.isfinite(1 / arr))
+                if not good:
+                    underflow = np.all(np.asarray(value, dtype=float) > 0)
+                    raise ValueError(
+                        f"params.{name}: expected a positive, finite time constant representable in {v.dtype} "
+                        f"(at least {np.finfo(v.dtype).tiny:.3g} with a finite reciprocal), got {value!r}"
+                        + (f", which is {arr.tolist()} in {v.dtype}" if underflow else ""))
+            else:
+                flags.append(jnp.any(~(v > 0) | ~jnp.isfinite(v) | ~jnp.isfinite(1 / v)))
+                names.append((name, v.dtype))
+        if not flags:
+            return x
+        flags = jnp.stack(flags)
+        messages = [f"params.{name}: expected a positive, finite time constant representable in {dt}, got a "
+                    "non-positive, NaN/inf or underflowing value (checked at run time)" for name, dt in names]
+        return eqx.branched_error_if(x, jnp.any(flags), jnp.argmax(flags), messages)
+
+    def checked(self, dtype=None) -> "NAParams":
+        """The same parameters with `guard`'s check attached to every time constant (see `guard`; a
+        computation that uses only some of them should rather guard one of its inputs)."""
+        fields = tuple(n for n in _POSITIVE_FIELDS + ("tau_f",) if getattr(self, n) is not None)
+        values = tuple(getattr(self, n) for n in fields)
+        if all(_is_concrete(v) for v in values):
+            self.guard(None, dtype)  # raises for a bad concrete value
             return self
-        bad = jnp.any(jnp.stack([jnp.any(~(x > 0) | ~jnp.isfinite(x)) for x in leaves]))
-        first = eqx.error_if(jnp.asarray(self.tau_n), bad, "params: expected positive, finite time constants "
-                             "(tau_n, tau_s, tau_p, t_write, t_read, tau_f), got a non-positive or NaN/inf value")
-        return eqx.tree_at(lambda p: p.tau_n, self, first)
+        guarded = tuple(self.guard(jnp.asarray(v), dtype) for v in values)
+        return eqx.tree_at(lambda p: tuple(getattr(p, n) for n in fields), self, guarded)
 
     def write_decay(self) -> Float[Array, "*heads"]:
         r"""$F = e^{-T_w/\tau_f}$, the factor by which the stored trace decays over one write window (1 if no

@@ -48,6 +48,7 @@ def read_trajectory(phi_q: Float[Array, "L M"], phi_k: Float[Array, "L M"], v: F
         raise ValueError(f"index: expected a query index in [-{L}, {L}), got {index}")
     index = index % L
     present = check_mask(mask, L)
+    phi_q = params.guard(phi_q, phi_q.dtype)
     N = v.shape[-1]
     # Log-spaced sample times: the transients are orders of magnitude faster than the read.
     u = jnp.concatenate([jnp.zeros(1, phi_q.dtype), jnp.geomspace(1e-4, 1.0, num_points - 1, dtype=phi_q.dtype)])

@@ -56,7 +56,58 @@ def check_head_inputs(phi_q, phi_k, v, mask, *, nonnegative: bool = True):
     L, M = phi_q.shape
     check_matrix("phi_k", phi_k, rows=L, cols=M, rows_from="phi_q", cols_from="phi_q")
     check_matrix("v", v, rows=L, rows_from="phi_q")
+    for name, size, what in (("phi_q", L, "tokens L (rows)"), ("phi_q", M, "features M (columns)"),
+                             ("v", v.shape[1], "value dimensions N (columns)")):
+        if size < 1:
+            raise ValueError(f"{name}: expected at least one of its {what}, got shape "
+                             f"{tuple((phi_q if name == 'phi_q' else v).shape)}")
     present = check_mask(mask, L)
     phi_q = check_finite("phi_q", phi_q, nonnegative=nonnegative)
     phi_k = check_finite("phi_k", phi_k, nonnegative=nonnegative)
     return phi_q, phi_k, check_finite("v", v), present
+
+
+def check_output(name: str, out, dtype):
+    """Runtime check (works under jit) of a result computed from inputs already checked to be finite: raise
+    instead of returning NaN/inf, naming the likely cause (values too large for `dtype`)."""
+    return eqx.error_if(out, ~jnp.all(jnp.isfinite(out)),
+                        f"{name}: got NaN/inf outputs from finite inputs: the feature rates phi_q, phi_k (or the "
+                        f"values v) are too large for {jnp.dtype(dtype).name} (their products summed over tokens "
+                        "overflow); scale the queries/keys (or values) down")
+
+
+def check_positive_int(name: str, value) -> int:
+    """Raise unless `value` is a positive Python/NumPy int (not a bool, not a float such as 2.5)."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return int(value)
+
+
+def check_bool(name: str, value) -> bool:
+    """Raise unless `value` is a bool (so that e.g. `causal="no"`, which is truthy, is not taken as True)."""
+    import numpy as np
+
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
+def check_na_layer(d_model, num_heads, *, num_features, feature_map, params, mode, state, causal, read_steps,
+                   chunk_size) -> None:
+    """The constructor checks of `NeuronAstrocyteAttention` (so bad arguments fail when the layer is built,
+    not when it is first called)."""
+    from ._params import NAParams
+
+    check_positive_int("d_model", d_model)
+    check_positive_int("num_heads", num_heads)
+    if feature_map is None:
+        check_positive_int("num_features", num_features)
+    if params is not None and not isinstance(params, NAParams):
+        raise TypeError(f"params: expected an astroformer.NAParams or None, got {type(params).__name__}")
+    check_choice("mode", mode, ("ode", "equilibrium"))
+    check_choice("state", state, ("reduced", "full"))
+    check_bool("causal", causal)
+    check_positive_int("read_steps", read_steps)
+    check_positive_int("chunk_size", chunk_size)

@@ -6,7 +6,41 @@ import time
 from pathlib import Path
 
 
+def _check_simulate_args(args) -> None:
+    import math
+
+    for name in ("length", "dim", "seed"):
+        value = getattr(args, name)
+        if value < (0 if name == "seed" else 1):
+            raise ValueError(f"--{name}: expected a {'non-negative' if name == 'seed' else 'positive'} int, "
+                             f"got {value}")
+    bad = [m for m in args.features if m < 1]
+    if bad:
+        raise ValueError(f"--features: expected positive feature counts, got {bad[0]}")
+    for name in ("scale", "t_read"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"--{name.replace('_', '-')}: expected a positive, finite number, got {value}")
+
+
 def _simulate(args) -> int:
+    try:
+        _check_simulate_args(args)
+        return _simulate_inner(args)
+    except (ValueError, TypeError, OSError, RuntimeError, FloatingPointError) as error:
+        from ._errors import runtime_message
+
+        message = runtime_message(error)
+        if isinstance(error, RuntimeError):  # a runtime check in compiled code: NaN/inf from large inputs
+            message = (f"--scale: expected a query/key norm small enough for float32 (exp(q.k) must be "
+                       f"finite), got {args.scale}: {message}")
+        print(f"astroformer simulate: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _simulate_inner(args) -> int:
+    import math
+
     import jax
     import jax.numpy as jnp
 
@@ -36,7 +70,11 @@ def _simulate(args) -> int:
         start = time.perf_counter()
         ode = na_attention(phi_q, phi_k, v, params, mode="ode").block_until_ready()
         seconds = time.perf_counter() - start
-        print(f"{M:>7} {rel(ode, eq):>14.2e} {rel(eq, exact):>18.2e} {rel(ode, exact):>19.2e} {seconds:>7.2f}")
+        errors = (rel(ode, eq), rel(eq, exact), rel(ode, exact))
+        if not all(map(math.isfinite, errors)):
+            raise FloatingPointError(f"--scale: the outputs at M={M} are not finite (relative errors {errors}); "
+                                     f"expected a smaller query/key norm than {args.scale}")
+        print(f"{M:>7} {errors[0]:>14.2e} {errors[1]:>18.2e} {errors[2]:>19.2e} {seconds:>7.2f}")
 
     M = args.features[0]
     params = NAParams(t_read=args.t_read, tau_s=0.01 / M)

@@ -120,8 +120,49 @@ def _initial_state(
             raise ValueError(
                 f"simulate: `y0[{name!r}]` must be finite, but got {np.asarray(value)!r}."
             )
+        if not _is_traced(value):
+            low, high = _STATE_RANGES.get(name, (0.0, None))
+            arr = np.asarray(value)
+            if np.any(arr < low) or (high is not None and np.any(arr > high)):
+                expected = f"in [{low}, {high}]" if high is not None else f">= {low}"
+                raise ValueError(
+                    f"simulate: `y0[{name!r}]` must be {expected} (a "
+                    f"{'gating fraction' if high is not None else 'concentration'}), "
+                    f"but got {arr.tolist()!r}."
+                )
         state[name] = value.astype(default.dtype)
     return state
+
+
+# Physical ranges of the state variables: concentrations are non-negative; gating variables and the
+# fraction of activated receptors lie in [0, 1].
+_STATE_RANGES = {"h": (0.0, 1.0), "Gamma_A": (0.0, 1.0)}
+
+
+def _check_drive(drive, ts, jump_ts, dtype):
+    """Evaluate the drive at the output times, the jump times and between them; raise if it is NaN/inf or
+    negative (the drives are concentrations). Traced drives get a runtime check instead.
+
+    **Returns:** `(pred, message)` for a runtime check of traced values, or `None`."""
+    probes = [ts, (ts[:-1] + ts[1:]) / 2]
+    if jump_ts is not None:
+        jumps = jnp.asarray(jump_ts, dtype).reshape(-1)
+        probes += [jumps, jumps + (ts[-1] - ts[0]) * 1e-6]
+    t = jnp.concatenate([jnp.asarray(p, dtype) for p in probes])
+    try:
+        values = jax.vmap(lambda t: jnp.asarray(drive(t)))(t)
+    except Exception:  # noqa: BLE001 - a drive that cannot be vmapped is checked by the solve only
+        return None
+    message = ("simulate: `drive` must return finite, non-negative values (a concentration), but returned "
+               "NaN/inf or a negative value")
+    if _is_traced(values):
+        return ~jnp.all(jnp.isfinite(values)) | jnp.any(values < 0), message
+    values, t = np.asarray(values), np.asarray(t)
+    bad = ~np.isfinite(values) | (values < 0)
+    if np.any(bad):
+        i = int(np.flatnonzero(bad.reshape(len(t), -1).any(axis=1))[0])
+        raise ValueError(f"{message}: {values.reshape(len(t), -1)[i].tolist()} at t = {float(t[i])!r}.")
+    return None
 
 
 def _vector_field(t, y, args):
@@ -267,6 +308,7 @@ def simulate(
         )
     if adjoint is None:
         adjoint = diffrax.RecursiveCheckpointAdjoint()
+    drive_check = _check_drive(drive, ts, jump_ts, dtype)
 
     solution = diffrax.diffeqsolve(
         diffrax.ODETerm(_vector_field),
@@ -283,6 +325,8 @@ def simulate(
         throw=False,
     )
     ys = solution.ys
+    if drive_check is not None:
+        ys = eqx.error_if(ys, *drive_check)
     if throw:
         result = solution.result
         ys = eqx.error_if(

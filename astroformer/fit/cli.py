@@ -75,6 +75,9 @@ def load_config(path) -> dict:
         cfg = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"--config: no such file {str(path)!r}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--config: expected a readable JSON file, got {str(path)!r} "
+                          f"({getattr(err, 'strerror', None) or err})") from None
     except json.JSONDecodeError as err:
         raise ConfigError(f"--config {path}: not valid JSON ({err.msg} at line {err.lineno}, "
                           f"column {err.colno})") from None
@@ -133,7 +136,15 @@ def run(cfg: dict, *, progress=None) -> dict:
         ts = _times(target_cfg["ts"])
         variables = tuple(target_cfg.get("variables", ["x", "p"]))
         if "data" in target_cfg:
-            data = {n: jnp.asarray(a, dtype) for n, a in target_cfg["data"].items()}
+            _need(isinstance(target_cfg["data"], dict),
+                  f"target.data: expected an object of recorded traces, got {target_cfg['data']!r}")
+            data = {}
+            for n, a in target_cfg["data"].items():
+                try:
+                    data[n] = jnp.asarray(np.asarray(a, dtype=float), dtype)
+                except (TypeError, ValueError):
+                    raise ConfigError(f"target.data.{n}: expected a rectangular numeric array (T, L, ...), got "
+                                      "ragged or non-numeric nested lists") from None
         else:
             _need("params" in target_cfg, "target: expected 'data' (recorded traces) or 'params' (to simulate)")
             truth = NAModel(params=NAParams(**target_cfg["params"]), feature_map=feature_map)
@@ -168,9 +179,27 @@ def eval_name(model, name: str):
     return functools.reduce(getattr, name.split("."), model)
 
 
+def _output_path(args, cfg) -> Path:
+    """The output file, checked before fitting: its directory exists and is writable, it is not a directory."""
+    import os
+
+    path = Path(args.output or cfg.get("output") or "fitted.json")
+    flag = "--output" if args.output else "output"
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError(f"{flag}: expected a file in an existing directory, got {str(path)!r} "
+                          f"({str(parent)!r} {'is not a directory' if parent.exists() else 'does not exist'})")
+    if path.is_dir():
+        raise ConfigError(f"{flag}: expected a file path, got {str(path)!r}, which is a directory")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"{flag}: expected a writable path, got {str(path)!r} (permission denied)")
+    return path
+
+
 def _main(args) -> int:
     try:
         cfg = load_config(args.config)
+        path = _output_path(args, cfg)
     except ConfigError as err:
         print(f"astroformer fit: error: {err}", file=sys.stderr)
         return 2
@@ -190,13 +219,14 @@ def _main(args) -> int:
         bar, progress = None, None
     try:
         out = run(cfg, progress=progress)
-    except ConfigError as err:
-        print(f"astroformer fit: error: {err}", file=sys.stderr)
+    except (ValueError, TypeError, RuntimeError) as err:  # ConfigError, and the library's own checks
+        from .._errors import runtime_message
+
+        print(f"astroformer fit: error: {runtime_message(err)}", file=sys.stderr)
         return 2
     finally:
         if bar is not None:
             bar.close()
-    path = Path(args.output or cfg.get("output") or "fitted.json")
     path.write_text(json.dumps(out, indent=1))
     print(f"final loss {out['final_loss']:.3e}, gradient norm {out['grad_norm']:.2e}")
     for name, value in out["fitted"].items():

@@ -29,13 +29,12 @@ import numpy as np
 import optax
 
 from ..tasks import AbstractTask, Batch, CharCorpus, get_task
-from ._checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from ._checkpoint import CheckpointError, atomic_write, check_metadata, load_checkpoint, save_checkpoint
 from ._config import TrainConfig
 from ._model import Transformer, trainable_filter
+from ._rundir import CHECKPOINT, CONFIG, METRICS, RunWriter, check_run_dir, check_text_file
+from ._signals import Interrupted, StopRequests
 
-CHECKPOINT = "checkpoint.eqx"
-CONFIG = "config.json"
-METRICS = "metrics.jsonl"
 RUNS_ROOT = "runs"
 #: `train` raises after this many consecutive steps with non-finite gradients.
 MAX_SKIPPED_IN_A_ROW = 10
@@ -58,8 +57,44 @@ def build_task(config: TrainConfig) -> AbstractTask:
     """The task of `config` (for `"charlm"` with `config.text`, a corpus read from that file)."""
     kwargs = dict(config.task_kwargs)
     if config.text is not None:
+        check_text_file(config.text, "text")
         kwargs["corpus"] = CharCorpus.from_file(config.text)
     return get_task(config.task, **kwargs)
+
+
+def run_identity(config: TrainConfig, task: AbstractTask) -> dict[str, Any]:
+    """What a checkpoint records about the run that wrote it (checked when it is loaded): the task and its
+    arguments, the attention kind, the model's sizes, the seed, and `data_sha256`, the SHA-256 of the
+    character corpus (charlm; `None` for the synthetic tasks, which `task_kwargs` and `seed` define)."""
+    import hashlib
+
+    corpus = getattr(task, "corpus", None)
+    return {
+        "task": config.task, "task_kwargs": config.task_kwargs, "attention": config.attention,
+        "d_model": config.d_model, "num_layers": config.num_layers, "num_heads": config.num_heads,
+        "num_features": config.num_features, "mlp_ratio": config.mlp_ratio,
+        "tie_embeddings": config.tie_embeddings, "read_steps": config.read_steps, "data_seed": config.seed,
+        "data_sha256": None if corpus is None else hashlib.sha256(corpus.text.encode("utf-8")).hexdigest(),
+    }
+
+
+def check_checkpoint(path, metadata: dict[str, Any], config: TrainConfig, task: AbstractTask) -> int:
+    """Check a checkpoint's header against the run loading it (`run_identity`) and return its step.
+
+    **Raises:** `CheckpointError` naming the first field that differs (for the corpus: that the text changed
+    since the checkpoint was written), or a step that is not an int in [0, steps]."""
+    identity = run_identity(config, task)
+    data = identity.pop("data_sha256")
+    check_metadata(path, metadata, identity, source=f"the run's {CONFIG}")
+    if "data_sha256" in metadata and metadata["data_sha256"] != data:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was trained on a corpus with SHA-256 {metadata['data_sha256']}, but "
+            f"{config.text or 'the default corpus'} now has SHA-256 {data}: the text changed since")
+    step = metadata.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= config.steps:
+        raise CheckpointError(f"checkpoint {str(path)!r} has a damaged header: step must be an int in "
+                              f"[0, steps={config.steps}], got {step!r}")
+    return step
 
 
 def build_model(config: TrainConfig, task: AbstractTask) -> Transformer:
@@ -156,6 +191,10 @@ def evaluate(model: Transformer, task: AbstractTask, *, batch_size: int, num_bat
     """
     from ._parallel import shard_batch
 
+    if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
+        raise ValueError(f"num_batches (--batches): expected a positive int, got {num_batches!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
     eval_step = make_eval_step(task) if eval_step is None else eval_step
     metrics, losses = [], []
     for i in range(num_batches):
@@ -164,7 +203,11 @@ def evaluate(model: Transformer, task: AbstractTask, *, batch_size: int, num_bat
         metric, loss = eval_step(model, batch)
         metrics.append(float(metric))
         losses.append(float(loss))
-    return {task.metric_name: float(np.mean(metrics)), "loss": float(np.mean(losses))}
+    result = {task.metric_name: float(np.mean(metrics)), "loss": float(np.mean(losses))}
+    if not all(math.isfinite(value) for value in result.values()):
+        raise FloatingPointError(f"evaluate: expected finite {task.metric_name} and loss, got {result} (the "
+                                 "model's parameters or outputs are not finite)")
+    return result
 
 
 # ----------------------------------------------------------------------------------------- run dirs
@@ -179,33 +222,35 @@ def default_run_dir(config: TrainConfig, root: str | os.PathLike = RUNS_ROOT) ->
     return str(path)
 
 
-def _prepare_run_dir(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
-    run_dir = Path(config.run_dir)
-    checkpoint = run_dir / CHECKPOINT
-    if resume and overwrite:
-        raise ValueError("resume and overwrite: expected at most one of them, got both")
-    if resume:
-        if not checkpoint.exists():
-            raise FileNotFoundError(f"run_dir: cannot resume, {str(checkpoint)!r} does not exist")
-        return run_dir
-    existing = [name for name in (CHECKPOINT, METRICS, CONFIG) if (run_dir / name).exists()]
-    if existing and not overwrite:
-        raise FileExistsError(
-            f"run_dir: {str(run_dir)!r} already holds a run ({', '.join(existing)}); resume it (--resume), "
-            "replace it (--overwrite) or choose another --run-dir")
-    for name in existing:
-        (run_dir / name).unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a run's `metrics.jsonl` (an empty list if there is none)."""
+    """The records of a run's `metrics.jsonl` (an empty list if there is none).
+
+    A torn last line (a record cut short by a crash or a kill while it was written) is ignored with a
+    `RuntimeWarning`; a damaged line elsewhere raises `ValueError` naming the file and the line."""
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("expected a JSON object with an int 'step'")
+        except (ValueError, UnicodeDecodeError) as error:
+            if number == len(lines):  # no newline after it: written only in part
+                import warnings
+
+                warnings.warn(f"{path}: ignoring the torn last line {number} ({len(line)} bytes; the run stopped "
+                              "while writing it)", RuntimeWarning, stacklevel=2)
+                continue
+            raise ValueError(f"metrics: {path} line {number} is damaged ({error}); expected one JSON record "
+                             "per line") from None
+        records.append(record)
+    return records
 
 
 def load_run(run_dir: str | os.PathLike, *, with_optimizer: bool = False):
@@ -213,16 +258,22 @@ def load_run(run_dir: str | os.PathLike, *, with_optimizer: bool = False):
 
     **Returns:** `(config, task, model, metadata)`, plus the optimiser state if `with_optimizer`.
 
-    **Raises:** `CheckpointError` (naming the file) for a missing, truncated or corrupted checkpoint.
+    **Raises:** `CheckpointError` (naming the file) for a missing, truncated, corrupted or edited checkpoint,
+    or one whose header does not match the run's config.json or corpus (`check_checkpoint`).
     """
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG).exists():
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run_dir: expected a training run directory, got {str(run_dir)!r} "
+                                f"({'a file' if run_dir.exists() else 'does not exist'})")
+    if not (run_dir / CONFIG).is_file():
         raise FileNotFoundError(f"run_dir: {str(run_dir)!r} has no {CONFIG}; is it a training run directory?")
     config = TrainConfig.load(run_dir / CONFIG)
     task = build_task(config)
     model = build_model(config, task)
     opt_state = make_optimizer(config).init(eqx.filter(model, trainable_filter(model)))
-    (model, opt_state), metadata = load_checkpoint(run_dir / CHECKPOINT, (model, opt_state))
+    path = run_dir / CHECKPOINT
+    (model, opt_state), metadata = load_checkpoint(
+        path, (model, opt_state), check=lambda metadata: check_checkpoint(path, metadata, config, task))
     return (config, task, model, metadata, opt_state) if with_optimizer else (config, task, model, metadata)
 
 
@@ -291,7 +342,7 @@ class TrainResult:
 
 
 def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, stop_at: int | None = None,
-          progress: bool = True, max_traces: int | None = 1) -> TrainResult:
+          progress: bool = True, max_traces: int | None = 1, check_memory: bool = True) -> TrainResult:
     """Train a `Transformer` on `config.task`, writing metrics and checkpoints to `config.run_dir`.
 
     **Arguments:**
@@ -299,16 +350,25 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     - `config`: the `TrainConfig` (with `run_dir=None`, a fresh `runs/<task>-<attention>-<timestamp>`).
     - `resume`: continue the run in `config.run_dir` from its checkpoint. The stored `config.json` must equal
       `config` (use `resume_run` to take the stored one). The losses continue exactly as an uninterrupted run's.
-    - `overwrite`: replace a run already in `config.run_dir` (by default that raises `FileExistsError`).
+    - `overwrite`: replace a run already in `config.run_dir` (by default that raises `FileExistsError`). The
+      old run is deleted only once the new one has written its first checkpoint; until then it is kept in
+      `.previous-run/` and restored if the new run fails or is killed.
     - `stop_at`: stop (with a checkpoint) after this many steps instead of `config.steps`; the learning-rate
       schedule still runs to `config.steps`, so resuming later continues the same run.
     - `progress`: show a progress bar and evaluation lines.
     - `max_traces`: the train step may be traced at most this often (1: it compiles once); `None` disables it.
+    - `check_memory`: estimate the memory of the model and batch first (`_memory.check_memory`) and raise
+      `MemoryEstimateError` if it exceeds the memory available.
 
     **Returns:** a `TrainResult`.
 
-    Ctrl-C writes a checkpoint of the last completed step before re-raising `KeyboardInterrupt`.
+    Everything (config, data, run directory, checkpoint header, memory) is checked before anything is
+    written; a run that fails before its first step leaves the directory as it was. SIGINT (Ctrl-C) and
+    SIGTERM stop the run after the step in progress (also during the first step's compilation) with a
+    checkpoint of the last completed step, a message, and `Interrupted` (a `KeyboardInterrupt`); so does any
+    error after at least one step. Resuming from that checkpoint is bit-exact.
     """
+    from ._memory import check_memory as _check_memory
     from ._parallel import make_mesh, replicate, replicated, shard_batch
 
     if not isinstance(config, TrainConfig):
@@ -319,7 +379,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         config = config.replace(run_dir=default_run_dir(config))
     if stop_at is not None and not (isinstance(stop_at, int) and 0 < stop_at <= config.steps):
         raise ValueError(f"stop_at: expected an int in [1, steps={config.steps}] or None, got {stop_at!r}")
-    run_dir = _prepare_run_dir(config, resume=resume, overwrite=overwrite)
+    run_dir = check_run_dir(config.run_dir, resume=resume, overwrite=overwrite)
     if resume:
         stored = TrainConfig.load(run_dir / CONFIG)
         if stored.replace(run_dir=None) != config.replace(run_dir=None):
@@ -329,23 +389,20 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                              "resume with the stored config (resume_run) or start a new run")
     writer = jax.process_index() == 0
 
-    task = build_task(config)
+    task = build_task(config)  # reads and checks the data before anything is written
+    if check_memory:
+        _check_memory(config, task)
     model = build_model(config, task)
     optimizer = make_optimizer(config)
     spec = trainable_filter(model)
     opt_state = optimizer.init(eqx.filter(model, spec))
+    identity = run_identity(config, task)
     start = 0
     if resume:
-        (model, opt_state), metadata = load_checkpoint(run_dir / CHECKPOINT, (model, opt_state))
+        path = run_dir / CHECKPOINT
+        (model, opt_state), metadata = load_checkpoint(
+            path, (model, opt_state), check=lambda metadata: check_checkpoint(path, metadata, config, task))
         start = int(metadata["step"])
-        if metadata.get("data_seed") != config.seed:
-            raise CheckpointError(f"checkpoint {str(run_dir / CHECKPOINT)!r} was written with data seed "
-                                  f"{metadata.get('data_seed')}, the config says {config.seed}")
-        if writer:  # drop records past the checkpoint (written after it, before an interruption)
-            kept = [r for r in read_metrics(run_dir) if r["step"] <= start]
-            atomic_write(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in kept).encode())
-    elif writer:
-        config.save(run_dir / CONFIG)
 
     mesh = None
     if config.data_parallel:
@@ -363,15 +420,16 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     tokens_per_step = config.batch_size * task.seq_len
 
     def log(record):
-        if writer:
+        if writer:  # one write of one whole line: a crash tears at most the last record (read_metrics)
             with open(run_dir / METRICS, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
     def checkpoint(step):
         if writer:
             save_checkpoint(run_dir / CHECKPOINT, (eqx.combine(trainable, frozen), opt_state), {
-                "step": step, "data_seed": config.seed, "next_data_step": step, "task": config.task,
-                "attention": config.attention, "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                **identity, "step": step, "next_data_step": step, "steps": config.steps,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            files.committed()
 
     def run_eval(step):
         result = evaluate(eqx.combine(trainable, frozen), task, batch_size=config.batch_size,
@@ -382,50 +440,77 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                   f"loss {result['loss']:.4f}")
         return record
 
-    bar = _Progress(end, start, progress)
     losses, evals = [], []
     began = time.perf_counter()
     timed_from, timed_steps = None, 0
     step, skipped_in_a_row = start, 0
-    try:
-        while step < end:
-            batch = task.batch("train", config.batch_size, seed=data_seed(config.seed, step))
-            batch = shard_batch(batch, mesh) if mesh is not None else jax.tree.map(jnp.asarray, batch)
-            trainable, opt_state, loss, skipped = step_fn(trainable, frozen, opt_state, batch)
-            loss, skipped = float(loss), bool(skipped)
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss: expected a finite value, got {loss} at step {step + 1}; lower "
-                                         f"--lr (now {config.lr}) or --grad-clip (now {config.grad_clip})")
-            skipped_in_a_row = skipped_in_a_row + 1 if skipped else 0
-            if skipped:
-                bar.write(f"step {step + 1}: non-finite gradient, update skipped")
-            if skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
-                raise FloatingPointError(f"gradients: expected finite values, got NaN/inf in {skipped_in_a_row} "
-                                         f"steps in a row (up to step {step + 1}); lower --lr (now {config.lr})")
-            step += 1
-            now = time.perf_counter()
-            if timed_from is None:  # the first step includes compilation
-                timed_from = now
-                rate, left = float("nan"), float("nan")
-            else:
-                timed_steps += 1
-                per_step = (now - timed_from) / timed_steps
-                rate, left = tokens_per_step / per_step, per_step * (end - step)
-            losses.append((step, loss))
-            log({"kind": "train", "step": step, "loss": loss, "lr": float(schedule(step - 1)), "skipped": skipped,
-                 "tokens_per_s": None if math.isnan(rate) else rate, "seconds": now - began})
-            bar.update(step, loss, 0.0 if math.isnan(rate) else rate, left)
-            if step % config.eval_every == 0 or step == config.steps:
-                evals.append(run_eval(step))
-            if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == end:
-                checkpoint(step)
-    except KeyboardInterrupt:
-        checkpoint(step)
+    bar = None
+    with StopRequests() as stop, RunWriter(run_dir, resume=resume or not writer) as files:
+        if resume and writer:  # drop records past the checkpoint (written after it, before an interruption)
+            kept = [r for r in read_metrics(run_dir) if r["step"] <= start]
+            atomic_write(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        elif writer:
+            config.save(run_dir / CONFIG)
+        bar = _Progress(end, start, progress)
+        try:
+            while step < end and not stop.requested:
+                batch = task.batch("train", config.batch_size, seed=data_seed(config.seed, step))
+                batch = shard_batch(batch, mesh) if mesh is not None else jax.tree.map(jnp.asarray, batch)
+                new_trainable, new_opt_state, loss, skipped = step_fn(trainable, frozen, opt_state, batch)
+                loss, skipped = float(loss), bool(skipped)
+                if not math.isfinite(loss):
+                    raise FloatingPointError(
+                        f"loss: expected a finite value, got {loss} at step {step + 1}; lower --lr (now "
+                        f"{config.lr}) or --grad-clip (now {config.grad_clip})")
+                skipped_in_a_row = skipped_in_a_row + 1 if skipped else 0
+                if skipped:
+                    bar.write(f"step {step + 1}: non-finite gradient, update skipped")
+                if skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                    raise FloatingPointError(
+                        f"gradients: expected finite values, got NaN/inf in {skipped_in_a_row} steps in a row "
+                        f"(up to step {step + 1}); lower --lr (now {config.lr}) or --grad-clip (now "
+                        f"{config.grad_clip})")
+                trainable, opt_state = new_trainable, new_opt_state
+                step += 1
+                now = time.perf_counter()
+                if timed_from is None:  # the first step includes compilation
+                    timed_from = now
+                    rate, left = float("nan"), float("nan")
+                else:
+                    timed_steps += 1
+                    per_step = (now - timed_from) / timed_steps
+                    rate, left = tokens_per_step / per_step, per_step * (end - step)
+                losses.append((step, loss))
+                log({"kind": "train", "step": step, "loss": loss, "lr": float(schedule(step - 1)),
+                     "skipped": skipped, "tokens_per_s": None if math.isnan(rate) else rate,
+                     "seconds": now - began})
+                bar.update(step, loss, 0.0 if math.isnan(rate) else rate, left)
+                if step % config.eval_every == 0 or step == config.steps:
+                    evals.append(run_eval(step))
+                if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == end:
+                    checkpoint(step)
+        except BaseException as error:  # keep the last completed step of a run that made progress
+            bar.close()
+            if step > start:
+                try:
+                    checkpoint(step)
+                    print(f"\n{'interrupted' if isinstance(error, KeyboardInterrupt) else 'stopped by an error'}: "
+                          f"checkpoint of step {step} written to {run_dir / CHECKPOINT}; continue with "
+                          f"`astroformer train --run-dir {run_dir} --resume`", file=sys.stderr)
+                except Exception as failure:  # noqa: BLE001 - report, keep the original error
+                    print(f"\ncould not write a checkpoint of step {step}: {failure}", file=sys.stderr)
+            raise
         bar.close()
-        print(f"\ninterrupted: checkpoint of step {step} written to {run_dir / CHECKPOINT}; continue with "
-              f"`astroformer train --run-dir {run_dir} --resume`", file=sys.stderr)
-        raise
-    bar.close()
+        if stop.requested:
+            if step > start:
+                checkpoint(step)
+                message = (f"checkpoint of step {step} written to {run_dir / CHECKPOINT}; continue with "
+                           f"`astroformer train --run-dir {run_dir} --resume`")
+            else:
+                message = "stopped before the first step; nothing was written"
+                files.rollback()
+            print(f"\ninterrupted: {message}", file=sys.stderr)
+            raise Interrupted(message, signum=stop.signum, step=step)
     return TrainResult(model=eqx.combine(trainable, frozen), config=config, run_dir=str(run_dir), step=step,
                        losses=losses, evals=evals, seconds=time.perf_counter() - began)
 

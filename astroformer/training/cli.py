@@ -18,6 +18,7 @@ _CONFIG_OPTIONS = {
     "warmup": "warmup", "d_model": "d_model", "layers": "num_layers", "heads": "num_heads",
     "features": "num_features", "read_steps": "read_steps", "seed": "seed", "text": "text",
     "eval_every": "eval_every", "eval_batches": "eval_batches", "data_parallel": "data_parallel",
+    "checkpoint_every": "checkpoint_every", "grad_clip": "grad_clip",
 }
 
 
@@ -51,6 +52,9 @@ def register(subparsers) -> None:
     train.add_argument("--eval-every", type=int, help=f"evaluate every so many steps (default {d.eval_every})")
     train.add_argument("--eval-batches", type=int, help=f"batches per evaluation (default {d.eval_batches})")
     train.add_argument("--text", help="charlm: a UTF-8 text file to model instead of the default corpus")
+    train.add_argument("--checkpoint-every", type=int,
+                       help=f"write a checkpoint every so many steps, 0: only at the end (default {d.checkpoint_every})")
+    train.add_argument("--grad-clip", type=float, help=f"global gradient-norm clip (default {d.grad_clip})")
     train.add_argument("--data-parallel", action="store_true", default=None,
                        help="shard batches over all visible devices")
     train.add_argument("--run-dir", help="run directory (default runs/<task>-<attention>-<timestamp>)")
@@ -61,7 +65,7 @@ def register(subparsers) -> None:
 
     sample = subparsers.add_parser("sample", help="sample from a trained model")
     sample.add_argument("--run-dir", required=True, help="the run directory of a trained model")
-    sample.add_argument("--prompt", default="\n", help="text to continue (charlm; default a newline)")
+    sample.add_argument("--prompt", default=None, help="text to continue (charlm only; default a newline)")
     sample.add_argument("--length", type=int, default=300, help="number of tokens to draw")
     sample.add_argument("--temperature", type=float, default=0.8)
     sample.add_argument("--top-k", type=int, default=None)
@@ -77,12 +81,24 @@ def register(subparsers) -> None:
 def _errors():
     from ._checkpoint import CheckpointError
 
-    return (ValueError, TypeError, FileExistsError, FileNotFoundError, CheckpointError)
+    # OSError: unreadable paths (a directory given as a file, permissions, a full disk); FloatingPointError:
+    # non-finite losses; RuntimeError: runtime checks inside compiled code (eqx.error_if).
+    return (ValueError, TypeError, OSError, CheckpointError, FloatingPointError, RuntimeError)
 
 
 def _fail(command: str, error: Exception) -> int:
-    print(f"astroformer {command}: error: {error}", file=sys.stderr)
+    print(f"astroformer {command}: error: {_one_line(error)}", file=sys.stderr)
     return 2
+
+
+def _one_line(error: Exception) -> str:
+    """The message of `error` on one line: for an OSError its strerror and file name; for a runtime check
+    raised from compiled code, only the check's message (without JAX's traceback notes)."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    from .._errors import runtime_message
+
+    return runtime_message(error)
 
 
 def _train(args) -> int:
@@ -90,8 +106,10 @@ def _train(args) -> int:
         return _train_inner(args)
     except _errors() as error:
         return _fail("train", error)
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as interrupt:
+        from ._signals import exit_code
+
+        return exit_code(getattr(interrupt, "signum", None))
 
 
 def _train_inner(args) -> int:
@@ -107,6 +125,9 @@ def _train_inner(args) -> int:
         if extra:
             raise ValueError(f"--resume: the run's options come from {Path(args.run_dir) / CONFIG}; do not pass "
                              f"{', '.join(extra)}")
+        from ._rundir import check_run_dir
+
+        check_run_dir(args.run_dir, resume=True, overwrite=False)
         config = TrainConfig.load(Path(args.run_dir) / CONFIG).replace(run_dir=args.run_dir)
     else:
         task = given.get("task", TrainConfig.task)
@@ -117,7 +138,13 @@ def _train_inner(args) -> int:
         given = {**preset, **given}
         if "steps" in given and "warmup" not in given:  # keep the default warm-up shorter than short runs
             given["warmup"] = min(TrainConfig.warmup, given["steps"] // 10)
-        config = TrainConfig(**given, task_kwargs=task_kwargs, run_dir=args.run_dir)
+        try:
+            config = TrainConfig(**given, task_kwargs=task_kwargs, run_dir=args.run_dir)
+        except ValueError as error:  # name the command-line flag next to the config field
+            message = str(error)
+            for dest, field in _CONFIG_OPTIONS.items():
+                message = message.replace(f"`{field}`", f"`{field}` (--{dest.replace('_', '-')})")
+            raise ValueError(message) from None
         if task != "charlm":
             from ..tasks import get_task
 
@@ -163,22 +190,30 @@ def _report(config, run_dir: str, final: dict) -> None:
 def _latest_run(root: Path, config, kind: str, exclude: Path):
     """The most recently written run under `root` of `kind` attention on the same task (and text/kwargs)."""
     from ._config import TrainConfig
+    import warnings
+
     from ._train import CHECKPOINT, CONFIG, read_metrics
 
     best, best_time = None, -1.0
     if not root.is_dir():
         return None
     for path in root.iterdir():
-        if path.resolve() == exclude.resolve() or not (path / CONFIG).exists() or not (path / CHECKPOINT).exists():
-            continue
-        try:
+        try:  # only this run's files are read strictly: a damaged sibling run is skipped, not fatal
+            if (path.resolve() == exclude.resolve() or not (path / CONFIG).is_file()
+                    or not (path / CHECKPOINT).is_file()):
+                continue
             other = TrainConfig.load(path / CONFIG)
-        except ValueError:
+        except (ValueError, OSError):
             continue
         same_task = (other.task, other.task_kwargs, other.text) == (config.task, config.task_kwargs, config.text)
         if other.attention != kind or not same_task:
             continue
-        if not any(r.get("kind") == "eval" for r in read_metrics(path)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if not any(r.get("kind") == "eval" for r in read_metrics(path)):
+                    continue
+        except (ValueError, OSError):
             continue
         mtime = (path / CHECKPOINT).stat().st_mtime
         if mtime > best_time:
@@ -194,11 +229,18 @@ def _sample(args) -> int:
         from ._sample import sample, sample_text
         from ._train import load_run
 
+        if args.length < 1:
+            raise ValueError(f"--length: expected a positive number of tokens, got {args.length}")
         config, task, model, metadata = load_run(args.run_dir)
         if config.task == "charlm":
-            print(args.prompt + sample_text(model, task.corpus, args.prompt, args.length,
-                                            temperature=args.temperature, top_k=args.top_k, seed=args.seed))
+            prompt = "\n" if args.prompt is None else args.prompt
+            print(prompt + sample_text(model, task.corpus, prompt, args.length,
+                                       temperature=args.temperature, top_k=args.top_k, seed=args.seed))
         else:
+            if args.prompt is not None:
+                raise ValueError(f"--prompt: only a charlm run takes a text prompt; {args.run_dir} is a "
+                                 f"{config.task!r} run, whose prompt is the first token of an eval sequence "
+                                 "(choose it with --seed)")
             prompt = task.batch("eval", 1, seed=args.seed).inputs[0][:1]
             ids = sample(model, prompt, args.length, temperature=args.temperature, top_k=args.top_k,
                          key=jax.random.PRNGKey(args.seed))
