@@ -8,6 +8,11 @@ from ._features import (
     PositiveRandomFeatures as PositiveRandomFeatures,
     RandomFourierFeatures as RandomFourierFeatures,
 )
+from ._feature_maps import FEATURE_MAPS as FEATURE_MAPS, make_feature_map as make_feature_map
+from ._headwise import HeadwiseFeatures as HeadwiseFeatures
+from ._learned_features import LearnedFeatures as LearnedFeatures
+from ._oprf import OptimalPositiveRandomFeatures as OptimalPositiveRandomFeatures, fit_A as fit_A
+from ._oprf import optimal_A as optimal_A
 from ._params import NAParams as NAParams
 from ._read import Magnus2 as Magnus2
 from ._rosenbrock import Ros2 as Ros2

@@ -16,6 +16,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 from ._baselines import linear_attention, softmax_attention
 from ._block import na_attention
 from ._calcium_read import CalciumCoupling, check_calcium_steps, default_coupling, na_attention_calcium
+from ._feature_maps import make_feature_map
 from ._features import AbstractFeatureMap, EluFeatures, PositiveRandomFeatures
 from ._params import NAParams
 from ._validate import check_na_layer, check_positive_int
@@ -112,7 +113,8 @@ class LinearAttention(AbstractAttention):
         self.causal = causal
 
     def head(self, q, k, v, mask, index):
-        return linear_attention(self.feature_map(q), self.feature_map(k), v, causal=self.causal, mask=mask)
+        phi = self.feature_map.for_head(index)
+        return linear_attention(phi(q), phi(k), v, causal=self.causal, mask=mask)
 
 
 def _calcium_fields(calcium, coupling, mode, state, dtype):
@@ -145,8 +147,10 @@ class NeuronAstrocyteAttention(AbstractAttention):
 
     - `d_model`, `num_heads`: sizes; each head has D = N = d_model / num_heads.
     - `num_features`: M feature neurons per head (ignored if `feature_map` is given).
-    - `feature_map`: the feature-neuron tuning shared by all heads (default: `PositiveRandomFeatures`,
-      frozen). Must be non-negative (firing rates).
+    - `feature_map`: the feature-neuron tuning (default: `PositiveRandomFeatures`, frozen), shared by all
+      heads, or one per head (`HeadwiseFeatures`); or a name of `astroformer.FEATURE_MAPS` (`"prf"`,
+      `"orthogonal"`, `"oprf"`, `"orthogonal-oprf"`, `"learned"`: see `make_feature_map`), built with
+      `num_features`. Must be non-negative (firing rates).
     - `params`: `NAParams` for every head (scalars are broadcast to all heads). Default: `NAParams` with
       `tau_s = 0.01 / num_features`, so that reads settle whatever M (the calcium per process scales as 1/M).
     - `mode`: `"ode"` (simulate) or `"equilibrium"` (closed-form fixed point).
@@ -193,7 +197,7 @@ class NeuronAstrocyteAttention(AbstractAttention):
     chunk_size: int = eqx.field(static=True)
 
     def __init__(self, d_model: int, num_heads: int, *, num_features: int = 64,
-                 feature_map: AbstractFeatureMap | None = None, params: NAParams | None = None,
+                 feature_map: AbstractFeatureMap | str | None = None, params: NAParams | None = None,
                  mode: Literal["ode", "equilibrium"] = "ode", state: Literal["reduced", "full"] = "reduced",
                  causal: bool = True, solver: diffrax.AbstractSolver | None = None, read_steps: int = 8,
                  chunk_size: int = 64, calcium: AbstractCalciumModel | None = None,
@@ -209,6 +213,8 @@ class NeuronAstrocyteAttention(AbstractAttention):
         self.calcium_steps = calcium_steps
         if feature_map is None:
             feature_map = PositiveRandomFeatures(D, num_features, dtype=dtype, key=kf)
+        elif isinstance(feature_map, str):
+            feature_map = make_feature_map(feature_map, D, num_features, num_heads=num_heads, dtype=dtype, key=kf)
         if not feature_map.nonnegative:
             raise ValueError(f"feature_map: expected a non-negative feature map (firing rates), got "
                              f"{type(feature_map).__name__}; use PositiveRandomFeatures or EluFeatures")
@@ -228,12 +234,13 @@ class NeuronAstrocyteAttention(AbstractAttention):
 
     def head(self, q, k, v, mask, index):
         params = jax.tree.map(lambda a: a[index], self.params)
+        phi = self.feature_map.for_head(index)
         if self.calcium is not None and not isinstance(self.calcium, DiffusiveProcesses) and self.mode == "ode":
-            return na_attention_calcium(self.feature_map(q), self.feature_map(k), v, params, self.calcium,
+            return na_attention_calcium(phi(q), phi(k), v, params, self.calcium,
                                         coupling=self.coupling, causal=self.causal, mask=mask,
                                         read_steps=self.read_steps, chunk_size=self.chunk_size,
                                         calcium_steps=self.calcium_steps)
-        return na_attention(self.feature_map(q), self.feature_map(k), v, params, causal=self.causal,
+        return na_attention(phi(q), phi(k), v, params, causal=self.causal,
                             mode=self.mode, mask=mask, state=self.state, solver=self.solver,
                             read_steps=self.read_steps, chunk_size=self.chunk_size)
 

@@ -28,6 +28,11 @@ class AbstractFeatureMap(eqx.Module):
     def __call__(self, u: Float[Array, "*batch D"]) -> Float[Array, "*batch M"]:
         ...
 
+    def for_head(self, index: Array) -> "AbstractFeatureMap":
+        """The tuning of head `index` of a multi-head layer: the same map for every head, unless the map holds
+        one tuning per head (`HeadwiseFeatures`)."""
+        return self
+
 
 def _maybe_frozen(w: Array, trainable: bool) -> Array:
     return w if trainable else jax.lax.stop_gradient(w)
@@ -133,11 +138,19 @@ def _gaussian(key, rows, cols, dtype):
 
 
 def _orthogonal_gaussian(key, rows, cols, dtype):
-    """Blocks of orthogonal rows with chi-distributed norms (Choromanski et al. 2021, ORF)."""
+    """Blocks of orthogonal rows with chi-distributed norms (Choromanski et al. 2021, ORF).
+
+    Each block is a Haar-distributed orthogonal matrix: the Q of a Gaussian matrix's QR with its columns' signs
+    fixed by diag(R) (Mezzadri 2007). Without the sign fix Q is not Haar, its rows are not uniform on the
+    sphere, and the estimate of e^{q.k} is biased."""
     n_blocks = -(-rows // cols)
     kq, kn = jax.random.split(key)
-    blocks = [jnp.linalg.qr(jax.random.normal(k, (cols, cols), dtype))[0].T
-              for k in jax.random.split(kq, n_blocks)]
+
+    def haar(k):
+        Q, R = jnp.linalg.qr(jax.random.normal(k, (cols, cols), dtype))
+        return (Q * jnp.where(jnp.diagonal(R) < 0, -1.0, 1.0).astype(dtype)).T
+
+    blocks = [haar(k) for k in jax.random.split(kq, n_blocks)]
     W = jnp.concatenate(blocks, axis=0)[:rows]
     norms = jnp.linalg.norm(jax.random.normal(kn, (rows, cols), dtype), axis=-1, keepdims=True)
     return W * norms

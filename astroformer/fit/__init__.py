@@ -9,6 +9,7 @@ from ._targets import (
     LossTarget as LossTarget,
     TraceTarget as TraceTarget,
 )
+from ._weights import AttentionWeightsTarget as AttentionWeightsTarget
 from ._traces import Traces as Traces, read_traces as read_traces
 from ._transforms import (
     AbstractTransform as AbstractTransform,

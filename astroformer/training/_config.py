@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 from .._attention import ATTENTION_KINDS
+from .._feature_maps import FEATURE_MAPS
 
 _TASKS = ("charlm", "mqar", "induction", "selective-copy", "copy")
 
@@ -24,6 +25,8 @@ class TrainConfig:
       (`astroformer.tasks.get_task`); `task_kwargs`: its constructor arguments (JSON values only).
     - `text`: for `"charlm"`, the path of a UTF-8 text file to model instead of the default corpus.
     - `attention`: one of `astroformer.ATTENTION_KINDS`.
+    - `feature_map`: the feature neurons of neuron–astrocyte heads, one of `astroformer.FEATURE_MAPS`
+      (`"prf"`, `"orthogonal"`, `"oprf"`, `"orthogonal-oprf"`, `"learned"`; see `make_feature_map`).
     - `d_model`, `num_layers`, `num_heads`, `num_features` (M per neuron–astrocyte head), `mlp_ratio`,
       `tie_embeddings`: the `Transformer`'s sizes.
     - `short_conv`: width of the short causal convolution of the token embeddings (`Transformer`); 0: none.
@@ -46,6 +49,7 @@ class TrainConfig:
     task_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     text: str | None = None
     attention: str = "na-ode"
+    feature_map: str = "prf"
     d_model: int = 64
     num_layers: int = 2
     num_heads: int = 4
@@ -87,6 +91,8 @@ class TrainConfig:
                 fail("text", "a path (str) or None")
         if self.attention not in ATTENTION_KINDS:
             fail("attention", f"one of {', '.join(ATTENTION_KINDS)}")
+        if self.feature_map not in FEATURE_MAPS:
+            fail("feature_map", f"one of {', '.join(FEATURE_MAPS)}")
         for name in ("d_model", "num_layers", "num_heads", "num_features", "mlp_ratio", "read_steps", "steps",
                      "batch_size", "eval_every", "eval_batches"):
             value = getattr(self, name)

@@ -100,6 +100,8 @@ def check_checkpoint(path, metadata: dict[str, Any], config: TrainConfig, task: 
 def build_model(config: TrainConfig, task: AbstractTask) -> Transformer:
     """A freshly initialised `Transformer` for `task`, seeded by `config.seed`."""
     attention_kwargs = {"read_steps": config.read_steps} if config.attention == "na-ode" else None
+    if config.attention.startswith("na-") and config.feature_map != "prf":
+        attention_kwargs = dict(attention_kwargs or {}, feature_map=config.feature_map)
     return Transformer(task.vocab_size, task.seq_len, attention=config.attention, d_model=config.d_model,
                        num_layers=config.num_layers, num_heads=config.num_heads,
                        num_features=config.num_features, mlp_ratio=config.mlp_ratio,

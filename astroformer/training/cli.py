@@ -18,13 +18,14 @@ _CONFIG_OPTIONS = {
     "warmup": "warmup", "d_model": "d_model", "layers": "num_layers", "heads": "num_heads",
     "features": "num_features", "read_steps": "read_steps", "seed": "seed", "text": "text",
     "eval_every": "eval_every", "eval_batches": "eval_batches", "data_parallel": "data_parallel",
-    "checkpoint_every": "checkpoint_every", "grad_clip": "grad_clip",
+    "checkpoint_every": "checkpoint_every", "grad_clip": "grad_clip", "feature_map": "feature_map",
 }
 
 
 def register(subparsers) -> None:
     """Add the `train`, `sample` and `eval` subcommands to an argparse `subparsers` object."""
     from .._attention import ATTENTION_KINDS
+    from .._feature_maps import FEATURE_MAPS
     from ._config import TrainConfig
 
     d = TrainConfig()
@@ -46,6 +47,8 @@ def register(subparsers) -> None:
     train.add_argument("--layers", type=int, help=f"number of blocks (default {d.num_layers})")
     train.add_argument("--heads", type=int, help=f"attention heads (default {d.num_heads})")
     train.add_argument("--features", type=int, help=f"feature neurons M per head (default {d.num_features})")
+    train.add_argument("--feature-map", choices=list(FEATURE_MAPS),
+                       help=f"feature neurons of na-* heads (default {d.feature_map})")
     train.add_argument("--read-steps", type=int, help=f"steps per simulated read, na-ode (default {d.read_steps})")
     train.add_argument("--seq-len", type=int, help="sequence length of the task (default: the task's)")
     train.add_argument("--seed", type=int, help=f"seed of initialisation and data (default {d.seed})")
@@ -76,6 +79,10 @@ def register(subparsers) -> None:
     evaluate.add_argument("--run-dir", required=True, help="the run directory of a trained model")
     evaluate.add_argument("--batches", type=int, default=None, help="eval batches (default: the run's)")
     evaluate.set_defaults(func=_eval)
+
+    from ._distill import register as register_distill
+
+    register_distill(subparsers)
 
 
 def _errors():

@@ -1,0 +1,38 @@
+"""Feature maps by name: the choices of `NeuronAstrocyteAttention(feature_map=...)`, `TrainConfig.feature_map`
+and `astroformer train --feature-map`."""
+
+from jaxtyping import PRNGKeyArray
+
+from ._features import AbstractFeatureMap, PositiveRandomFeatures
+from ._headwise import HeadwiseFeatures
+from ._learned_features import LearnedFeatures
+from ._oprf import OptimalPositiveRandomFeatures
+
+#: Names accepted by `make_feature_map`.
+FEATURE_MAPS = ("prf", "orthogonal", "oprf", "orthogonal-oprf", "learned")
+
+
+def make_feature_map(name: str, in_dim: int, num_features: int, *, num_heads: int | None = None, dtype=None,
+                     key: PRNGKeyArray) -> AbstractFeatureMap:
+    """A non-negative feature map by name (frozen random maps are shared by all heads; learned ones are per head):
+
+    - `"prf"`: `PositiveRandomFeatures` (the paper's FAVOR+ feature neurons), frozen.
+    - `"orthogonal"`: `PositiveRandomFeatures(orthogonal=True)` (Choromanski et al. 2021), frozen.
+    - `"oprf"`, `"orthogonal-oprf"`: `OptimalPositiveRandomFeatures` (FAVOR++, Likhosherstov et al. 2022) with
+      its default $A$, frozen; i.i.d. or orthogonal directions.
+    - `"learned"`: `LearnedFeatures` (Hedgehog, Zhang et al. 2024), trainable, one tuning per head
+      (`HeadwiseFeatures`) when `num_heads` is given.
+    """
+    if name == "prf":
+        return PositiveRandomFeatures(in_dim, num_features, dtype=dtype, key=key)
+    if name == "orthogonal":
+        return PositiveRandomFeatures(in_dim, num_features, orthogonal=True, dtype=dtype, key=key)
+    if name in ("oprf", "orthogonal-oprf"):
+        return OptimalPositiveRandomFeatures(in_dim, num_features, orthogonal=name == "orthogonal-oprf",
+                                             dtype=dtype, key=key)
+    if name == "learned":
+        if num_heads is None:
+            return LearnedFeatures(in_dim, num_features, dtype=dtype, key=key)
+        return HeadwiseFeatures.build(lambda k: LearnedFeatures(in_dim, num_features, dtype=dtype, key=k),
+                                      num_heads, key=key)
+    raise ValueError(f"feature_map: expected one of {', '.join(FEATURE_MAPS)}, got {name!r}")

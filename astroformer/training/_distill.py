@@ -1,0 +1,225 @@
+r"""Weight transfer that works: distil a trained softmax model's heads into neuron–astrocyte heads with learned
+feature neurons, and write the result as a run directory (`astroformer eval` / `sample` load it).
+
+For every layer (in order) and every head, learned feature neurons $\phi$ (`LearnedFeatures`, M per head) are
+fitted with `astroformer.fit` to that head's softmax attention weights on training text, by the attention-weight
+cross-entropy of Hedgehog (`AttentionWeightsTarget`):
+
+$$\min_\phi\ -\frac{1}{BL}\sum_{b,t}\sum_{\tau\le t} a^{\mathrm{sm}}_{t\tau}\log a^\phi_{t\tau}.$$
+
+Queries and keys of layer l are those the *transferred* model computes (layers < l already replaced by their
+distilled equilibrium heads), so each layer is fitted on the inputs it will see. Everything else (embeddings,
+projections, MLPs, norms) is copied unchanged; the astrocyte's time constants are the defaults for M.
+
+    astroformer distill --run-dir SOFTMAX_RUN --out NEW_RUN [--features 64] [--steps 600]
+
+Reference: Zhang, Bhatia, Kumbong & Ré, "The Hedgehog & the Porcupine", ICLR 2024; the transfer experiment of
+Kozachkov, Kastanenka & Krotov, PNAS 2023.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from .._headwise import HeadwiseFeatures
+from .._learned_features import LearnedFeatures
+from ._checkpoint import atomic_write, save_checkpoint
+from ._model import Transformer, _dense, _layer_norm, trainable_filter
+
+
+def layer_qkv(model: Transformer, tokens: Int[Array, "B L"]) -> list[tuple[Array, Array, Array]]:
+    """Per layer: the scaled queries, keys and the values of every head, each (H, B, L, D), on a batch."""
+    B, L = tokens.shape
+    x = model.embedding[tokens] + model.positions[:L]
+    out = []
+    for block in model.blocks:
+        attn = block.attention
+        H = attn.num_heads
+        D = model.d_model // H
+        h = _layer_norm(block.norm1, x.reshape(B * L, model.d_model))
+
+        def split(a, H=H, D=D):
+            return a.reshape(B, L, H, D).transpose(2, 0, 1, 3)
+
+        scale = D**-0.25
+        out.append((split(_dense(attn.query, h)) * scale, split(_dense(attn.key, h)) * scale,
+                    split(_dense(attn.value, h))))
+        x = block(x, None)
+    return out
+
+
+def replace_attention(model: Transformer, layer: int, attention) -> Transformer:
+    """`model` with the attention layer of block `layer` replaced."""
+    return eqx.tree_at(lambda m: m.blocks[layer].attention, model, attention)
+
+
+def transfer(softmax_model: Transformer, target: Transformer) -> Transformer:
+    """`target` (a neuron–astrocyte `Transformer` of the same sizes) with every weight of `softmax_model` except its
+    feature neurons and time constants: embeddings, positions, norms, MLPs and the attention projections."""
+    def shared(m):
+        leaves = [m.embedding, m.positions, m.norm, m.head]
+        for b in m.blocks:
+            a = b.attention
+            leaves += [b.norm1, b.norm2, b.mlp_in, b.mlp_out, a.query, a.key, a.value, a.output]
+        return leaves
+
+    return eqx.tree_at(shared, target, shared(softmax_model), is_leaf=lambda x: x is None)
+
+
+def distill_heads(q: Float[Array, "H B L D"], k: Float[Array, "H B L D"], num_features: int, *, steps: int,
+                  learning_rate: float, key, normaliser_weight: float = 0.0, orthogonal: bool = False) -> tuple[HeadwiseFeatures, Array, Array]:
+    """Fit `LearnedFeatures` to every head's softmax weights (one `astroformer.fit` per head, vmapped).
+
+    **Returns:** `(maps, initial_loss, final_loss)`, the losses per head (H,)."""
+    from ..fit import AttentionWeightsTarget, fit
+
+    H, _, _, D = q.shape
+    maps = HeadwiseFeatures.build(lambda k_: LearnedFeatures(D, num_features, orthogonal=orthogonal, key=k_),
+                                  H, key=key)
+
+    def one(m, qh, kh):
+        target = AttentionWeightsTarget(qh, kh, normaliser_weight=normaliser_weight)
+        result = fit(m, target, ["W", "b"], steps=steps, learning_rate=learning_rate)
+        return result.model, result.loss_history[0], result.loss_history[-1]
+
+    fitted, first, last = eqx.filter_vmap(one)(maps.maps, q, k)
+    return HeadwiseFeatures(fitted, H), first, last
+
+
+def distill(run_dir: str | os.PathLike, out: str | os.PathLike, *, num_features: int = 64,
+            attention: str = "na-ode", steps: int = 600, learning_rate: float = 0.05, batches: int = 8,
+            batch_size: int | None = None, normaliser_weight: float = 0.0, seed: int = 0, evaluate_model: bool = True, overwrite: bool = False,
+            log=print):
+    r"""Distil the softmax run in `run_dir` into a neuron–astrocyte run in `out` (learned feature neurons).
+
+    **Arguments:**
+
+    - `run_dir`: a run directory of a trained softmax model (`config.json`, `checkpoint.eqx`).
+    - `out`: the new run directory (must not hold a run unless `overwrite`).
+    - `num_features`: M learned feature neurons per head (even).
+    - `attention`: `"na-ode"` (simulated reads) or `"na-equilibrium"`: the kind written to the new config.
+    - `steps`, `learning_rate`: Adam steps and rate of each head's fit.
+    - `batches`, `batch_size`: training text used for the fit (default batch size: the run's).
+    - `normaliser_weight`: $\lambda$ of `AttentionWeightsTarget`: 0 fits the attention weights only
+      (Hedgehog); $\lambda > 0$ also fits the astrocyte response to the softmax normaliser.
+    - `seed`: seeds the feature initialisation and the choice of training windows.
+    - `evaluate_model`: evaluate the distilled model (and the softmax one) on the run's eval split and record
+      both in `metrics.jsonl`.
+
+    **Returns:** `(config, model, record)`: the new `TrainConfig`, the distilled `Transformer` and the distill
+    record (per-layer, per-head cross-entropies before and after the fit; bits/char or accuracy if evaluated).
+    """
+    from ._train import (
+        CHECKPOINT,
+        CONFIG,
+        METRICS,
+        build_model,
+        evaluate,
+        load_run,
+        make_optimizer,
+    )
+
+    if attention not in ("na-ode", "na-equilibrium"):
+        raise ValueError(f"attention: expected 'na-ode' or 'na-equilibrium', got {attention!r}")
+    for name, value in (("num_features", num_features), ("steps", steps), ("batches", batches)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    if num_features % 2:
+        raise ValueError(f"num_features: expected an even M (learned features come in mirrored pairs), "
+                         f"got {num_features}")
+    out = Path(out)
+    if (out / CONFIG).exists() and not overwrite:
+        raise FileExistsError(f"out: {str(out)!r} already holds a run; pass overwrite=True (--overwrite)")
+    config, task, teacher, _ = load_run(run_dir)
+    if config.attention != "softmax":
+        raise ValueError(f"run_dir: expected a softmax run to distil, got attention={config.attention!r}")
+    batch_size = config.batch_size if batch_size is None else batch_size
+    tokens = jnp.concatenate([jnp.asarray(task.batch("train", batch_size, seed=10_000 + seed * 1000 + i).inputs)
+                              for i in range(batches)])
+    new_config = config.replace(attention=attention, feature_map="learned", num_features=num_features,
+                                run_dir=str(out))
+    # Distil on a copy read at equilibrium (exact kernel attention: the inputs of the next layer, cheaply).
+    student = transfer(teacher, build_model(new_config.replace(attention="na-equilibrium"), task))
+    key = jax.random.PRNGKey(seed)
+    record = {"kind": "distill", "source": str(run_dir), "num_features": num_features, "steps": steps,
+              "learning_rate": learning_rate, "normaliser_weight": normaliser_weight, "sequences": int(tokens.shape[0]), "layers": []}
+    start = time.perf_counter()
+    for layer in range(len(student.blocks)):
+        # Inputs of this layer in the student with the layers before it already distilled.
+        q, k, _ = jax.jit(layer_qkv)(student, tokens)[layer]
+        maps, first, last = distill_heads(q, k, num_features, steps=steps, learning_rate=learning_rate,
+                                          normaliser_weight=normaliser_weight, key=jax.random.fold_in(key, layer))
+        student = eqx.tree_at(lambda m, i=layer: m.blocks[i].attention.feature_map, student, maps)
+        record["layers"].append({"cross_entropy_initial": np.asarray(first).tolist(),
+                                 "cross_entropy_final": np.asarray(last).tolist()})
+        log(f"layer {layer}: attention-weight cross-entropy per head {np.round(np.asarray(first), 3).tolist()} "
+            f"-> {np.round(np.asarray(last), 3).tolist()}")
+    record["seconds"] = time.perf_counter() - start
+    if attention != "na-equilibrium":
+        maps = [b.attention.feature_map for b in student.blocks]
+        student = transfer(teacher, build_model(new_config, task))
+        student = eqx.tree_at(lambda m: [b.attention.feature_map for b in m.blocks], student, maps)
+    out.mkdir(parents=True, exist_ok=True)
+    new_config.save(out / CONFIG)
+    opt_state = make_optimizer(new_config).init(eqx.filter(student, trainable_filter(student)))
+    save_checkpoint(out / CHECKPOINT, (student, opt_state), {
+        "step": 0, "data_seed": new_config.seed, "next_data_step": 0, "task": new_config.task,
+        "attention": new_config.attention, "distilled_from": str(run_dir),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    if evaluate_model:
+        kw = {"batch_size": config.batch_size, "num_batches": config.eval_batches, "seed": config.seed}
+        record["eval"] = evaluate(student, task, **kw)
+        record["eval_softmax"] = evaluate(teacher, task, **kw)
+        log(f"{task.metric_name}: distilled {record['eval'][task.metric_name]:.4f}, softmax "
+            f"{record['eval_softmax'][task.metric_name]:.4f}")
+    atomic_write(out / METRICS, (json.dumps(record) + "\n").encode())
+    return new_config, student, record
+
+
+# ------------------------------------------------------------------------------------------ command line
+
+
+def register(subparsers) -> None:
+    """Add `astroformer distill` to an argparse `subparsers` object."""
+    p = subparsers.add_parser(
+        "distill", help="distil a trained softmax run into neuron-astrocyte heads with learned feature neurons",
+        description="Fit learned feature neurons (Hedgehog) to every head's softmax attention weights on "
+                    "training text and write a neuron-astrocyte run directory (astroformer eval/sample load it).")
+    p.add_argument("--run-dir", required=True, help="the run directory of a trained softmax model")
+    p.add_argument("--out", required=True, help="the new run directory")
+    p.add_argument("--features", type=int, default=64, help="learned feature neurons M per head (default 64)")
+    p.add_argument("--attention", choices=["na-ode", "na-equilibrium"], default="na-ode",
+                   help="attention kind of the new run (default na-ode)")
+    p.add_argument("--steps", type=int, default=600, help="Adam steps per head (default 600)")
+    p.add_argument("--lr", type=float, default=0.05, help="learning rate of the fits (default 0.05)")
+    p.add_argument("--batches", type=int, default=8, help="training batches used for the fit (default 8)")
+    p.add_argument("--normaliser-weight", type=float, default=0.0,
+                   help="also fit the astrocyte response to the softmax normaliser with this weight (default 0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-eval", action="store_true", help="do not evaluate the distilled model")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.set_defaults(func=_distill_command)
+
+
+def _distill_command(args) -> int:
+    from ._checkpoint import CheckpointError
+
+    try:
+        distill(args.run_dir, args.out, num_features=args.features, attention=args.attention, steps=args.steps,
+                learning_rate=args.lr, batches=args.batches, normaliser_weight=args.normaliser_weight,
+                seed=args.seed, evaluate_model=not args.no_eval, overwrite=args.overwrite)
+    except (ValueError, TypeError, FileExistsError, FileNotFoundError, CheckpointError) as error:
+        print(f"astroformer distill: error: {error}", file=sys.stderr)
+        return 2
+    print(f"run directory: {args.out}")
+    return 0
