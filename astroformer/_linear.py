@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
 
-def linear_recurrence(a: Float[Array, "L *K"], b: Float[Array, "L *K"]) -> Float[Array, "L *K"]:
+def linear_recurrence(a: Float[Array, "L *K"], b: Float[Array, "L *K"]) -> Float[Array, "L *K"]:  # noqa: F821
     r"""$y_t = a_t\,y_{t-1} + b_t$ with $y_0 = 0$ (so $y_1 = b_1$), by a parallel associative scan."""
 
     def combine(left, right):
