@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from ._astrocyte import calcium_initial
+from ._astrocyte import calcium_initial, calcium_mean
 from ._linear import linear_attention_state, normalised_linear_attention
 from ._params import NAParams
-from ._read import FullReadField, Magnus2, ReducedReadField, read_grid
+from ._read import FullReadField, Magnus2, ReducedReadField, RelaxingCalcium, read_grid, solve_read
 from ._validate import check_choice, check_head_inputs
 from ._write import ReducedMemory, write_full, write_reduced
 
@@ -106,9 +106,13 @@ def reduced_read(phi_q, memory: ReducedMemory, params: NAParams, N: int, *, caus
     if not causal:
         g = jnp.broadcast_to(g[-1], g.shape)
     p0 = calcium_initial(phi_q, g)
-    field = ReducedReadField(phi_q=phi_q, p0=p0, p_bar=jnp.mean(p0, axis=-1, keepdims=True),
-                             rate=N * M / params.tau_p, params=params)
+    source = RelaxingCalcium(p0=p0, p_bar=calcium_mean(phi_q, g)[..., None],
+                             kappa=N * M * params.t_read / params.tau_p)
+    field = ReducedReadField(phi_q=phi_q, source=source, params=params)
     grid = read_grid(params, N, M, read_steps, phi_q.dtype)
+    default = solver is None or type(solver) is Magnus2
+    if default and stepsize_controller is None and adjoint is None and saveat is None:
+        return solve_read(field, grid, throw=throw)[1]  # the default: one fixed-grid solve, custom VJP
     solver = Magnus2() if solver is None else solver
     dt0 = None
     if stepsize_controller is None:
