@@ -55,9 +55,11 @@ def na_attention(
     - `state`: `"reduced"` (default, exact O(M) reduction, equal to the full model, see the tests) or
       `"full"` (the literal N×M synapses and N×M calcium processes; for validation and small sizes).
     - `solver`, `stepsize_controller`, `adjoint`: diffrax options. Reduced default: `Magnus2()` on a fixed
-      geometric grid of `read_steps` steps (unconditionally stable) and
-      `RecursiveCheckpointAdjoint(checkpoints=read_steps)`. Full default: `Kvaerno5()` with a
-      `PIDController` (rtol 1e-6, atol 1e-9; 1e-4/1e-6 in float32).
+      geometric grid of `read_steps` steps (unconditionally stable), solved in step time and differentiated by
+      the exact reverse sweep of the same steps (`astroformer._read.solve_read`, a custom VJP); passing a
+      `stepsize_controller`, an `adjoint` (e.g. `RecursiveCheckpointAdjoint(...)`) or another solver solves in read time with diffrax's own
+      adjoint (default `RecursiveCheckpointAdjoint(checkpoints=read_steps)` on a fixed grid). Full default:
+      `Kvaerno5()` with a `PIDController` (rtol 1e-6, atol 1e-9; 1e-4/1e-6 in float32).
     - `read_steps`: steps of the reduced read's fixed grid (default 8). The error is second order,
       $\propto$ `read_steps`$^{-2}$, and vanishes as the read settles: at `NeuronAstrocyteAttention`'s default
       parameters 8 steps are within $10^{-9}$ (relative) of a tight float64 solve, far below float32 rounding;

@@ -335,7 +335,7 @@ def na_attention_calcium(
       at steps where explicit solvers diverge, but needs steps of ~0.1 model second or less to be accurate
       (its fast variables are treated implicitly, the self-amplifying calcium release explicitly).
     - `read_steps`: the synapse equations use 2·`read_steps` − 1 exponential (`Magnus2`) steps (default 32);
-      on the abstract path it is passed to `na_attention` (default: its own, 16).
+      on the abstract path it is passed to `na_attention` (default: its own, 8).
     - `calcium_steps`: `None` (default): the calcium solve uses `stepsize_controller`. An integer S: the
       calcium solve takes S fixed steps of `solver` (default `Ros2`) on `calcium_step_grid` (a quarter
       geometric, resolving the drive's rise, the rest uniform): fixed cost and memory, and a smooth
