@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from ._astrocyte import calcium_initial
+from ._astrocyte import calcium_initial, calcium_mean
 from ._linear import linear_attention_state, normalised_linear_attention
 from ._params import NAParams
-from ._read import FullReadField, Magnus2, ReducedReadField, read_grid
+from ._read import FullReadField, Magnus2, ReducedReadField, RelaxingCalcium, read_grid, solve_read
 from ._validate import check_bool, check_choice, check_head_inputs, check_output, check_positive_int
 from ._write import ReducedMemory, write_full, write_reduced
 
@@ -55,9 +55,11 @@ def na_attention(
     - `state`: `"reduced"` (default, exact O(M) reduction, equal to the full model, see the tests) or
       `"full"` (the literal N×M synapses and N×M calcium processes; for validation and small sizes).
     - `solver`, `stepsize_controller`, `adjoint`: diffrax options. Reduced default: `Magnus2()` on a fixed
-      geometric grid of `read_steps` steps (unconditionally stable) and
-      `RecursiveCheckpointAdjoint(checkpoints=read_steps)`. Full default: `Kvaerno5()` with a
-      `PIDController` (rtol 1e-6, atol 1e-9; 1e-4/1e-6 in float32).
+      geometric grid of `read_steps` steps (unconditionally stable), solved in step time and differentiated by
+      the exact reverse sweep of the same steps (`astroformer._read.solve_read`, a custom VJP); passing a
+      `stepsize_controller`, an `adjoint` (e.g. `RecursiveCheckpointAdjoint(...)`) or another solver solves in read time with diffrax's own
+      adjoint (default `RecursiveCheckpointAdjoint(checkpoints=read_steps)` on a fixed grid). Full default:
+      `Kvaerno5()` with a `PIDController` (rtol 1e-6, atol 1e-9; 1e-4/1e-6 in float32).
     - `read_steps`: steps of the reduced read's fixed grid (default 8). The error is second order,
       $\propto$ `read_steps`$^{-2}$, and vanishes as the read settles: at `NeuronAstrocyteAttention`'s default
       parameters 8 steps are within $10^{-9}$ (relative) of a tight float64 solve, far below float32 rounding;
@@ -113,9 +115,13 @@ def reduced_read(phi_q, memory: ReducedMemory, params: NAParams, N: int, *, caus
     if not causal:
         g = jnp.broadcast_to(g[-1], g.shape)
     p0 = calcium_initial(phi_q, g)
-    field = ReducedReadField(phi_q=phi_q, p0=p0, p_bar=jnp.mean(p0, axis=-1, keepdims=True),
-                             rate=N * M / params.tau_p, params=params)
+    source = RelaxingCalcium(p0=p0, p_bar=calcium_mean(phi_q, g)[..., None],
+                             kappa=N * M * params.t_read / params.tau_p)
+    field = ReducedReadField(phi_q=phi_q, source=source, params=params)
     grid = read_grid(params, N, M, read_steps, phi_q.dtype)
+    default = solver is None or type(solver) is Magnus2
+    if default and stepsize_controller is None and adjoint is None and saveat is None:
+        return solve_read(field, grid, throw=throw)[1]  # the default: one fixed-grid solve, custom VJP
     solver = Magnus2() if solver is None else solver
     dt0 = None
     if stepsize_controller is None:

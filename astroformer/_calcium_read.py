@@ -44,9 +44,9 @@ from jaxtyping import Array, ArrayLike, Bool, Float
 from ._block import na_attention
 from ._linear import linear_attention_state
 from ._params import NAParams
-from ._read import Magnus2
+from ._neurons import feature_rise
+from ._read import AbstractRateSource, ReducedReadField, solve_read
 from ._rosenbrock import Ros2, jacobian_diagonal
-from ._special import psi
 from ._validate import check_head_inputs
 from ._write import write_reduced
 from .calcium import AbstractCalciumModel, DiffusiveProcesses, GChI, LiRinzel
@@ -148,7 +148,7 @@ class CalciumField(eqx.Module):
     def __call__(self, u, y, args):
         cp, prm = self.coupling, self.params
         t = u * prm.t_read
-        drive = cp.gain * self.phi_g * -jnp.expm1(-t / prm.tau_n)
+        drive = cp.gain * feature_rise(self.phi_g, t, prm.tau_n)
         dy = self.model.vector_field(t * cp.time_scale, y, drive)
         c = y[self.key]
         dy = dict(dy)
@@ -167,38 +167,24 @@ class CalciumField(eqx.Module):
         return f, d - jnp.stack(jax.tree.leaves(own))
 
 
-class SynapseField(eqx.Module):
-    r"""Reduced synapse/output equations $\dot\sigma = f - a(u)\sigma$, $\dot z = b(u)\sigma - d z$ in read time,
-    with the decay rate taken from the calcium at the Gauss nodes of each grid step (for `Magnus2`).
+class NodeRates(AbstractRateSource):
+    r"""The rate source of a calcium read: $\mathrm{rate}_j$ tabulated at the two Gauss nodes of each step of
+    `grid`; a step's mean is the two-node Gauss–Legendre average (for `Magnus2`), the rate at a time is that of
+    its step.
 
-    Fields: `phi_q` (L, M); `rates` (S, 2, L, M): $\mathrm{rate}_j$ at the two Gauss nodes of each of the S
-    steps of `grid` (S + 1,); `params`.
+    Fields: `rates` (S, 2, L, M); `grid` (S + 1,), read time.
     """
 
-    phi_q: Float[Array, "L M"]
     rates: Float[Array, "S 2 L M"]
     grid: Float[Array, " S+1"]
-    params: NAParams
 
-    def _rate_avg(self, u0):
-        k = jnp.argmin(jnp.abs(self.grid[:-1] - u0))
+    def rate(self, u):
+        k = jnp.clip(jnp.searchsorted(self.grid, u, side="right") - 1, 0, self.rates.shape[0] - 1)
         return jnp.mean(self.rates[k], axis=0)
 
-    def __call__(self, u, y, args):
-        sigma, z = y
-        prm = self.params
-        t = u * prm.t_read
-        k = jnp.clip(jnp.searchsorted(self.grid, u, side="right") - 1, 0, self.rates.shape[0] - 1)
-        rate = jnp.mean(self.rates[k], axis=0)
-        h = self.phi_q * -jnp.expm1(-t / prm.tau_n)
-        return prm.t_read * (1.0 - rate * sigma) / prm.tau_s, prm.t_read * (h * sigma - z) / prm.tau_n
-
-    def linear_coefficients(self, u0, u1):
-        prm = self.params
-        T = prm.t_read
-        t0, dt = u0 * T, (u1 - u0) * T
-        h_avg = self.phi_q * (1.0 - jnp.exp(-t0 / prm.tau_n) * psi(dt / prm.tau_n))
-        return T * self._rate_avg(u0) / prm.tau_s, T * h_avg / prm.tau_n, T / prm.tau_n, T / prm.tau_s
+    def window_mean(self, u0, u1):
+        k = jnp.argmin(jnp.abs(self.grid[:-1] - u0))
+        return jnp.mean(self.rates[k], axis=0)
 
 
 def _geometric_then_uniform(first, n_geometric: int, n_uniform: int, dtype) -> Array:
@@ -291,12 +277,8 @@ def calcium_read(phi_q: Float[Array, "L M"], g: Float[Array, "L M"], params: NAP
                            "coupling gain")
     rates = coupling.rate(calcium)
 
-    synapse = SynapseField(phi_q=phi_q, rates=rates, grid=grid, params=params)
-    zeros = jnp.zeros_like(phi_q)
-    syn = diffrax.diffeqsolve(diffrax.ODETerm(synapse), Magnus2(), 0.0, 1.0, None, (zeros, zeros),
-                              saveat=diffrax.SaveAt(t1=True), stepsize_controller=diffrax.StepTo(ts=grid),
-                              adjoint=diffrax.RecursiveCheckpointAdjoint(checkpoints=S), max_steps=S, throw=throw)
-    sigma, z = (y[-1] for y in syn.ys)
+    synapse = ReducedReadField(phi_q=phi_q, source=NodeRates(rates=rates, grid=grid), params=params)
+    sigma, z = solve_read(synapse, grid, throw=throw)
     return CalciumRead(grid=grid, nodes=nodes, calcium=calcium, rates=rates, sigma=sigma, z=z)
 
 
@@ -353,7 +335,7 @@ def na_attention_calcium(
       at steps where explicit solvers diverge, but needs steps of ~0.1 model second or less to be accurate
       (its fast variables are treated implicitly, the self-amplifying calcium release explicitly).
     - `read_steps`: the synapse equations use 2·`read_steps` − 1 exponential (`Magnus2`) steps (default 32);
-      on the abstract path it is passed to `na_attention` (default: its own, 16).
+      on the abstract path it is passed to `na_attention` (default: its own, 8).
     - `calcium_steps`: `None` (default): the calcium solve uses `stepsize_controller`. An integer S: the
       calcium solve takes S fixed steps of `solver` (default `Ros2`) on `calcium_step_grid` (a quarter
       geometric, resolving the drive's rise, the rest uniform): fixed cost and memory, and a smooth

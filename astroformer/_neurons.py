@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float
 
 from ._linear import linear_recurrence
+from ._special import psi
 
 
 def feature_neurons_rhs(h: Float[Array, " M"], phi_u: Float[Array, " M"], tau_n: Float[ArrayLike, ""]
@@ -22,6 +23,20 @@ def output_neurons_rhs(x: Float[Array, " N"], drive: Float[Array, " N"], tau_n: 
                        ) -> Float[Array, " N"]:
     r"""$dx/dt = (-x + \mathrm{drive}) / \tau_n$, with drive $= \sum_j s_{ij} h_j$ (read) or $v$ (write)."""
     return (drive - x) / tau_n
+
+
+def feature_rise(phi_q: Float[Array, "*b M"], t: Float[ArrayLike, "*t"], tau_n: Float[ArrayLike, ""]
+                 ) -> Float[Array, "*b M"]:
+    r"""$h_j(t) = \phi_j(q)\,(1 - e^{-t/\tau_n})$: the feature neurons of a read, from rest, in closed form
+    (the solution of $\tau_n \dot h = -h + \phi(q)$, $h(0) = 0$). `t` broadcasts against `phi_q`."""
+    return phi_q * -jnp.expm1(-t / tau_n)
+
+
+def feature_rise_mean(phi_q: Float[Array, "*b M"], t0: Float[ArrayLike, ""], dt: Float[ArrayLike, ""],
+                      tau_n: Float[ArrayLike, ""]) -> Float[Array, "*b M"]:
+    r"""Exact mean of `feature_rise` over $[t_0, t_0 + \Delta t]$:
+    $\phi_j(q)\,(1 - e^{-t_0/\tau_n}\,\psi(\Delta t/\tau_n))$, with $\psi(x) = (1 - e^{-x})/x$."""
+    return phi_q * (1.0 - jnp.exp(-t0 / tau_n) * psi(dt / tau_n))
 
 
 def window_start_states(targets: Float[Array, "L K"], present: Bool[Array, " L"],

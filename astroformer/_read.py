@@ -22,17 +22,21 @@ Two implementations, proven equal in the tests:
   which makes it unconditionally stable however stiff $p/\tau_s$ and $NM/\tau_p$ are.
 """
 
+import abc
+import functools
 from typing import ClassVar
 
 import diffrax
 import equinox as eqx
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._astrocyte import calcium_rhs, calcium_window_mean
-from ._neurons import feature_neurons_rhs, output_neurons_rhs
+from ._astrocyte import calcium_rhs, calcium_window_mean, relaxing_calcium
+from ._neurons import feature_neurons_rhs, feature_rise, feature_rise_mean, output_neurons_rhs
 from ._params import NAParams
-from ._special import magnus_exponentials, psi
+from ._special import magnus_exponentials
 from ._synapse import efficacy_rhs
 
 
@@ -52,42 +56,97 @@ class FullReadField(eqx.Module):
         return tuple(prm.t_read * d for d in (dh, dx, ds, dp))
 
 
-class ReducedReadField(eqx.Module):
-    r"""Reduced read vector field for a batch of queries, state $(\sigma, z)$, each (..., M), in read time.
+class AbstractRateSource(eqx.Module):
+    r"""Where a reduced read takes the synaptic decay rate $p_j(u)$ of $\tau_s\dot\sigma_j = 1 - p_j\sigma_j$
+    from, in read time $u = t/T_r$: the abstract astrocyte's relaxing calcium (`RelaxingCalcium`) or the rates
+    of a biophysical calcium solve (`NodeRates`, `astroformer._calcium_read`)."""
 
-    **Fields:** `phi_q` $\phi(q)$ (..., M); `p0` initial calcium $\phi_j(q) g_j$ (..., M); `p_bar` its mean
-    (..., 1); `rate` $\kappa = NM/\tau_p$; and the `params`.
+    @abc.abstractmethod
+    def rate(self, u: Float[ArrayLike, ""]) -> Float[Array, "*b M"]:
+        """The rate at read time `u`."""
+
+    @abc.abstractmethod
+    def window_mean(self, u0: Float[ArrayLike, ""], u1: Float[ArrayLike, ""]) -> Float[Array, "*b M"]:
+        """The rate averaged over the step $[u_0, u_1]$ (exactly, or by the source's quadrature)."""
+
+
+class RelaxingCalcium(AbstractRateSource):
+    r"""The abstract astrocyte: $p_j(u) = \bar p + (p_j(0) - \bar p)\,e^{-\kappa u}$ (`relaxing_calcium`).
+
+    **Fields:** `p0` the initial calcium $\phi_j(q) g_j$ (..., M); `p_bar` its mean (..., 1); `kappa`
+    $\kappa = NM\,T_r/\tau_p$, per unit of read time."""
+
+    p0: Float[Array, "*b M"]
+    p_bar: Float[Array, "*b 1"]
+    kappa: Float[ArrayLike, ""]
+
+    def rate(self, u):
+        return relaxing_calcium(self.p0, self.p_bar, self.kappa, u)
+
+    def window_mean(self, u0, u1):
+        return calcium_window_mean(self.p0, self.p_bar, self.kappa, u0, u1 - u0)
+
+
+class ReducedReadField(eqx.Module):
+    r"""Reduced read vector field for a batch of queries, state $(\sigma, z)$, each (..., M), in read time
+    $u = t/T_r$:
+
+        tau_s dsigma_j/dt = 1 - p_j(t) sigma_j,      tau_n dz_j/dt = -z_j + h_j(t) sigma_j,
+
+    with $h_j(t) = \phi_j(q)(1 - e^{-t/\tau_n})$ (`feature_rise`) and the rate $p_j$ from `source`.
+
+    **Fields:** `phi_q` $\phi(q)$ (..., M); `source` an `AbstractRateSource` (`RelaxingCalcium` for the
+    abstract astrocyte); and the `params`.
     """
 
     phi_q: Float[Array, "*b M"]
-    p0: Float[Array, "*b M"]
-    p_bar: Float[Array, "*b 1"]
-    rate: Float[ArrayLike, ""]
+    source: AbstractRateSource
     params: NAParams
-
-    def calcium(self, t):
-        return self.p_bar + (self.p0 - self.p_bar) * jnp.exp(-self.rate * t)
-
-    def feature_rates(self, t):
-        return self.phi_q * -jnp.expm1(-t / self.params.tau_n)
 
     def __call__(self, u, y, args):
         sigma, z = y
         prm = self.params
-        t = u * prm.t_read
-        dsigma = (1.0 - self.calcium(t) * sigma) / prm.tau_s
-        dz = (self.feature_rates(t) * sigma - z) / prm.tau_n
+        dsigma = (1.0 - self.source.rate(u) * sigma) / prm.tau_s
+        dz = (feature_rise(self.phi_q, u * prm.t_read, prm.tau_n) * sigma - z) / prm.tau_n
         return prm.t_read * dsigma, prm.t_read * dz
 
     def linear_coefficients(self, u0, u1):
         r"""Step-averaged coefficients of $\dot\sigma = f - a\sigma$, $\dot z = b\sigma - d z$ over $[u_0, u_1]$
-        (read time), each exact: returns `(a, b, d, f)`."""
+        (read time), each exact for the abstract astrocyte: returns `(a, b, d, f)`."""
         prm = self.params
         T = prm.t_read
-        t0, dt = u0 * T, (u1 - u0) * T
-        p_avg = calcium_window_mean(self.p0, self.p_bar, self.rate, t0, dt)
-        h_avg = self.phi_q * (1.0 - jnp.exp(-t0 / prm.tau_n) * psi(dt / prm.tau_n))
+        p_avg = self.source.window_mean(u0, u1)
+        h_avg = feature_rise_mean(self.phi_q, u0 * T, (u1 - u0) * T, prm.tau_n)
         return T * p_avg / prm.tau_s, T * h_avg / prm.tau_n, T / prm.tau_n, T / prm.tau_s
+
+
+class StepTimeField(eqx.Module):
+    r"""A read field (with `linear_coefficients`) in *step time* $s \in [0, S]$: step $k$ of the solve covers
+    $[\text{grid}_k, \text{grid}_{k+1}]$ of read time, $u(s) = \text{grid}_k + (s - k)\,\Delta u_k$, so
+    $dy/ds = \Delta u_k\,dy/du$ (the same equations, reparameterised in time).
+
+    The solver's step times are then the concrete integers $0, \dots, S$ whatever the parameters, so the
+    solve's loop is not batched when the read is `vmap`ped over heads with their own parameters (a batched
+    loop condition makes XLA select every state array at every step).
+    """
+
+    field: ReducedReadField
+    grid: Float[Array, " S+1"]
+
+    def _locate(self, s):
+        S = self.grid.shape[0] - 1
+        k = jnp.clip(jnp.floor(s), 0, S - 1).astype(jnp.int32)
+        u0 = self.grid[k]
+        return k, u0, self.grid[k + 1] - u0
+
+    def __call__(self, s, y, args):
+        k, u0, du = self._locate(s)
+        return jax.tree.map(lambda d: du * d, self.field(u0 + (s - k) * du, y, args))
+
+    def linear_coefficients(self, s0, s1):
+        k, u0, du = self._locate(s0)
+        coefficients = self.field.linear_coefficients(u0 + (s0 - k) * du, u0 + (s1 - k) * du)
+        return tuple(du * c for c in coefficients)
 
 
 class Magnus2(diffrax.AbstractSolver):
@@ -118,18 +177,23 @@ class Magnus2(diffrax.AbstractSolver):
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del solver_state, made_jump
         field = _unwrap(terms).vector_field
-        sigma0, z0 = y0
-        a, b, d, f = field.linear_coefficients(t0, t1)
-        dt = t1 - t0
-        alpha, beta = a * dt, d * dt
-        e_alpha, psi_alpha, e1, e2 = magnus_exponentials(alpha, beta)
-        sigma1 = e_alpha * sigma0 + f * dt * psi_alpha
-        z1 = jnp.exp(-beta) * z0 + b * dt * (sigma0 * e1 + f * dt * e2)
-        y1 = (sigma1, z1)
+        y1 = magnus_update(field.linear_coefficients(t0, t1), t1 - t0, y0)
         return y1, None, dict(y0=y0, y1=y1), None, diffrax.RESULTS.successful
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
+
+
+def magnus_update(coefficients, dt, y0):
+    r"""One `Magnus2` step of $\dot\sigma = f - a\sigma$, $\dot z = b\sigma - d z$ with the step-averaged
+    `coefficients` $(a, b, d, f)$ held constant over `dt`, solved exactly: returns $(\sigma_1, z_1)$."""
+    a, b, d, f = coefficients
+    sigma0, z0 = y0
+    alpha, beta = a * dt, d * dt
+    e_alpha, psi_alpha, e1, e2 = magnus_exponentials(alpha, beta)
+    sigma1 = e_alpha * sigma0 + f * dt * psi_alpha
+    z1 = jnp.exp(-beta) * z0 + b * dt * (sigma0 * e1 + f * dt * e2)
+    return sigma1, z1
 
 
 def _unwrap(term, expected: str = "Magnus2: expected an ODETerm over a field with `linear_coefficients`"):
@@ -152,3 +216,64 @@ def read_grid(params: NAParams, N: int, M: int, steps: int, dtype) -> Float[Arra
     # XLA may round k[-1] or the power so that the last point lands an ulp away from 1.
     grid = grid.at[-1].set(1.0)
     return jnp.concatenate([jnp.zeros(1, dtype), grid])
+
+
+def _step_time_solve(term_field: StepTimeField, saveat: diffrax.SaveAt, throw: bool):
+    S = term_field.grid.shape[0] - 1
+    zeros = jnp.zeros_like(term_field.field.phi_q)
+    return diffrax.diffeqsolve(diffrax.ODETerm(term_field), Magnus2(), 0.0, S, None, (zeros, zeros),
+                               saveat=saveat, stepsize_controller=diffrax.StepTo(ts=np.arange(S + 1.0)),
+                               max_steps=S, throw=throw)
+
+
+def _step(field: ReducedReadField, grid, k, y):
+    """Step k of the step-time solve: the same `Magnus2` update diffrax applies."""
+    s0 = k.astype(grid.dtype)
+    return magnus_update(StepTimeField(field, grid).linear_coefficients(s0, s0 + 1), 1.0, y)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _solve_end(field, grid, throw):
+    sol = _step_time_solve(StepTimeField(field, grid), diffrax.SaveAt(t1=True), throw)
+    return tuple(y[-1] for y in sol.ys)
+
+
+def _solve_end_fwd(field, grid, throw):
+    sol = _step_time_solve(StepTimeField(field, grid), diffrax.SaveAt(steps=True), throw)
+    return tuple(y[-1] for y in sol.ys), (field, grid, sol.ys)
+
+
+def _solve_end_bwd(throw, residuals, cotangent):
+    """The exact reverse sweep of the S steps: each step's `jax.vjp` at the saved state, in one reverse
+    `lax.scan`, accumulating the cotangents of the field and the grid."""
+    del throw
+    field, grid, ys = residuals
+    S = grid.shape[0] - 1
+    before = jax.tree.map(lambda a: jnp.concatenate([jnp.zeros_like(a[:1]), a[:-1]]), ys)  # y_k, k = 0..S-1
+
+    def back(carry, inputs):
+        ct_y, ct_field, ct_grid = carry
+        k, y = inputs
+        _, vjp = jax.vjp(lambda f, g, y: _step(f, g, k, y), field, grid, y)
+        df, dg, ct_prev = vjp(ct_y)
+        return (ct_prev, jax.tree.map(jnp.add, ct_field, df), ct_grid + dg), None
+
+    init = (tuple(cotangent), jax.tree.map(jnp.zeros_like, field), jnp.zeros_like(grid))
+    (_, ct_field, ct_grid), _ = jax.lax.scan(back, init, (jnp.arange(S), before), reverse=True)
+    return ct_field, ct_grid
+
+
+_solve_end.defvjp(_solve_end_fwd, _solve_end_bwd)
+
+
+def solve_read(field: ReducedReadField, grid: Float[Array, " S+1"], *, throw: bool = True
+               ) -> tuple[Float[Array, "*b M"], Float[Array, "*b M"]]:
+    r"""The reduced read from rest by `Magnus2` on the fixed read-time `grid`: $(\sigma, z)$ at its end.
+
+    One `diffrax.diffeqsolve` over `StepTimeField(field, grid)` (concrete step times $0..S$, so its loop is
+    not batched under `vmap`). Its gradient is the exact reverse sweep of the same $S$ steps (what
+    `RecursiveCheckpointAdjoint(checkpoints=S)` computes, including the dependence of the grid on the
+    parameters): the forward saves the state after every step and the backward pulls the cotangent back
+    through each step's `jax.vjp` in one `lax.scan`, so no diffrax loop is differentiated.
+    """
+    return _solve_end(jax.tree.map(jnp.asarray, field), jnp.asarray(grid), throw)

@@ -7,7 +7,9 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
+from ._astrocyte import calcium_initial, calcium_mean, relaxing_calcium
 from ._block import full_memory, full_read, reduced_read
+from ._neurons import feature_rise
 from ._params import NAParams
 from ._validate import check_choice, check_mask, check_matrix
 from ._write import write_reduced
@@ -67,12 +69,10 @@ def read_trajectory(phi_q: Float[Array, "L M"], phi_k: Float[Array, "L M"], v: F
         c = memory.hebbian_trace(mem_index)
         field_t = u * params.t_read
         g = memory.astrocyte_weights()[mem_index]
-        p0 = phi_q[index] * g
-        p_bar = jnp.mean(p0)
-        rate = N * M / params.tau_p
-        p_j = p_bar + (p0 - p_bar) * jnp.exp(-rate * field_t[:, None])
+        p0 = calcium_initial(phi_q[index], g)
+        p_j = relaxing_calcium(p0, calcium_mean(phi_q[index], g), N * M / params.tau_p, field_t[:, None])
         p = jnp.broadcast_to(p_j[:, None, :], (num_points, N, M))
-        h = phi_q[index] * -jnp.expm1(-field_t[:, None] / params.tau_n)
+        h = feature_rise(phi_q[index], field_t[:, None], params.tau_n)
         s = c[None] * sigma[:, None, :]
         x = z @ c.T
     return ReadTrajectory(t=u * params.t_read, h=h, x=x, s=s, p=p)

@@ -1,7 +1,8 @@
 """Solver overhead: the reduced read solved by diffrax against the same method and steps as a plain `lax.scan`.
 
 Both versions apply the identical `Magnus2` step on the identical grid, so they compute the same numbers; the
-ratio is what diffrax's machinery (step-size controller, saving, checkpointed adjoint) costs. Measured for
+ratio is what diffrax's machinery (step-size controller, saving; the default read's backward is its custom
+VJP, a `lax.scan` of the steps' VJPs, against autodiff of the scan) costs. Measured for
 the read alone and for the whole block (write + read + readout), forward and forward+backward, interleaved.
 
     python -m benchmarks.solver_overhead [--quick] [--out PATH]
@@ -10,36 +11,35 @@ the read alone and for the whole block (write + read + readout), forward and for
 import argparse
 import statistics
 
-import diffrax
 import jax
 import jax.numpy as jnp
 
 from astroformer import NAParams, PositiveRandomFeatures
 from astroformer._block import reduced_read
 from astroformer._linear import linear_attention_state
-from astroformer._read import Magnus2, ReducedReadField, read_grid
+from astroformer._read import ReducedReadField, RelaxingCalcium, _step, read_grid
 from astroformer._write import write_reduced
 
 from ._common import compile_time, machine_info, pyplot, summarise, time_call, write_json
 
 
 def scan_read(phi_q, memory, params, N, *, causal, read_steps):
-    """The reduced read with the same `Magnus2` steps on the same grid, written as a `lax.scan`."""
+    """The reduced read with the same `Magnus2` steps on the same grid (in step time, as the default solve),
+    written as a `lax.scan`."""
     L, M = phi_q.shape
     g = memory.astrocyte_weights()
     if not causal:
         g = jnp.broadcast_to(g[-1], g.shape)
     p0 = phi_q * g
-    field = ReducedReadField(phi_q=phi_q, p0=p0, p_bar=jnp.mean(p0, -1, keepdims=True), rate=N * M / params.tau_p,
-                             params=params)
-    term, solver = diffrax.ODETerm(field), Magnus2()
+    source = RelaxingCalcium(p0=p0, p_bar=jnp.mean(p0, -1, keepdims=True),
+                             kappa=N * M * params.t_read / params.tau_p)
+    field = ReducedReadField(phi_q=phi_q, source=source, params=params)
     grid = read_grid(params, N, M, read_steps, phi_q.dtype)
 
-    def body(y, interval):
-        y1, *_ = solver.step(term, interval[0], interval[1], y, None, None, False)
-        return y1, None
+    def body(y, k):
+        return _step(field, grid, k, y), None
 
-    y, _ = jax.lax.scan(body, (jnp.zeros_like(phi_q), jnp.zeros_like(phi_q)), (grid[:-1], grid[1:]))
+    y, _ = jax.lax.scan(body, (jnp.zeros_like(phi_q), jnp.zeros_like(phi_q)), jnp.arange(read_steps))
     return y[1]
 
 

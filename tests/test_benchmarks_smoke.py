@@ -12,7 +12,7 @@ import pytest
 pytestmark = pytest.mark.slow  # runs in CI through `pytest -m slow`
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("softmax", "linear", "na-equilibrium", "na-ode")
+KINDS = ("softmax", "softmax-batched", "linear", "na-equilibrium", "na-ode")
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,8 @@ def test_times_positive_and_ratios_consistent(quick_results):
                 assert _positive_finite(r["compile_s"][phase])
                 ratio = r[phase]["median"] / rec["softmax"][phase]["median"]
                 assert r["ratio_to_softmax"][phase] == pytest.approx(ratio, rel=1e-9)
+                fastest = min(rec[k][phase]["median"] for k in ("softmax", "softmax-batched"))
+                assert r["ratio_to_fastest_softmax"][phase] == pytest.approx(r[phase]["median"] / fastest, rel=1e-9)
         assert rec["softmax"]["ratio_to_softmax"]["forward"] == pytest.approx(1.0)
 
 

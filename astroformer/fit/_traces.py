@@ -20,7 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
+from .._astrocyte import calcium_initial, calcium_mean, relaxing_calcium
 from .._block import reduced_read
+from .._neurons import feature_rise
 from .._linear import linear_attention_state
 from .._params import NAParams
 from .._validate import check_mask, check_matrix
@@ -134,15 +136,14 @@ def read_traces(phi_q: Float[Array, "L M"], phi_k: Float[Array, "L M"], v: Float
         g = memory.astrocyte_weights()
         if not causal:
             g = jnp.broadcast_to(g[-1], g.shape)
-        p0 = phi_q * g
-        p_bar = jnp.mean(p0, axis=-1, keepdims=True)
-        out["p"] = p_bar + (p0 - p_bar) * jnp.exp(-(N * M / params.tau_p) * t)
+        out["p"] = relaxing_calcium(calcium_initial(phi_q, g), calcium_mean(phi_q, g)[..., None],
+                                    N * M / params.tau_p, t)
     if "s" in variables:
         index = jnp.arange(L) if causal else jnp.full(L, L - 1)
         c = jax.vmap(memory.hebbian_trace)(index)  # (L, N, M)
         out["s"] = c[None] * sigma[:, :, None, :]
     if "h" in variables:
-        out["h"] = phi_q * -jnp.expm1(-t / params.tau_n)
+        out["h"] = feature_rise(phi_q, t, params.tau_n)
     return Traces(ts=jnp.asarray(ts, dtype), **out)
 
 

@@ -1,0 +1,143 @@
+"""Where the time of one neuron–astrocyte head batch goes: write, read, readout, against softmax.
+
+One head batch (B, H, L, D, M), float32, causal, through the public `na_attention` vmapped over batch and heads
+(per-head parameters, as `NeuronAstrocyteAttention` passes them), against a batched
+`jax.nn.dot_product_attention` over all heads at once. Each case is jitted alone and timed interleaved with the
+others (every case once per round), forward and forward+backward (gradient of a random projection of the
+output with respect to phi(q), phi(k) and v), with its compile time:
+
+- `softmax`: `jax.nn.dot_product_attention(q, k, v, is_causal=True)` on (B, L, H, D);
+- `na-equilibrium`, `na-ode`: `na_attention` in each mode;
+- `na-ode/write`, `na-ode/read`, `na-ode/readout`: the three phases of the ode read alone (the write's
+  `ReducedMemory`; the solve of z(T_r); the causal linear readout), so their costs add up to `na-ode`.
+
+    python -m benchmarks.read_profile [--quick] [--repeats N] [--out PATH]
+"""
+
+import argparse
+import statistics
+import sys
+
+import jax
+import jax.numpy as jnp
+
+import astroformer as af
+from astroformer._block import reduced_read
+from astroformer._linear import linear_attention_state
+from astroformer._write import write_reduced
+
+from ._common import compile_time, machine_info, summarise, time_call, write_json
+
+
+def _inputs(B, H, L, D, M, seed=0):
+    kq, kk, kv, kf, kc = jax.random.split(jax.random.PRNGKey(seed), 5)
+    fm = af.PositiveRandomFeatures(D, M, key=kf)
+    scale = D ** -0.25
+    q = jax.random.normal(kq, (B, H, L, D)) * scale
+    k = jax.random.normal(kk, (B, H, L, D)) * scale
+    v = jax.random.normal(kv, (B, H, L, D))
+    params = jax.tree.map(lambda a: jnp.broadcast_to(jnp.asarray(a, jnp.float32), (H,)),
+                          af.NAParams(tau_s=0.01 / M))
+    cot = jax.random.normal(kc, (B, H, L, D))
+    return fm, q, k, v, params, cot
+
+
+def _per_head(fn):
+    """vmap a per-head function over heads (with per-head params) then batch."""
+    return jax.vmap(jax.vmap(fn, in_axes=(0, 0, 0, 0)), in_axes=(0, 0, 0, None))
+
+
+def cases(fm, read_steps):
+    present = None
+
+    def ode(pq, pk, v, prm):
+        return af.na_attention(pq, pk, v, prm, read_steps=read_steps)
+
+    def eq(pq, pk, v, prm):
+        return af.na_attention(pq, pk, v, prm, mode="equilibrium")
+
+    def write(pq, pk, v, prm):
+        mem = write_reduced(pk, v, prm, jnp.ones(pk.shape[0], bool))
+        return jnp.concatenate([mem.keys[0], mem.keys[1], mem.astrocyte_weights()], -1)[..., :v.shape[-1]]
+
+    def read(pq, pk, v, prm):
+        mem = write_reduced(jax.lax.stop_gradient(pk), jax.lax.stop_gradient(v), prm,
+                            jnp.ones(pk.shape[0], bool))
+        z = reduced_read(pq, mem, prm, v.shape[-1], causal=True, solver=None, stepsize_controller=None,
+                         adjoint=None, read_steps=read_steps, max_steps=read_steps, throw=True)
+        return z[..., :v.shape[-1]]
+
+    def readout(pq, pk, v, prm):
+        mem = write_reduced(jax.lax.stop_gradient(pk), v, prm, jnp.ones(pk.shape[0], bool))
+        return linear_attention_state(pq, mem.keys, mem.values, mem.log_decay, causal=True)
+
+    del present
+    out = {}
+    for name, head in (("na-ode", ode), ("na-equilibrium", eq), ("na-ode/write", write), ("na-ode/read", read),
+                       ("na-ode/readout", readout)):
+        batched = _per_head(head)
+
+        def f(q, k, v, prm, batched=batched):
+            return batched(fm(q), fm(k), v, prm)
+
+        out[name] = f
+
+    def softmax(q, k, v, prm):
+        t = lambda a: a.transpose(0, 2, 1, 3)  # (B, H, L, D) -> (B, L, H, D)
+        return t(jax.nn.dot_product_attention(t(q), t(k), t(v), is_causal=True, scale=1.0))
+
+    out["softmax"] = softmax
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--read-steps", type=int, default=8)
+    parser.add_argument("--length", type=int, default=256)
+    parser.add_argument("--cases", nargs="+", help="only these cases (softmax is always timed)")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    B, H, L, D, M = (2, 2, 32, 8, 16) if args.quick else (8, 4, args.length, 32, 64)
+    fm, q, k, v, params, cot = _inputs(B, H, L, D, M)
+    inputs = (q, k, v, params)
+    results = {"benchmark": "read_profile", "config": dict(B=B, H=H, L=L, D=D, M=M, read_steps=args.read_steps,
+                                                           dtype="float32", causal=True, repeats=args.repeats),
+               "machine": machine_info(), "cases": {}}
+    compiled = {}
+    selected = cases(fm, args.read_steps)
+    if args.cases:
+        selected = {name: f for name, f in selected.items() if name in args.cases or name == "softmax"}
+    for name, f in selected.items():
+        def loss(q, k, v, prm, f=f):
+            return jnp.sum(f(q, k, v, prm) * cot[..., :f(q, k, v, prm).shape[-1]])
+
+        for phase, fn in (("forward", jax.jit(f)), ("forward_backward", jax.jit(jax.grad(loss, argnums=(0, 1, 2))))):
+            seconds, c = compile_time(fn, *inputs)
+            jax.block_until_ready(c(*inputs))
+            compiled[(name, phase)] = c
+            results["cases"].setdefault(name, {})[f"compile_s_{phase}"] = seconds
+            print(f"compiled {name} {phase}: {seconds:.2f} s", file=sys.stderr, flush=True)
+    times = {key: [] for key in compiled}
+    for _ in range(args.repeats):
+        for key, c in compiled.items():
+            times[key].append(time_call(c, *inputs))
+    for (name, phase), ts in times.items():
+        results["cases"][name][phase] = summarise(ts)
+    soft = {phase: statistics.median(times[("softmax", phase)]) for phase in ("forward", "forward_backward")}
+    for name in results["cases"]:
+        results["cases"][name]["ratio_to_softmax"] = {
+            phase: statistics.median(times[(name, phase)]) / soft[phase] for phase in soft}
+    path = write_json(results, args.out, "read_profile.json")
+    for name, rec in results["cases"].items():
+        print(f"{name:16s} fwd {rec['forward']['median'] * 1e3:8.1f} ms  fwd+bwd "
+              f"{rec['forward_backward']['median'] * 1e3:8.1f} ms  (x softmax {rec['ratio_to_softmax']['forward']:.2f}"
+              f" / {rec['ratio_to_softmax']['forward_backward']:.2f})  compile {rec['compile_s_forward']:.1f} / "
+              f"{rec['compile_s_forward_backward']:.1f} s")
+    print(f"wrote {path}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
