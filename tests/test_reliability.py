@@ -46,11 +46,33 @@ def _params(model):
     return jax.tree.leaves(eqx.filter(model, eqx.is_array))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def shared_steps():
+    """Every run of this module trains the same model with the same optimiser settings: compile its train and
+    eval steps once and share them between `train` calls (each call would otherwise compile its own)."""
+    cache = {}
+    make_train_step, make_eval_step = train_module.make_train_step, train_module.make_eval_step
+
+    def shared(name, make):
+        def get(*args, **kwargs):
+            if name not in cache:
+                cache[name] = make(*args, **kwargs)
+            return cache[name]
+
+        return get
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_module, "make_train_step", shared("train", make_train_step))
+        patch.setattr(train_module, "make_eval_step", shared("eval", make_eval_step))
+        yield
+
+
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
     """An uninterrupted 6-step run (checkpoints at 3 and 6): the reference for resumption and the run that
     misuses try to damage."""
-    return train(tiny_config(run_dir=str(tmp_path_factory.mktemp("runs") / "full")), progress=False)
+    return train(tiny_config(run_dir=str(tmp_path_factory.mktemp("runs") / "full")), progress=False,
+                 max_traces=None)
 
 
 @pytest.fixture
@@ -219,13 +241,13 @@ def test_signal_writes_a_checkpoint_and_resume_is_bit_exact(full_run, tmp_path, 
     _signal_at(monkeypatch, signals)
     first = min(signals)
     with pytest.raises(Interrupted) as info:
-        train(config, progress=False)
+        train(config, progress=False, max_traces=None)
     assert info.value.signum == signals[first][0] and info.value.step == first + 1
     err = capfd.readouterr().err
     assert f"checkpoint of step {first + 1} written" in err
     assert ("already stopping" in err) == (len(signals[first]) > 1)
     monkeypatch.undo()
-    resumed = resume_run(config.run_dir, progress=False)
+    resumed = resume_run(config.run_dir, progress=False, max_traces=None)
     losses = [r["loss"] for r in read_metrics(config.run_dir) if r["kind"] == "train"]
     assert losses == [loss for _, loss in full_run.losses]  # bit-identical
     for a, b in zip(_params(resumed.model), _params(full_run.model)):
@@ -283,23 +305,27 @@ def head():
             jax.random.normal(k3, (L, N)))
 
 
+# A failed runtime check under `jax.jit` surfaces as a `JaxRuntimeError` or, from the CPU callback, a
+# `ValueError` ("INTERNAL: CpuCallback error"); either way its text carries the check's message.
+JIT_ERRORS = (RuntimeError, ValueError)
+
+
 @pytest.fixture(scope="module")
-def jitted_heads(head):
-    """`na_attention` of fixed inputs under `jax.jit`, a function of the (traced) parameters, per mode."""
-    q, k, v = head
-    return {mode: jax.jit(lambda p, mode=mode: af.na_attention(q, k, v, p, mode=mode))
+def jitted_heads():
+    """`na_attention(q, k, v, params)` under `jax.jit` (everything traced), per mode: compiled once each."""
+    return {mode: jax.jit(lambda q, k, v, p, mode=mode: af.na_attention(q, k, v, p, mode=mode))
             for mode in ("equilibrium", "ode")}
 
 
 @pytest.mark.parametrize("mode", ["equilibrium", "ode"])
 @pytest.mark.parametrize("field, value", [("tau_f", 0.0), ("tau_f", -0.1), ("tau_s", -1.0), ("tau_s", 1e-50),
                                           ("tau_n", np.nan)])
-def test_traced_bad_time_constant_raises_in_every_mode(jitted_heads, mode, field, value):
+def test_traced_bad_time_constant_raises_in_every_mode(head, jitted_heads, mode, field, value):
     # Every parameter set has the same structure (tau_f set), so each mode compiles once.
-    params = eqx.tree_at(lambda p: getattr(p, field), af.NAParams(tau_f=10.0), jnp.float32(value))
-    jitted_heads[mode](af.NAParams(tau_f=10.0))  # fine
-    with pytest.raises(RuntimeError) as info:
-        jitted_heads[mode](params)
+    params = eqx.tree_at(lambda p: getattr(p, field), _params_f32(), jnp.float32(value))
+    assert jnp.all(jnp.isfinite(jitted_heads[mode](*head, _params_f32())))  # the valid parameters pass
+    with pytest.raises(JIT_ERRORS) as info:
+        jitted_heads[mode](*head, params)
     assert runtime_message(info.value).startswith(f"params.{field}: expected a positive, finite time constant")
 
 
@@ -308,16 +334,20 @@ def test_concrete_time_constant_that_underflows_raises(head):
         af.na_attention(*head, af.NAParams(tau_s=1e-50), mode="ode")
 
 
+def _params_f32():
+    return jax.tree.map(jnp.float32, af.NAParams(tau_f=10.0))
+
+
 @pytest.mark.parametrize("mode", ["equilibrium", "ode"])
-def test_overflowing_feature_rates_raise_with_the_cause(head, mode):
+def test_overflowing_feature_rates_raise_with_the_cause(head, jitted_heads, mode):
     q, k, v = head
-    with pytest.raises(RuntimeError) as info:
-        af.na_attention(q * 1e19, k * 1e19, v, af.NAParams(), mode=mode)
+    with pytest.raises(JIT_ERRORS) as info:
+        jitted_heads[mode](q * 1e19, k * 1e19, v, _params_f32())
     assert "too large for float32" in runtime_message(info.value)
 
 
 def test_cli_numeric_errors_exit_nonzero(full_run, capsys):
-    assert cli_main(["simulate", "--scale", "1e30", "--features", "8", "--length", "8"]) == 2
+    assert cli_main(["simulate", "--scale", "1e30", "--features", "4", "--length", "4", "--dim", "2"]) == 2
     err = capsys.readouterr().err
     assert "--scale" in err and err.count("\n") == 1
     assert cli_main(["eval", "--run-dir", full_run.run_dir, "--batches", "0"]) == 2
