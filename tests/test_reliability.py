@@ -48,22 +48,35 @@ def _params(model):
 
 @pytest.fixture(scope="module", autouse=True)
 def shared_steps():
-    """Every run of this module trains the same model with the same optimiser settings: compile its train and
-    eval steps once and share them between `train` calls (each call would otherwise compile its own)."""
-    cache = {}
-    make_train_step, make_eval_step = train_module.make_train_step, train_module.make_eval_step
+    """Runs of this module with equal optimiser settings (and equal tasks) share one compiled train step (and
+    eval step) instead of compiling their own: `make_optimizer` returns one object per setting, and the steps
+    are cached by that object (by the task's repr for the eval step)."""
+    optimizers, steps = {}, {}
+    make_optimizer, make_train_step, make_eval_step = (train_module.make_optimizer, train_module.make_train_step,
+                                                       train_module.make_eval_step)
 
-    def shared(name, make):
-        def get(*args, **kwargs):
-            if name not in cache:
-                cache[name] = make(*args, **kwargs)
-            return cache[name]
+    def optimizer(config):
+        key = (config.lr, config.warmup, config.steps, config.min_lr_ratio, config.weight_decay, config.grad_clip)
+        if key not in optimizers:
+            optimizers[key] = make_optimizer(config)
+        return optimizers[key]
 
-        return get
+    def train_step(optimizer, **kwargs):
+        key = ("train", id(optimizer), tuple(sorted(kwargs.items())))
+        if key not in steps:
+            steps[key] = make_train_step(optimizer, **kwargs)
+        return steps[key]
+
+    def eval_step(task):
+        key = ("eval", repr(task))
+        if key not in steps:
+            steps[key] = make_eval_step(task)
+        return steps[key]
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train_module, "make_train_step", shared("train", make_train_step))
-        patch.setattr(train_module, "make_eval_step", shared("eval", make_eval_step))
+        patch.setattr(train_module, "make_optimizer", optimizer)
+        patch.setattr(train_module, "make_train_step", train_step)
+        patch.setattr(train_module, "make_eval_step", eval_step)
         yield
 
 
@@ -255,10 +268,13 @@ def test_signal_writes_a_checkpoint_and_resume_is_bit_exact(full_run, tmp_path, 
 
 
 @pytest.mark.slow
-def test_cli_sigterm_then_resume_is_bit_exact(full_run, tmp_path):
+@pytest.mark.parametrize("signum, every", [(signal.SIGTERM, 0), (signal.SIGKILL, 2)], ids=["sigterm", "sigkill"])
+def test_cli_signal_then_resume_is_bit_exact(tmp_path, signum, every):
+    """The real command line, stopped by SIGTERM (a final checkpoint) or SIGKILL (the last periodic one of
+    --checkpoint-every), then resumed: the losses equal those of an uninterrupted run."""
     run_dir = tmp_path / "cli"
     args = [sys.executable, "-m", "astroformer.cli", "train", "--task", "mqar", "--attention", "softmax",
-            "--run-dir", str(run_dir), "--no-progress", "--checkpoint-every", "0", "--steps", "400",
+            "--run-dir", str(run_dir), "--no-progress", "--checkpoint-every", str(every), "--steps", "400",
             "--d-model", "16", "--layers", "1", "--heads", "2", "--batch-size", "8", "--seq-len", "16",
             "--eval-every", "400", "--eval-batches", "1", "--warmup", "1"]
     env = dict(os.environ, PYTHONPATH=os.getcwd())
@@ -266,11 +282,14 @@ def test_cli_sigterm_then_resume_is_bit_exact(full_run, tmp_path):
     metrics = run_dir / "metrics.jsonl"
     while not (metrics.exists() and metrics.read_bytes().count(b"\n") >= 3) and process.poll() is None:
         time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=300)
-    assert process.returncode == 143 and b"checkpoint of step" in err
+    if signum == signal.SIGTERM:
+        assert process.returncode == 143 and b"checkpoint of step" in err
+    else:
+        assert process.returncode == -signal.SIGKILL
     stopped = json.loads((run_dir / "checkpoint.eqx").read_bytes().split(b"\n")[1])["step"]
-    assert 3 <= stopped < 400
+    assert (3 <= stopped < 400) if signum == signal.SIGTERM else (2 <= stopped < 400 and stopped % 2 == 0)
     config = TrainConfig.load(run_dir / "config.json")
     reference = train(config.replace(run_dir=str(tmp_path / "ref"), steps=400), stop_at=stopped + 3,
                       progress=False)
