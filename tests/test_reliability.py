@@ -263,7 +263,7 @@ def test_signal_writes_a_checkpoint_and_resume_is_bit_exact(full_run, tmp_path, 
     resumed = resume_run(config.run_dir, progress=False, max_traces=None)
     losses = [r["loss"] for r in read_metrics(config.run_dir) if r["kind"] == "train"]
     assert losses == [loss for _, loss in full_run.losses]  # bit-identical
-    for a, b in zip(_params(resumed.model), _params(full_run.model)):
+    for a, b in zip(_params(resumed.model), _params(full_run.model), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
