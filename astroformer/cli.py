@@ -55,6 +55,9 @@ def _simulate_inner(args) -> int:
     k = jax.random.normal(kk, (L, D)) * args.scale / jnp.sqrt(D)
     v = jax.random.normal(kv, (L, N))
     exact = softmax_attention(q, k, v, causal=True)
+    if not bool(jnp.all(jnp.isfinite(exact))):
+        raise FloatingPointError(f"--scale: expected a query/key norm small enough for exp(q.k) to be finite in "
+                                 f"float32, got {args.scale} (the softmax reference is NaN/inf)")
 
     def rel(a, b):
         return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))

@@ -192,7 +192,7 @@ def test_traced_nonpositive_time_constant_raises_under_jit():
     run = eqx.filter_jit(lambda s: af.na_attention(fm(x), fm(x), x, af.NAParams(tau_s=s)))
     assert jnp.all(jnp.isfinite(run(jnp.asarray(1e-3))))
     for bad in (-1.0, float("nan")):
-        with pytest.raises(RuntimeError, match="params: expected positive, finite time constants"):
+        with pytest.raises(RuntimeError, match="params.tau_s: expected a positive, finite time constant"):
             run(jnp.asarray(bad))
 
 

@@ -65,8 +65,8 @@ class TraceTarget(AbstractTarget):
     **Accuracy of the model's traces.** The model's traces are a fixed-step solve (`NAModel.substeps`
     Magnus steps between observation times, default 4), not an exact one: on the `astroformer fit` default
     problem x differs from a 512-substep solve by 9e-5 (relative) at `substeps=4`, 3e-5 at 8, 7e-6 at 16
-    (second order: ×4 less per doubling), and by about 3e-4 from an independent SciPy Radau solve of the full
-    model on another problem. Fitted to exact data, the fit's optimum therefore sits about 1e-3 (relative)
+    (second order: ×4 less per doubling; `python -m benchmarks.fit_substeps`), and by about 3e-4 from an
+    independent SciPy Radau solve of the full model on another problem. Fitted to exact data, the fit's optimum therefore sits about 1e-3 (relative)
     from the true time constants: a bias of the solver, not noise. To tighten it, fit with a larger
     `substeps` (e.g. `NAModel(..., substeps=16)`, about 4× the cost of the default).
     """

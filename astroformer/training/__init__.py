@@ -12,10 +12,12 @@ from ._checkpoint import (
     save_checkpoint as save_checkpoint,
 )
 from ._config import TrainConfig as TrainConfig
+from ._memory import MemoryEstimateError as MemoryEstimateError, estimate_memory as estimate_memory
 from ._model import Block as Block, Transformer as Transformer, trainable_filter as trainable_filter
 from ._presets import TASK_PRESETS as TASK_PRESETS, preset_config as preset_config
 from ._parallel import make_mesh as make_mesh, replicate as replicate, shard_batch as shard_batch
 from ._sample import sample as sample, sample_text as sample_text
+from ._signals import Interrupted as Interrupted
 from ._train import (
     TrainResult as TrainResult,
     build_model as build_model,

@@ -124,14 +124,16 @@ class RunWriter:
     def __init__(self, run_dir: Path, *, resume: bool):
         self.run_dir = Path(run_dir)
         self.resume = resume
-        self.created = False
+        self.created: list[Path] = []  # directories made by the writer, deepest first
         self.replacing = False
         self.is_committed = resume  # a resumed run already has a checkpoint
 
     def __enter__(self) -> RunWriter:
-        if not self.run_dir.exists():
-            self.run_dir.mkdir(parents=True)
-            self.created = True
+        missing = self.run_dir
+        while not missing.exists():
+            self.created.append(missing)
+            missing = missing.parent
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         if not self.resume:
             existing = _existing(self.run_dir)
             if existing:
@@ -159,11 +161,11 @@ class RunWriter:
             for name in RUN_FILES:
                 if (self.run_dir / name).exists():
                     (self.run_dir / name).unlink()
-        if self.created:
+        for directory in self.created:
             try:
-                self.run_dir.rmdir()  # only if empty
+                directory.rmdir()  # only if empty
             except OSError:
-                pass
+                break
 
     def __exit__(self, kind, error, traceback) -> bool:
         if kind is not None:

@@ -370,6 +370,12 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     checkpoint of the last completed step, a message, and `Interrupted` (a `KeyboardInterrupt`); so does any
     error after at least one step. Resuming from that checkpoint is bit-exact.
     """
+    with StopRequests() as stop:  # from the start: a Ctrl-C while building or compiling is not lost either
+        return _train(config, resume=resume, overwrite=overwrite, stop_at=stop_at, progress=progress,
+                      max_traces=max_traces, check_memory=check_memory, stop=stop)
+
+
+def _train(config, *, resume, overwrite, stop_at, progress, max_traces, check_memory, stop) -> TrainResult:
     from ._memory import check_memory as _check_memory
     from ._parallel import make_mesh, replicate, replicated, shard_batch
 
@@ -447,7 +453,11 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     timed_from, timed_steps = None, 0
     step, skipped_in_a_row = start, 0
     bar = None
-    with StopRequests() as stop, RunWriter(run_dir, resume=resume or not writer) as files:
+    if stop.requested:
+        message = "stopped before the first step; nothing was written"
+        print(f"\ninterrupted: {message}", file=sys.stderr)
+        raise Interrupted(message, signum=stop.signum, step=start)
+    with RunWriter(run_dir, resume=resume or not writer) as files:
         if resume and writer:  # drop records past the checkpoint (written after it, before an interruption)
             kept = [r for r in read_metrics(run_dir) if r["step"] <= start]
             atomic_write(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in kept).encode())

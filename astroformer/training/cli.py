@@ -56,7 +56,8 @@ def register(subparsers) -> None:
     train.add_argument("--eval-batches", type=int, help=f"batches per evaluation (default {d.eval_batches})")
     train.add_argument("--text", help="charlm: a UTF-8 text file to model instead of the default corpus")
     train.add_argument("--checkpoint-every", type=int,
-                       help=f"write a checkpoint every so many steps, 0: only at the end (default {d.checkpoint_every})")
+                       help=f"write a checkpoint every so many steps, 0: only at the end "
+                            f"(default {d.checkpoint_every})")
     train.add_argument("--grad-clip", type=float, help=f"global gradient-norm clip (default {d.grad_clip})")
     train.add_argument("--data-parallel", action="store_true", default=None,
                        help="shard batches over all visible devices")
@@ -196,9 +197,9 @@ def _report(config, run_dir: str, final: dict) -> None:
 
 def _latest_run(root: Path, config, kind: str, exclude: Path):
     """The most recently written run under `root` of `kind` attention on the same task (and text/kwargs)."""
-    from ._config import TrainConfig
     import warnings
 
+    from ._config import TrainConfig
     from ._train import CHECKPOINT, CONFIG, read_metrics
 
     best, best_time = None, -1.0
