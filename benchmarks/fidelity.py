@@ -312,10 +312,12 @@ def _plot(results, path):
     for ax in axes[:3]:
         ax.legend(fontsize=8)
     ds = results["downstream"]
-    labels = [f"{d['map']}\nM={d['M']}" for d in ds if d["mode"] == "ode"]
+    cells = list(dict.fromkeys((d["map"], d["M"]) for d in ds))
+    labels = [f"{name}\nM={M}" for name, M in cells]
     x = np.arange(len(labels))
     for i, mode in enumerate(("equilibrium", "ode")):
-        vals = [d["bits_per_char"] for d in ds if d["mode"] == mode]
+        vals = [next((d["bits_per_char"] for d in ds if (d["map"], d["M"], d["mode"]) == (*c, mode)), np.nan)
+                for c in cells]
         axes[3].bar(x + (i - 0.5) * 0.4, vals, width=0.4, label=mode)
     axes[3].axhline(results["softmax_bits_per_char"], color="k", label="softmax (trained)")
     axes[3].set_xticks(x, labels, fontsize=6, rotation=90)
