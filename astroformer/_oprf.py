@@ -19,6 +19,7 @@ Reference: Likhosherstov, Choromanski, Dubey, Liu, Sarlos & Weller, "Chefs' Rand
 Random Features", NeurIPS 2022 (OPRF, FAVOR++).
 """
 
+import functools
 import math
 
 import equinox as eqx
@@ -66,6 +67,11 @@ def fit_A(q: Float[Array, "L D"], k: Float[Array, "L D"], *, causal: bool = True
     q, k = jnp.asarray(q), jnp.asarray(k)
     if q.ndim != 2 or k.shape != q.shape:
         raise ValueError(f"q, k: expected two (L, D) arrays of one shape, got {q.shape} and {k.shape}")
+    return float(_fit_A(q, k, causal, grid))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _fit_A(q, k, causal, grid):
     L, d = q.shape
     logits = q @ k.T
     s = jnp.sum((q[:, None, :] + k[None, :, :]) ** 2, axis=-1)
@@ -81,7 +87,7 @@ def fit_A(q: Float[Array, "L D"], k: Float[Array, "L D"], *, causal: bool = True
         return jax.nn.logsumexp(num - den)
 
     values = jax.lax.map(log_variance, As)
-    return float(As[jnp.argmin(values)])
+    return As[jnp.argmin(values)]
 
 
 class OptimalPositiveRandomFeatures(AbstractFeatureMap):

@@ -98,7 +98,8 @@ def distill_heads(q: Float[Array, "H B L D"], k: Float[Array, "H B L D"], num_fe
 
 def distill(run_dir: str | os.PathLike, out: str | os.PathLike, *, num_features: int = 64,
             attention: str = "na-ode", steps: int = 600, learning_rate: float = 0.05, batches: int = 8,
-            batch_size: int | None = None, normaliser_weight: float = 0.0, seed: int = 0, evaluate_model: bool = True, overwrite: bool = False,
+            batch_size: int | None = None, normaliser_weight: float = 0.0, finetune_steps: int = 0,
+            finetune_lr: float = 3e-3, seed: int = 0, evaluate_model: bool = True, overwrite: bool = False,
             log=print):
     r"""Distil the softmax run in `run_dir` into a neuron–astrocyte run in `out` (learned feature neurons).
 
@@ -112,6 +113,9 @@ def distill(run_dir: str | os.PathLike, out: str | os.PathLike, *, num_features:
     - `batches`, `batch_size`: training text used for the fit (default batch size: the run's).
     - `normaliser_weight`: $\lambda$ of `AttentionWeightsTarget`: 0 fits the attention weights only
       (Hedgehog); $\lambda > 0$ also fits the astrocyte response to the softmax normaliser.
+    - `finetune_steps`, `finetune_lr`: after the per-head fits, Adam steps on the model's next-token loss
+      (training batches, equilibrium reads) that update the feature neurons only (Hedgehog's second stage,
+      restricted to the feature neurons: every transferred weight stays the softmax model's). 0: none.
     - `seed`: seeds the feature initialisation and the choice of training windows.
     - `evaluate_model`: evaluate the distilled model (and the softmax one) on the run's eval split and record
       both in `metrics.jsonl`.
@@ -164,6 +168,12 @@ def distill(run_dir: str | os.PathLike, out: str | os.PathLike, *, num_features:
                                  "cross_entropy_final": np.asarray(last).tolist()})
         log(f"layer {layer}: attention-weight cross-entropy per head {np.round(np.asarray(first), 3).tolist()} "
             f"-> {np.round(np.asarray(last), 3).tolist()}")
+    if finetune_steps:
+        student, losses = _finetune_features(student, task, finetune_steps, finetune_lr, batch_size, seed)
+        record["finetune"] = {"steps": finetune_steps, "learning_rate": finetune_lr, "loss_first": losses[0],
+                              "loss_last": losses[-1]}
+        log(f"fine-tuned the feature neurons for {finetune_steps} steps: next-token loss {losses[0]:.4f} -> "
+            f"{losses[-1]:.4f} nats")
     record["seconds"] = time.perf_counter() - start
     if attention != "na-equilibrium":
         maps = [b.attention.feature_map for b in student.blocks]
@@ -186,6 +196,32 @@ def distill(run_dir: str | os.PathLike, out: str | os.PathLike, *, num_features:
     return new_config, student, record
 
 
+def _finetune_features(model: Transformer, task, steps: int, learning_rate: float, batch_size: int, seed: int):
+    """Adam on the next-token loss over the feature-neuron leaves only; returns the model and the losses."""
+    import optax
+
+    from ._train import loss_fn
+
+    spec = jax.tree.map(lambda _: False, model)
+    spec = eqx.tree_at(lambda m: [b.attention.feature_map for b in m.blocks], spec,
+                       [jax.tree.map(eqx.is_inexact_array, b.attention.feature_map) for b in model.blocks])
+    free, frozen = eqx.partition(model, spec)
+    optimiser = optax.adam(learning_rate)
+    state = optimiser.init(free)
+
+    @eqx.filter_jit
+    def step(free, state, batch):
+        loss, grads = eqx.filter_value_and_grad(lambda f: loss_fn(eqx.combine(f, frozen), batch))(free)
+        updates, state = optimiser.update(grads, state, free)
+        return eqx.apply_updates(free, updates), state, loss
+
+    losses = []
+    for i in range(steps):
+        free, state, loss = step(free, state, task.batch("train", batch_size, seed=50_000 + seed * 10_000 + i))
+        losses.append(float(loss))
+    return eqx.combine(free, frozen), losses
+
+
 # ------------------------------------------------------------------------------------------ command line
 
 
@@ -205,6 +241,9 @@ def register(subparsers) -> None:
     p.add_argument("--batches", type=int, default=8, help="training batches used for the fit (default 8)")
     p.add_argument("--normaliser-weight", type=float, default=0.0,
                    help="also fit the astrocyte response to the softmax normaliser with this weight (default 0)")
+    p.add_argument("--finetune-steps", type=int, default=0,
+                   help="then train the feature neurons only on the next-token loss for so many steps (default 0)")
+    p.add_argument("--finetune-lr", type=float, default=3e-3, help="learning rate of the fine-tuning (default 3e-3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-eval", action="store_true", help="do not evaluate the distilled model")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
@@ -217,7 +256,7 @@ def _distill_command(args) -> int:
     try:
         distill(args.run_dir, args.out, num_features=args.features, attention=args.attention, steps=args.steps,
                 learning_rate=args.lr, batches=args.batches, normaliser_weight=args.normaliser_weight,
-                seed=args.seed, evaluate_model=not args.no_eval, overwrite=args.overwrite)
+                finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr, seed=args.seed, evaluate_model=not args.no_eval, overwrite=args.overwrite)
     except (ValueError, TypeError, FileExistsError, FileNotFoundError, CheckpointError) as error:
         print(f"astroformer distill: error: {error}", file=sys.stderr)
         return 2
