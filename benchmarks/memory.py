@@ -15,8 +15,9 @@ Three measurements, float32, causal:
      be resident at once during the call.
    - The measured peak of a fresh process running the point once (each point is its own subprocess): on CPU
      the growth of the resident set over the call (``VmHWM`` after the call, its high-water mark reset via
-     ``/proc/self/clear_refs`` just before, minus ``VmRSS`` before the call: compilation and the inputs are
-     not counted); on a GPU the device's ``peak_bytes_in_use``. Points whose compiled footprint exceeds
+     ``/proc/self/clear_refs`` just before, minus ``VmRSS`` before the call, plus the argument bytes:
+     compilation is not counted; the call is the process's first, so that no freed buffers of an earlier
+     call hide its peak); on a GPU the device's ``peak_bytes_in_use``. Points whose compiled footprint exceeds
      ``--measure-cap-gib`` are not run (too much memory for a shared machine); their compiled numbers stay.
 
 2. **Longest trainable sequence within a memory budget** (``--budget-gib``, default 16 GiB of a 24 GiB
@@ -175,7 +176,7 @@ def measure_point(kind: str, phase: str, L: int, cfg: dict, measure_cap: float) 
     layer = build_layer(kind, cfg["heads"] * cfg["head_dim"], cfg["heads"], cfg["features"], key=kl)
     args = (layer, x) if phase == "forward" else (layer, x, cot)
     jax.block_until_ready((x, cot))
-    jax.block_until_ready(compiled(*args))  # warm-up: one-time allocations of the runtime
+    # No warm-up call: buffers it freed could stay in the process's heap and hide the next call's peak.
     device = jax.devices()[0]
     measured = {"backend": jax.default_backend()}
     if jax.default_backend() == "cpu":
@@ -447,28 +448,70 @@ def plot(results: dict, path: Path) -> None:
 # --------------------------------------------------------------------------------------------------- main
 
 
+PARTS = ("layer", "layer-search", "model-search")
+
+
+def merge(paths: list[Path]) -> dict:
+    """Combine the JSON of runs with different `--parts` (same configuration) into one result."""
+    results = None
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        if results is None:
+            results = data
+            results["merged_from"] = []
+            continue
+        for L, rec in data.get("layer", {}).items():
+            for kind, phases in rec.items():
+                results["layer"].setdefault(L, {}).setdefault(kind, {}).update(phases)
+        for key, value in data.get("longest", {}).items():
+            if isinstance(value, dict) and isinstance(results["longest"].get(key), dict):
+                results["longest"][key].update(value)
+            else:
+                results["longest"][key] = value
+        for key in ("layer_seconds", "search_seconds", "model_search_seconds"):
+            if key in data:
+                results[key] = data[key]
+        results["merged_from"].append({"path": str(path), "parts": data["config"].get("parts"),
+                                       "machine": data["machine"]})
+    return results
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes and budget (CI smoke test)")
-    parser.add_argument("--lengths", type=int, nargs="+", help="sequence lengths (default 256 ... 16384)")
+    parser.add_argument("--lengths", type=int, nargs="+", help="sequence lengths (default 1024 4096 16384)")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, help="attention kinds (default all)")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="what to run: the one-layer points, the one-layer longest-L search (it starts from "
+                             "the points run here), the default model's longest-L search (default all)")
     parser.add_argument("--budget-gib", type=float, help="memory budget of the longest-L search (default 16)")
     parser.add_argument("--measure-cap-gib", type=float,
                         help="run a point to measure its peak only if its compiled footprint is below this "
                              "(default 4 GiB)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per point subprocess")
-    parser.add_argument("--no-search", action="store_true", help="skip the longest-L search")
-    parser.add_argument("--no-model", action="store_true", help="skip the default model in the search")
+    parser.add_argument("--merge", type=Path, nargs="+",
+                        help="combine the JSON files of runs with different --parts into --out and plot it")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "memory.json", help="JSON path")
     args = parser.parse_args(argv)
 
-    if args.quick:
+    if args.merge:
+        results = merge(args.merge)
+        if all(k in results["kinds"] for k in ("na-ode", "na-equilibrium", "softmax-batched")) and results["layer"]:
+            results["goals"] = goals(results)
+        path = write_json(results, args.out)
+        plot(results, path.with_suffix(".png"))
+        return results
+
+    if args.quick:  # the searches only for a cheap kind of each growth (na-ode compiles take minutes)
         cfg = dict(batch=1, heads=2, head_dim=8, features=16, lengths=[64, 128], budget_gib=1 / 64,
                    measure_cap_gib=0.5, model_budget_gib=1 / 16, model_start=64,
-                   model=dict(d_model=16, num_layers=1, num_heads=2, num_features=8, batch_size=2))
+                   model=dict(d_model=16, num_layers=1, num_heads=2, num_features=8, batch_size=2),
+                   search_kinds=["softmax-batched", "softmax", "na-equilibrium"])
     else:
-        cfg = dict(batch=1, heads=4, head_dim=32, features=64, lengths=[256, 1024, 4096, 16384],
-                   budget_gib=16.0, measure_cap_gib=4.0, model_budget_gib=None, model_start=1024, model={})
+        cfg = dict(batch=1, heads=4, head_dim=32, features=64, lengths=[1024, 4096, 16384],
+                   budget_gib=16.0, measure_cap_gib=4.0, model_budget_gib=None, model_start=1024, model={},
+                   search_kinds=list(KINDS))
     if args.lengths:
         cfg["lengths"] = sorted(args.lengths)
     if args.budget_gib is not None:
@@ -477,7 +520,9 @@ def main(argv=None) -> dict:
         cfg["measure_cap_gib"] = args.measure_cap_gib
     if cfg["model_budget_gib"] is None:
         cfg["model_budget_gib"] = cfg["budget_gib"]
+    cfg["parts"] = list(args.parts)
     kinds = tuple(args.kinds) if args.kinds else KINDS
+    search_kinds = [k for k in kinds if k in cfg["search_kinds"]]
     results = {"benchmark": "memory", "config": cfg, "kinds": list(kinds), "dtype": "float32",
                "footprint": "argument + output + temp - alias bytes of the compiled call (XLA memory_analysis)",
                "measured": "peak_total: on CPU the resident-set growth over one call (VmHWM after it, the "
@@ -491,31 +536,32 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     cap = cfg["measure_cap_gib"] * GIB
     layer_cfg = {k: cfg[k] for k in ("batch", "heads", "head_dim", "features")}
-    for L in cfg["lengths"]:
-        rec = results["layer"].setdefault(str(L), {})
-        for kind in kinds:
-            for phase in PHASES:
-                r = run_point(kind, phase, L, layer_cfg, cap, args.timeout)
-                rec.setdefault(kind, {})[phase] = r
-                if "error" in r:
-                    log(f"L={L} {kind} {phase}: {r['error']}")
-                    continue
-                m = r.get("measured") or {}
-                peak = m.get("peak_total")
-                log(f"L={L:6d} {kind:16s} {phase:16s} compiled {r['compiled']['footprint'] / MIB:10.1f} MiB "
-                    f"(temp {r['compiled']['temp'] / MIB:10.1f})  measured "
-                    f"{'-' if peak is None else f'{peak / MIB:10.1f}'} MiB  compile {r['compile_s']:.1f} s")
-        write_json(results, args.out)
-    results["layer_seconds"] = time.perf_counter() - t_start
-    if all(k in kinds for k in ("na-ode", "na-equilibrium", "softmax-batched")):
-        results["goals"] = goals(results)
+    if "layer" in args.parts:
+        for L in cfg["lengths"]:
+            rec = results["layer"].setdefault(str(L), {})
+            for kind in kinds:
+                for phase in PHASES:
+                    r = run_point(kind, phase, L, layer_cfg, cap, args.timeout)
+                    rec.setdefault(kind, {})[phase] = r
+                    if "error" in r:
+                        log(f"L={L} {kind} {phase}: {r['error']}")
+                        continue
+                    m = r.get("measured") or {}
+                    peak = m.get("peak_total")
+                    log(f"L={L:6d} {kind:16s} {phase:16s} compiled {r['compiled']['footprint'] / MIB:10.1f} MiB "
+                        f"(temp {r['compiled']['temp'] / MIB:10.1f})  measured "
+                        f"{'-' if peak is None else f'{peak / MIB:10.1f}'} MiB  compile {r['compile_s']:.1f} s")
+            write_json(results, args.out)
+        results["layer_seconds"] = time.perf_counter() - t_start
+        if all(k in kinds for k in ("na-ode", "na-equilibrium", "softmax-batched")):
+            results["goals"] = goals(results)
 
-    if not args.no_search:
+    if "layer-search" in args.parts:
         t0 = time.perf_counter()
         budget = cfg["budget_gib"] * GIB
         results["longest"]["budget_gib"] = cfg["budget_gib"]
         layer_found = results["longest"].setdefault("layer", {})
-        for kind in kinds:
+        for kind in search_kinds:
             log(f"longest L, one layer, {kind}:")
             known = {int(L): rec[kind]["forward_backward"]["compiled"]["footprint"]
                      for L, rec in results["layer"].items() if "compiled" in rec.get(kind, {}).get(
@@ -525,30 +571,32 @@ def main(argv=None) -> dict:
                 _, analysis, seconds = compile_layer(kind, "forward_backward", L, layer_cfg)
                 return analysis["footprint"], seconds
 
-            start = max(known) if known else cfg["lengths"][0]
+            start = max(known) if known else cfg["lengths"][-1]
             layer_found[kind] = _search(footprint, budget, start=start, known=known, log=log)
             log(f"  -> {layer_found[kind]['longest']}")
             write_json(results, args.out)
-        if not args.no_model:
-            from astroformer.training import TrainConfig
-
-            default = TrainConfig(**cfg["model"])  # the `astroformer train` default (smaller with --quick)
-            model_budget = cfg["model_budget_gib"] * GIB
-            results["longest"]["model_budget_gib"] = cfg["model_budget_gib"]
-            results["longest"]["model_config"] = {k: v for k, v in default.to_dict().items()
-                                                  if k not in ("run_dir", "attention")}
-            found = results["longest"].setdefault("model", {})
-            for kind in [k for k in MODEL_KINDS if k in kinds]:
-                log(f"longest L, default model train step, {kind}:")
-
-                def footprint(L, kind=kind):
-                    analysis, seconds = compile_train_step(kind, L, default)
-                    return analysis["footprint"], seconds
-
-                found[kind] = _search(footprint, model_budget, start=cfg["model_start"], log=log)
-                log(f"  -> {found[kind]['longest']}")
-                write_json(results, args.out)
         results["search_seconds"] = time.perf_counter() - t0
+    if "model-search" in args.parts:
+        from astroformer.training import TrainConfig
+
+        t0 = time.perf_counter()
+        default = TrainConfig(**cfg["model"])  # the `astroformer train` default (smaller with --quick)
+        model_budget = cfg["model_budget_gib"] * GIB
+        results["longest"]["model_budget_gib"] = cfg["model_budget_gib"]
+        results["longest"]["model_config"] = {k: v for k, v in default.to_dict().items()
+                                              if k not in ("run_dir", "attention")}
+        found = results["longest"].setdefault("model", {})
+        for kind in [k for k in MODEL_KINDS if k in search_kinds]:
+            log(f"longest L, default model train step, {kind}:")
+
+            def footprint(L, kind=kind):
+                analysis, seconds = compile_train_step(kind, L, default)
+                return analysis["footprint"], seconds
+
+            found[kind] = _search(footprint, model_budget, start=cfg["model_start"], log=log)
+            log(f"  -> {found[kind]['longest']}")
+            write_json(results, args.out)
+        results["model_search_seconds"] = time.perf_counter() - t0
     results["benchmark_seconds"] = time.perf_counter() - t_start
     path = write_json(results, args.out)
     plot(results, path.with_suffix(".png"))
