@@ -430,7 +430,8 @@ def plot(results: dict, path: Path) -> None:
                 values.append(rec["longest"])
                 labels.append(f"{rec['longest']:,}")
     if values:
-        bars = ax.barh(range(len(values)), values, color=[COLOURS[n.split()[0]] for n in names])
+        bars = ax.barh(range(len(values)), values, color=[COLOURS[n.split()[0]] for n in names],
+                       hatch=["//" if n.endswith("model") else "" for n in names])
         ax.set_yticks(range(len(values)), names, fontsize=7)
         ax.set_xscale("log", base=2)
         for bar, label in zip(bars, labels):
