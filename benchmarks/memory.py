@@ -493,6 +493,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per point subprocess")
     parser.add_argument("--merge", type=Path, nargs="+",
                         help="combine the JSON files of runs with different --parts into --out and plot it")
+    parser.add_argument("--seed-json", type=Path,
+                        help="a previous run's JSON (same configuration) whose one-layer points seed the search")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "memory.json", help="JSON path")
     args = parser.parse_args(argv)
 
@@ -564,8 +566,12 @@ def main(argv=None) -> dict:
         layer_found = results["longest"].setdefault("layer", {})
         for kind in search_kinds:
             log(f"longest L, one layer, {kind}:")
+            seeds = [results["layer"]]
+            if args.seed_json:
+                with open(args.seed_json) as f:
+                    seeds.append(json.load(f)["layer"])
             known = {int(L): rec[kind]["forward_backward"]["compiled"]["footprint"]
-                     for L, rec in results["layer"].items() if "compiled" in rec.get(kind, {}).get(
+                     for layer in seeds for L, rec in layer.items() if "compiled" in rec.get(kind, {}).get(
                          "forward_backward", {})}
 
             def footprint(L, kind=kind):
