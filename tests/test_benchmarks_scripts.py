@@ -102,3 +102,37 @@ def test_recall_quick(tmp_path):
     assert within["softmax"] == pytest.approx(runs[("softmax", None)]["accuracy"])
     assert (within["smallest_M_within_5_points"] == 16) == (
         runs[("na-equilibrium", 16)]["accuracy"] >= runs[("softmax", None)]["accuracy"] - 0.05)
+
+def test_memory_quick(tmp_path):
+    data = run_quick("memory", tmp_path)
+    cfg = data["config"]
+    for L in cfg["lengths"]:
+        for kind in data["kinds"]:
+            rec = data["layer"][str(L)][kind]
+            fwd, fb = rec["forward"]["compiled"], rec["forward_backward"]["compiled"]
+            assert fwd["footprint"] == fwd["argument"] + fwd["output"] + fwd["temp"] - fwd["alias"]
+            assert 0 < fwd["footprint"] <= fb["footprint"], (L, kind)
+            measured = rec["forward_backward"]["measured"]  # run (tiny), in a fresh process
+            assert measured["output_finite"] and finite_positive(measured["peak_total"]), (L, kind)
+    budget = cfg["budget_gib"] * 2 ** 30
+    for kind, found in data["longest"]["layer"].items():
+        assert found["footprint_longest"] <= budget < found["footprint_first_too_long"], kind
+        assert found["longest"] < found["first_too_long"]
+    model_budget = cfg["model_budget_gib"] * 2 ** 30
+    for kind, found in data["longest"]["model"].items():
+        assert found["footprint_longest"] <= model_budget < found["footprint_first_too_long"], kind
+    # softmax's L×L scores: within the same budget it reaches a shorter L than the equilibrium block
+    assert data["longest"]["layer"]["softmax-batched"]["longest"] < data["longest"]["layer"]["na-equilibrium"][
+        "longest"]
+
+
+def test_long_context_quick(tmp_path):
+    data = run_quick("long_context", tmp_path)
+    budget = data["budget_mib"] * 2 ** 20
+    assert data["L_long"] == data["factor"] * data["L_softmax"]
+    assert data["softmax_search"]["footprint_longest"] <= budget
+    assert data["at_L_long"]["softmax"]["footprint"] > budget  # softmax does not fit the long context
+    for run in data["runs"]:
+        assert finite_positive(run["bits_per_char"]) and run["steps"] == data["config"]["steps"]
+        assert run["footprint"] <= budget
+        assert run["context"] == (data["L_softmax"] if run["attention"] == "softmax" else data["L_long"])
