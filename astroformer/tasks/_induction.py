@@ -1,4 +1,4 @@
-"""Induction heads: recall the token that followed a trigger."""
+"""Induction heads: having seen `A B` earlier, predict `B` when `A` recurs (repeated segments or a trigger)."""
 
 from __future__ import annotations
 
