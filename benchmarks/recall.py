@@ -138,6 +138,7 @@ def plot(results: list[dict], path: Path) -> None:
            title="Recall capacity (mean over seeds, bars: min-max)")
     ax.set_xticks(sorted({r["num_kv_pairs"] for r in results}), [str(p) for p in
                                                                  sorted({r["num_kv_pairs"] for r in results})])
+    ax.minorticks_off()
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
