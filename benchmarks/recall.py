@@ -172,7 +172,8 @@ def main(argv=None) -> int:
     if args.quick:
         args.pairs, args.kinds, args.features, args.ode_pairs, args.seeds = [2], ["softmax", "na-equilibrium"], \
             [16], [], 1
-        args.seq_len, args.vocab_size, args.d_model, args.layers, args.steps, args.batch_size = 16, 16, 32, 1, 150, 32
+        args.seq_len, args.vocab_size, args.d_model, args.layers, args.heads = 16, 16, 32, 1, 2
+        args.steps, args.batch_size = 200, 32
         args.eval_batches = 4
     name = "recall_quick" if args.quick else "recall"
     out = Path(args.out) if args.out else RESULTS_DIR / f"{name}.json"
