@@ -55,11 +55,25 @@ def test_work_precision_quick(tmp_path):
 def test_fidelity_quick(tmp_path):
     data = run_quick("fidelity", tmp_path, "--run-dir", str(tmp_path / "run"))
     rows = data["normalisers"]
-    assert [r["M"] for r in rows] == sorted(r["M"] for r in rows)
+    by_map = {}
     for r in rows:
+        by_map.setdefault(r["map"], []).append(r)
         assert -1 <= r["normaliser_correlation"] <= 1 and r["normaliser_median_relative_error"] >= 0
-    assert all(finite_positive(d["bits_per_char"]) for d in data["downstream"])
-    assert finite_positive(data["softmax_bits_per_char"])
+        assert 0 <= r["attention_tv_median"] <= 1
+    assert {"prf", "orthogonal", "oprf", "orthogonal-oprf", "learned"} <= set(by_map)
+    for per_map in by_map.values():
+        assert [r["M"] for r in per_map] == sorted(r["M"] for r in per_map)
+    # OPRF's A minimises the closed-form variance and A = 0 is PRF, so it can never be worse than PRF.
+    prf = {r["M"]: r["normaliser_closed_form_relative_variance_median"] for r in by_map["prf"]}
+    for r in by_map["oprf"]:
+        if r["M"] in prf:
+            assert r["normaliser_closed_form_relative_variance_median"] <= prf[r["M"]] * (1 + 1e-6)
+    baseline = data["softmax_bits_per_char"]
+    assert finite_positive(baseline)
+    for d in data["downstream"]:
+        assert finite_positive(d["bits_per_char"])
+        if "relative_to_softmax" in d:
+            assert d["relative_to_softmax"] == pytest.approx(d["bits_per_char"] / baseline - 1, abs=1e-6)
 
 
 def test_train_tasks_quick(tmp_path):
