@@ -97,7 +97,9 @@ def layer_function(kind: str, phase: str):
     if phase == "forward":
         return jax.jit(lambda layer, x: apply_layer(kind, layer, x))
     if phase == "forward_backward":
-        loss = lambda layer, x, cot: jnp.sum(apply_layer(kind, layer, x) * cot)
+        def loss(layer, x, cot):
+            return jnp.sum(apply_layer(kind, layer, x) * cot)
+
         return jax.jit(jax.grad(loss, argnums=(0, 1)))
     raise ValueError(f"phase: expected one of {', '.join(PHASES)}, got {phase!r}")
 
@@ -301,7 +303,9 @@ def longest_length(footprint, budget: float, *, start: int, known: dict[int, int
     def fit(L):
         return points[L] <= budget
 
-    round_down = lambda x: max(multiple, int(x) // multiple * multiple)
+    def round_down(x):
+        return max(multiple, int(x) // multiple * multiple)
+
     last_width = last = None
     probe(round_down(start))
     if not fit(round_down(start)):  # the start is already too long: halve until one fits

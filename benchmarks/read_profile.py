@@ -83,7 +83,9 @@ def cases(fm, read_steps):
         out[name] = f
 
     def softmax(q, k, v, prm):
-        t = lambda a: a.transpose(0, 2, 1, 3)  # (B, H, L, D) -> (B, L, H, D)
+        def t(a):  # (B, H, L, D) -> (B, L, H, D)
+            return a.transpose(0, 2, 1, 3)
+
         return t(jax.nn.dot_product_attention(t(q), t(k), t(v), is_causal=True, scale=1.0))
 
     out["softmax"] = softmax
