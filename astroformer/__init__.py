@@ -16,6 +16,7 @@ from ._oprf import optimal_A as optimal_A
 from ._params import NAParams as NAParams
 from ._read import Magnus2 as Magnus2
 from ._rosenbrock import Ros2 as Ros2
+from ._transforms import Constrained as Constrained, unwrap as unwrap
 
 __version__ = "0.1.0"
 

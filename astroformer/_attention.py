@@ -20,6 +20,7 @@ from ._feature_maps import make_feature_map
 from ._features import AbstractFeatureMap, EluFeatures, PositiveRandomFeatures
 from ._params import NAParams
 from ._validate import check_na_layer, check_positive_int
+from ._transforms import positive, unwrap
 from .calcium import AbstractCalciumModel, DiffusiveProcesses
 
 
@@ -117,17 +118,23 @@ class LinearAttention(AbstractAttention):
         return linear_attention(phi(q), phi(k), v, causal=self.causal, mask=mask)
 
 
-def _calcium_fields(calcium, coupling, mode, state, dtype):
+def _calcium_fields(calcium, coupling, mode, state, solver, dtype):
     """Validate the optional calcium model and coupling of `NeuronAstrocyteAttention`; cast them to `dtype`."""
     if calcium is None or isinstance(calcium, DiffusiveProcesses):
-        if coupling is not None and not isinstance(coupling, CalciumCoupling):
-            raise TypeError(f"coupling: expected a CalciumCoupling or None, got {type(coupling).__name__}")
+        if coupling is not None:
+            raise ValueError(f"coupling: has an effect only with a biophysical calcium model; expected None with "
+                             f"calcium={type(calcium).__name__ if calcium is not None else None}, got "
+                             f"{type(coupling).__name__}")
         return calcium, coupling
     if not isinstance(calcium, AbstractCalciumModel):
         raise TypeError(f"calcium: expected an astroformer.calcium.AbstractCalciumModel or None, got {calcium!r}")
     if mode != "ode":
         raise ValueError(f"mode: a biophysical calcium model has no closed-form equilibrium; expected 'ode' "
                          f"with calcium={type(calcium).__name__}, got {mode!r}")
+    if solver is not None:
+        raise ValueError(f"solver: the calcium read has its own solvers (exponential steps for the synapses, "
+                         f"Ros2 for calcium, see calcium_steps); expected None with calcium="
+                         f"{type(calcium).__name__}, got {solver!r}")
     if state != "reduced":
         raise ValueError(f"state: expected 'reduced' with calcium={type(calcium).__name__} (the calcium read "
                          f"is exact in the reduced state), got {state!r}")
@@ -137,7 +144,7 @@ def _calcium_fields(calcium, coupling, mode, state, dtype):
     if dtype is not None:
         cast = lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a  # noqa: E731
         calcium, coupling = jax.tree.map(cast, (calcium, coupling))
-    return calcium, coupling
+    return positive(calcium), positive(coupling)
 
 
 class NeuronAstrocyteAttention(AbstractAttention):
@@ -165,7 +172,7 @@ class NeuronAstrocyteAttention(AbstractAttention):
       `mode="ode"`, `state="reduced"` (exact for the calcium read) are supported with a calcium model.
       `read_steps` is passed on (the synapse equations take 2·`read_steps` − 1 exponential steps).
     - `coupling`: the `CalciumCoupling` (gain, diffusion, saturation, time scale), shared by all heads;
-      default `default_coupling(calcium)`. Ignored without a biophysical `calcium`.
+      default `default_coupling(calcium)`. Only with a biophysical `calcium` (otherwise `ValueError`).
     - `calcium_steps`: `None` (default): the calcium solve is adaptive (`Ros2` + `PIDController`, see
       `na_attention_calcium`); an integer S: S fixed `Ros2` steps over the read (fixed cost and memory, a
       smooth function of the parameters: use this to train). `Ros2` is stable for the fast relaxing variables
@@ -173,10 +180,11 @@ class NeuronAstrocyteAttention(AbstractAttention):
       are inaccurate and can overshoot into a diverged solve, which raises.
     - `key`: PRNG key (keyword-only).
 
-    The time constants in `params` are fields of the module; exclude them from optimisers unless trained
-    through a positive reparameterisation. The same holds for the (positive) parameters of `calcium` and
-    `coupling`: they are trainable arrays, but must be optimised through a positive reparameterisation
-    (for example their logarithms), never raw.
+    The time constants in `params` are fields of the module; `trainable_filter` excludes them from
+    optimisers (fit them with `astroformer.fit`, which works in log coordinates). The (positive) parameters of
+    a biophysical `calcium` and of `coupling` are stored as `Constrained` leaves in log coordinates
+    ($\theta = e^u$) and unwrapped at call time, so any optimiser that updates the module's arrays (the
+    training loop's) keeps them positive; read their values with `astroformer.unwrap(layer.calcium)`.
     """
 
     query: eqx.nn.Linear
@@ -208,7 +216,7 @@ class NeuronAstrocyteAttention(AbstractAttention):
         kp, kf = jax.random.split(key)
         self.query, self.key, self.value, self.output = _projections(d_model, num_heads, kp, dtype)
         D = d_model // num_heads
-        self.calcium, self.coupling = _calcium_fields(calcium, coupling, mode, state, dtype)
+        self.calcium, self.coupling = _calcium_fields(calcium, coupling, mode, state, solver, dtype)
         check_calcium_steps(calcium_steps)
         self.calcium_steps = calcium_steps
         if feature_map is None:
@@ -236,8 +244,9 @@ class NeuronAstrocyteAttention(AbstractAttention):
         params = jax.tree.map(lambda a: a[index], self.params)
         phi = self.feature_map.for_head(index)
         if self.calcium is not None and not isinstance(self.calcium, DiffusiveProcesses) and self.mode == "ode":
-            return na_attention_calcium(phi(q), phi(k), v, params, self.calcium,
-                                        coupling=self.coupling, causal=self.causal, mask=mask,
+            calcium, coupling = unwrap((self.calcium, self.coupling))
+            return na_attention_calcium(phi(q), phi(k), v, params, calcium,
+                                        coupling=coupling, causal=self.causal, mask=mask,
                                         read_steps=self.read_steps, chunk_size=self.chunk_size,
                                         calcium_steps=self.calcium_steps)
         return na_attention(phi(q), phi(k), v, params, causal=self.causal,

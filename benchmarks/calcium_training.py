@@ -9,11 +9,10 @@ Four attention kinds, one tiny `Transformer` each (same sizes, seed and data str
   docs/calcium.md). The calcium model's parameters and the coupling (gain, diffusion, maximal rate,
   half-saturation, Hill exponent, time scale) are trained with the network.
 
-Positivity: every calcium-model and coupling parameter $\theta > 0$ is trained as $\log\theta$. Before the
-first step those leaves of the model are replaced by their logarithms (`to_log`); the loss rebuilds the model
-with $\theta = e^{\log\theta}$ (`from_log`) before the forward pass, so the optimiser (the training loop's
-AdamW, no weight decay on scalars) works on unconstrained values and no update can make a parameter
-non-positive. The `NAParams` time constants and the random feature matrices stay frozen
+Positivity: every calcium-model and coupling parameter $\theta > 0$ is trained as $\log\theta$: the layer
+stores them as `astroformer.Constrained` leaves and unwraps $\theta = e^{\log\theta}$ at call time, so the
+training loop's step and AdamW (no weight decay on scalars) work on unconstrained values as they are and no
+update can make a parameter non-positive. The `NAParams` time constants and the random feature matrices stay frozen
 (`astroformer.training.trainable_filter`).
 
 Recorded for each kind: the training loss of every step, eval accuracy on MQAR's eval split at a few points
@@ -43,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import astroformer as af
 from astroformer.calcium import GChI, LiRinzel
 from astroformer.tasks import get_task
 from astroformer.training import TrainConfig, Transformer, evaluate, make_optimizer, make_train_step
@@ -63,42 +63,13 @@ FULL = dict(task=dict(vocab_size=32, seq_len=32, num_kv_pairs=4), d_model=32, nu
 QUICK = dict(FULL, steps=12, evals=2, eval_batches=1, batch_size=8, num_layers=1, read_steps=4)
 
 
-def _calcium_leaves(model: Transformer) -> list:
-    """Every array leaf of the calcium models and couplings of `model`'s attention layers."""
-    return [leaf for block in model.blocks
-            for leaf in jax.tree.leaves((getattr(block.attention, "calcium", None),
-                                         getattr(block.attention, "coupling", None)))]
-
-
-def to_log(model: Transformer) -> Transformer:
-    """`model` with each positive calcium/coupling parameter replaced by its logarithm (for the optimiser)."""
-    if not _calcium_leaves(model):
-        return model
-    return eqx.tree_at(_calcium_leaves, model, replace_fn=jnp.log)
-
-
-def from_log(model: Transformer) -> Transformer:
-    """The inverse of `to_log`: exponentiate the calcium/coupling leaves (always positive)."""
-    if not _calcium_leaves(model):
-        return model
-    return eqx.tree_at(_calcium_leaves, model, replace_fn=jnp.exp)
-
-
-class _Exp(eqx.Module):
-    """A log-parameterised `Transformer` (see `to_log`) whose `batched` runs `from_log(model)`."""
-
-    model: Transformer
-
-    def batched(self, tokens, mask=None):
-        return from_log(self.model).batched(tokens, mask)
-
-
 def _named_calcium(model: Transformer, layer: int = 0) -> dict[str, float]:
     attn = model.blocks[layer].attention
-    out = {f"coupling.{k}": float(getattr(attn.coupling, k)) for k in
+    calcium, coupling = af.unwrap((attn.calcium, attn.coupling))
+    out = {f"coupling.{k}": float(getattr(coupling, k)) for k in
            ("gain", "diffusion", "rate_max", "half_saturation", "hill", "time_scale")}
-    for field in attn.calcium.__dataclass_fields__:
-        value = getattr(attn.calcium, field)
+    for field in calcium.__dataclass_fields__:
+        value = getattr(calcium, field)
         if eqx.is_inexact_array(value):
             out[f"calcium.{field}"] = float(value)
     return out
@@ -121,11 +92,9 @@ def run(name: str, sizes: dict, seed: int = 0) -> dict:
     config = TrainConfig(task="mqar", attention=kind, steps=steps, batch_size=sizes["batch_size"], lr=sizes["lr"],
                          warmup=max(1, steps // 10))
     optimizer = make_optimizer(config)
-    log_model = to_log(model)
-    trainable, frozen = eqx.partition(log_model, trainable_filter(log_model))
-    # The training loop's step (`loss_fn` calls `.batched`) on the log-parameterised model, wrapped so that
-    # the loss rebuilds the positive parameters first.
-    trainable, frozen = _Exp(trainable), _Exp(frozen)
+    # The layer stores the calcium/coupling parameters in log coordinates (`Constrained`), so the training
+    # loop's step trains them as they are and they stay positive.
+    trainable, frozen = eqx.partition(model, trainable_filter(model))
     step_fn = make_train_step(optimizer)
     opt_state = optimizer.init(eqx.filter(trainable, eqx.is_inexact_array))
     eval_points = sorted({int(round(steps * (i + 1) / sizes["evals"])) for i in range(sizes["evals"])})
@@ -145,13 +114,13 @@ def run(name: str, sizes: dict, seed: int = 0) -> dict:
         losses.append(loss)
         skipped += int(skip)
         if s + 1 in eval_points:
-            current = from_log(eqx.combine(trainable, frozen).model)
+            current = eqx.combine(trainable, frozen)
             metrics = evaluate(current, task, batch_size=config.batch_size, num_batches=sizes["eval_batches"],
                                seed=seed)
             evals.append({"step": s + 1, **metrics})
             print(f"  {name:20s} step {s + 1:4d}  train loss {loss:.3f}  eval accuracy {metrics['accuracy']:.3f}"
                   f"  ({time.perf_counter() - start:.0f} s)", flush=True)
-    final = from_log(eqx.combine(trainable, frozen).model)
+    final = eqx.combine(trainable, frozen)
     if diverged is not None:
         metrics = evaluate(final, task, batch_size=config.batch_size, num_batches=sizes["eval_batches"], seed=seed)
         evals.append({"step": diverged - 1, **metrics})

@@ -22,6 +22,7 @@ import astroformer as af
 from astroformer._calcium_read import CalciumCoupling, na_attention_calcium
 from astroformer._write import write_reduced
 from astroformer.calcium import DiffusiveProcesses, GChI, LiRinzel
+from astroformer.training import trainable_filter
 
 L, D, M, N = 5, 3, 6, 2
 # Short reads in model time (T_r · time_scale = 0.5 · 4 = 2 s) keep the calcium solves cheap.
@@ -273,7 +274,7 @@ def test_layer_with_calcium_equals_heads_by_hand(calcium_layer):
         params = jax.tree.map(lambda a: a[h], layer.params)
         heads.append(na_attention_calcium(layer.feature_map(jnp.asarray(q[:, cols]) * Dh**-0.25),
                                           layer.feature_map(jnp.asarray(k[:, cols]) * Dh**-0.25),
-                                          jnp.asarray(v[:, cols]), params, GChI(), coupling=layer.coupling,
+                                          jnp.asarray(v[:, cols]), params, GChI(), coupling=af.unwrap(layer.coupling),
                                           causal=True, mask=mask, read_steps=8))
     ref = dense(layer.output, np.concatenate([np.asarray(o) for o in heads], axis=1))
     assert out.shape == (L, D_MODEL)
@@ -293,18 +294,34 @@ def test_layer_with_calcium_gradients(calcium_layer):
         return jnp.sum(weights * layer(x, mask))
 
     g = grad(layer)
-    for name, value in [("coupling.gain", g.coupling.gain), ("calcium.O_beta", g.calcium.O_beta),
+    # The calcium and coupling parameters are stored in log coordinates: the gradient is on `raw`.
+    for name, value in [("coupling.gain", g.coupling.gain.raw), ("calcium.O_beta", g.calcium.O_beta.raw),
                         ("query.weight", g.query.weight)]:
         value = np.asarray(value)
         print(f"d/d{name}: {value.ravel()[:3]}")
         assert np.all(np.isfinite(value)), name
         assert np.any(value != 0), name
+    # A step far too large for raw parameters (it would send the gain to -3.7 if applied to θ itself) keeps
+    # every calcium and coupling parameter positive: what `astroformer train`'s optimiser sees is log θ.
+    spec = trainable_filter(layer)
+    assert spec.calcium.O_beta.raw and spec.coupling.gain.raw and not spec.params.tau_n
+    step = jax.tree.map(lambda d, t: -20.0 * d / (np.abs(d).max() + 1e-30) if t else None, g, spec)
+    stepped = eqx.apply_updates(layer, step)
+    theta = af.unwrap((stepped.calcium, stepped.coupling))
+    before = af.unwrap((layer.calcium, layer.coupling))
+    assert all(np.all(np.asarray(a) > 0) and np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(theta))
+    moved = [float(np.abs(np.log(np.asarray(a) / np.asarray(b))).max())
+             for a, b in zip(jax.tree.leaves(theta), jax.tree.leaves(before))]
+    assert max(moved) > 1.0  # the step did move them, by more than a factor e
 
 
 def test_layer_calcium_defaults_and_errors():
     key = jax.random.PRNGKey(0)
     layer = af.NeuronAstrocyteAttention(D_MODEL, HEADS, num_features=M_LAYER, calcium=LiRinzel(), key=key)
-    assert float(layer.coupling.gain) == 3.0  # default_coupling(LiRinzel())
+    assert float(layer.coupling.gain.value) == 3.0  # default_coupling(LiRinzel())
+    assert isinstance(af.unwrap(layer.calcium), LiRinzel)
+    # The log coordinate round-trips: the unwrapped model is the one given.
+    np.testing.assert_allclose(float(af.unwrap(layer.calcium).r_IP3R), 6.0, rtol=1e-6)
     plain = af.NeuronAstrocyteAttention(D_MODEL, HEADS, num_features=M_LAYER, key=key)
     assert plain.calcium is None and plain.coupling is None
     with pytest.raises(ValueError, match="mode"):
@@ -315,6 +332,11 @@ def test_layer_calcium_defaults_and_errors():
         af.NeuronAstrocyteAttention(D_MODEL, HEADS, calcium="gchi", key=key)
     with pytest.raises(TypeError, match="coupling"):
         af.NeuronAstrocyteAttention(D_MODEL, HEADS, calcium=GChI(), coupling=dict(gain=1.0), key=key)
+    # Arguments that would have no effect raise instead of being ignored.
+    with pytest.raises(ValueError, match="coupling"):
+        af.NeuronAstrocyteAttention(D_MODEL, HEADS, coupling=CalciumCoupling(gain=1.0), key=key)
+    with pytest.raises(ValueError, match="solver"):
+        af.NeuronAstrocyteAttention(D_MODEL, HEADS, calcium=GChI(), solver=af.Magnus2(), key=key)
 
 
 def test_diverged_calcium_solve_raises_and_ros2_stays_stable():

@@ -11,9 +11,11 @@ from ._targets import (
 )
 from ._weights import AttentionWeightsTarget as AttentionWeightsTarget
 from ._traces import Traces as Traces, read_traces as read_traces
-from ._transforms import (
+from .._transforms import (
     AbstractTransform as AbstractTransform,
     Bounded as Bounded,
+    Constrained as Constrained,
     Identity as Identity,
     Positive as Positive,
+    unwrap as unwrap,
 )

@@ -23,7 +23,7 @@ from jaxtyping import Array, Float
 
 from ._model import NAModel
 from ._targets import as_target
-from ._transforms import AbstractTransform, Identity, Positive
+from .._transforms import AbstractTransform, Constrained, Identity, Positive
 
 _PARAM_FIELDS = ("tau_n", "tau_s", "tau_p", "t_write", "t_read", "tau_f")
 
@@ -93,7 +93,9 @@ def free_filter_spec(model: eqx.Module, names: Sequence[str]):
 
 
 class _Parameterisation(eqx.Module):
-    """Free part of the model in unconstrained coordinates <-> constrained model."""
+    """Free part of the model in unconstrained coordinates <-> constrained model: each free leaf is held as a
+    `Constrained` (the wrapper `NeuronAstrocyteAttention` uses for its calcium parameters), so the optimiser
+    updates `raw` and the model sees `value`."""
 
     names: tuple[str, ...] = eqx.field(static=True)
     transforms: tuple[AbstractTransform, ...] = eqx.field(static=True)
@@ -102,19 +104,19 @@ class _Parameterisation(eqx.Module):
         return tuple(_getter(n)(tree) for n in self.names)
 
     def split(self, model, dtype):
-        """(unconstrained free part, frozen part)."""
+        """(unconstrained free part, with `Constrained` leaves; frozen part)."""
         free, frozen = eqx.partition(model, free_filter_spec(model, self.names))
-        values = tuple(t.inverse(jnp.asarray(v, dtype)) for t, v in zip(self.transforms, self._where(free)))
+        values = tuple(Constrained.of(jnp.asarray(v, dtype), t) for t, v in zip(self.transforms, self._where(free)))
         return eqx.tree_at(self._where, free, values), frozen
 
     def constrain(self, u):
-        return eqx.tree_at(self._where, u, tuple(t.forward(v) for t, v in zip(self.transforms, self._where(u))))
+        return eqx.tree_at(self._where, u, tuple(c.value for c in self._where(u)))
 
     def model(self, u, frozen):
         return eqx.combine(self.constrain(u), frozen)
 
     def scalars(self, u) -> dict[str, Array]:
-        return {n: t.forward(v) for n, t, v in zip(self.names, self.transforms, self._where(u)) if v.size == 1}
+        return {n: c.value for n, c in zip(self.names, self._where(u)) if c.raw.size == 1}
 
 
 class FitResult(eqx.Module):
@@ -277,7 +279,7 @@ def value_and_grad(model: eqx.Module, target, free, *, gradient: Literal["forwar
     u0, frozen = param.split(model, jnp.result_type(float) if dtype is None else dtype)
     value, grad = eqx.filter_jit(lambda u, f, t: _value_and_grad(lambda w: t(param.model(w, f)), u, mode))(
         u0, frozen, target)
-    return value, dict(zip(param.names, param._where(grad)))
+    return value, {n: c.raw for n, c in zip(param.names, param._where(grad))}
 
 
 __all__ = ["FitResult", "fit", "free_filter_spec", "value_and_grad"]

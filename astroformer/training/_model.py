@@ -181,7 +181,9 @@ def trainable_filter(model: eqx.Module):
 
     Every inexact array is trainable except the neuron–astrocyte time constants (`NAParams`, fixed physical
     constants; see its docstring) and the matrices of feature maps built with `trainable=False` (already
-    gradient-stopped; excluding them also keeps weight decay from shrinking them).
+    gradient-stopped; excluding them also keeps weight decay from shrinking them). The parameters of a
+    biophysical calcium model and its coupling are trainable: the layer stores them as `Constrained` leaves in
+    log coordinates, so the optimiser updates log θ and θ stays positive.
     """
     from .._attention import NeuronAstrocyteAttention
 

@@ -1,9 +1,15 @@
 r"""Parameterisations: maps between an unconstrained space, where the optimiser works, and the constrained
-space of a parameter (positive time constants, bounded rates).
+space of a parameter (positive time constants, bounded rates), and the wrapper that stores a parameter of a
+model in its unconstrained coordinate.
 
 Every transform has `forward(u) -> x` (unconstrained to constrained) and `inverse(x) -> u`, elementwise and
 differentiable. Fitting time constants in log space also makes the loss landscape far better conditioned:
 a step in $\log\tau$ is a relative change, whatever the scale of $\tau$.
+
+`Constrained(u, transform)` is a leaf of a model that holds $u$ and means $x = \text{forward}(u)$; `unwrap`
+replaces every such leaf by its value at call time. An optimiser that updates every inexact array of a model
+(`astroformer train`'s, `fit`'s) then updates $u$, and the value stays in the domain whatever the step. The
+same pattern as paramax's `Parameterize`/`unwrap` in the Equinox ecosystem.
 
 References: the same device as Jaxley's `ParamTransform` (Deistler et al., "Differentiable simulation enables
 large-scale training of detailed biophysical models of neural dynamics", 2024) and as Stan's constrained
@@ -100,4 +106,47 @@ class Bounded(AbstractTransform):
         return jnp.log(w) - jnp.log1p(-w)
 
 
-__all__ = ["AbstractTransform", "Bounded", "Identity", "Positive"]
+class Constrained(eqx.Module):
+    r"""A parameter stored in its unconstrained coordinate: it means `transform.forward(raw)`.
+
+    Build one from a constrained value with `Constrained.of(x, transform)`; read it with `.value`, or replace
+    every `Constrained` of a pytree by its value with `unwrap`.
+
+    **Fields:** `raw` ($u$, any shape, the array an optimiser updates) and `transform` (an `AbstractTransform`).
+    """
+
+    raw: Float[Array, "*shape"]
+    transform: AbstractTransform
+
+    @classmethod
+    def of(cls, x: Float[ArrayLike, "*shape"], transform: AbstractTransform) -> "Constrained":
+        """Wrap the constrained value `x` (checked against the transform's domain when concrete)."""
+        return cls(transform.inverse(x), transform)
+
+    @property
+    def value(self) -> Float[Array, "*shape"]:
+        """The constrained value `transform.forward(raw)`."""
+        return self.transform.forward(self.raw)
+
+
+def is_constrained(x) -> bool:
+    """Whether `x` is a `Constrained` leaf (for `is_leaf=` in tree maps)."""
+    return isinstance(x, Constrained)
+
+
+def unwrap(tree):
+    """`tree` with every `Constrained` replaced by its value (call this where the model is used)."""
+    return jax.tree.map(lambda x: x.value if is_constrained(x) else x, tree, is_leaf=is_constrained)
+
+
+def positive(tree):
+    """`tree` with every inexact array leaf stored as `Constrained.of(leaf, Positive())` (log coordinate);
+    `None` stays `None`. Leaves that are already `Constrained` are kept as they are."""
+    if tree is None:
+        return None
+    return jax.tree.map(lambda x: Constrained.of(x, Positive()) if eqx.is_inexact_array(x) else x, tree,
+                        is_leaf=is_constrained)
+
+
+__all__ = ["AbstractTransform", "Bounded", "Constrained", "Identity", "Positive", "is_constrained", "positive",
+           "unwrap"]
