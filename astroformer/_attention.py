@@ -18,7 +18,7 @@ from ._block import na_attention
 from ._calcium_read import CalciumCoupling, check_calcium_steps, default_coupling, na_attention_calcium
 from ._feature_maps import make_feature_map
 from ._features import AbstractFeatureMap, EluFeatures, PositiveRandomFeatures
-from ._params import NAParams
+from ._params import READ_STEPS, NAParams
 from ._validate import check_na_layer, check_positive_int
 from ._transforms import positive, unwrap
 from .calcium import AbstractCalciumModel, DiffusiveProcesses
@@ -207,7 +207,7 @@ class NeuronAstrocyteAttention(AbstractAttention):
     def __init__(self, d_model: int, num_heads: int, *, num_features: int = 64,
                  feature_map: AbstractFeatureMap | str | None = None, params: NAParams | None = None,
                  mode: Literal["ode", "equilibrium"] = "ode", state: Literal["reduced", "full"] = "reduced",
-                 causal: bool = True, solver: diffrax.AbstractSolver | None = None, read_steps: int = 8,
+                 causal: bool = True, solver: diffrax.AbstractSolver | None = None, read_steps: int = READ_STEPS,
                  chunk_size: int = 64, calcium: AbstractCalciumModel | None = None,
                  coupling: CalciumCoupling | None = None, calcium_steps: int | None = None, dtype=None,
                  key: PRNGKeyArray):

@@ -9,7 +9,7 @@ from jaxtyping import Array, Bool, Float
 
 from ._astrocyte import calcium_initial, calcium_mean
 from ._linear import linear_attention_state, normalised_linear_attention
-from ._params import NAParams
+from ._params import MAX_STEPS, READ_STEPS, NAParams
 from ._read import FullReadField, Magnus2, ReducedReadField, RelaxingCalcium, read_grid, solve_read
 from ._validate import check_bool, check_choice, check_head_inputs, check_output, check_positive_int
 from ._write import ReducedMemory, write_full, write_reduced
@@ -28,8 +28,8 @@ def na_attention(
     solver: diffrax.AbstractSolver | None = None,
     stepsize_controller: diffrax.AbstractStepSizeController | None = None,
     adjoint: diffrax.AbstractAdjoint | None = None,
-    read_steps: int = 8,
-    max_steps: int = 4096,
+    read_steps: int = READ_STEPS,
+    max_steps: int = MAX_STEPS,
     chunk_size: int = 64,
     throw: bool = True,
 ) -> Float[Array, "L N"]:

@@ -43,7 +43,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float
 
 from ._block import na_attention
 from ._linear import linear_attention_state
-from ._params import NAParams
+from ._params import MAX_STEPS, READ_STEPS, NAParams
 from ._neurons import feature_rise
 from ._read import AbstractRateSource, ReducedReadField, solve_read
 from ._rosenbrock import Ros2, jacobian_diagonal
@@ -130,7 +130,7 @@ def _calcium_key(model: AbstractCalciumModel, y: dict) -> str:
     for name in model.state_names:
         if y[name] is c:
             return name
-    raise TypeError(f"calcium_model: {type(model).__name__}.calcium(y) must return one of its state variables "
+    raise TypeError(f"calcium: {type(model).__name__}.calcium(y) must return one of its state variables "
                     f"{model.state_names} to be coupled by diffusion")
 
 
@@ -238,8 +238,8 @@ class CalciumRead(eqx.Module):
 
 def calcium_read(phi_q: Float[Array, "L M"], g: Float[Array, "L M"], params: NAParams,
                  model: AbstractCalciumModel, coupling: CalciumCoupling, *, solver=None, stepsize_controller=None,
-                 adjoint=None, dt0=None, read_steps: int = 32, calcium_steps: int | None = None,
-                 max_steps: int = 16384, throw: bool = True) -> CalciumRead:
+                 adjoint=None, dt0=None, read_steps: int = READ_STEPS, calcium_steps: int | None = None,
+                 max_steps: int = MAX_STEPS, throw: bool = True) -> CalciumRead:
     r"""Solve the calcium read of every query at once (see the module docstring). `g` is the astrocyte weight
     vector each query sees, (L, M). `calcium_steps`: see `na_attention_calcium`."""
     dtype = phi_q.dtype
@@ -247,7 +247,7 @@ def calcium_read(phi_q: Float[Array, "L M"], g: Float[Array, "L M"], params: NAP
     y0 = model.default_y0()
     for name, leaf in y0.items():
         if jnp.shape(leaf) != ():
-            raise TypeError(f"calcium_model: expected scalar state variables (one compartment per process), "
+            raise TypeError(f"calcium: expected scalar state variables (one compartment per process), "
                             f"got {type(model).__name__}.{name} of shape {jnp.shape(leaf)}")
     y0 = {name: jnp.full((L, M), leaf, dtype) for name, leaf in y0.items()}
     key = _calcium_key(model, y0)
@@ -272,7 +272,7 @@ def calcium_read(phi_q: Float[Array, "L M"], g: Float[Array, "L M"], params: NAP
     calcium = model.calcium(sol.ys).reshape(S, 2, L, M)
     # A diverged explicit solve gives inf/NaN calcium, which the saturating rate would silently map to 0.
     calcium = eqx.error_if(calcium, ~jnp.all(jnp.isfinite(calcium)),
-                           "calcium_model: the calcium solve diverged (non-finite calcium); use the default "
+                           "calcium: the calcium solve diverged (non-finite calcium); use the default "
                            "solver and step-size controller (Ros2, adaptive), smaller fixed steps or a smaller "
                            "coupling gain")
     rates = coupling.rate(calcium)
@@ -287,7 +287,7 @@ def na_attention_calcium(
     phi_k: Float[Array, "L M"],
     v: Float[Array, "L N"],
     params: NAParams,
-    calcium_model: AbstractCalciumModel | str | None = None,
+    calcium: AbstractCalciumModel | str | None = None,
     *,
     coupling: CalciumCoupling | None = None,
     causal: bool = True,
@@ -298,7 +298,7 @@ def na_attention_calcium(
     dt0: Float[ArrayLike, ""] | None = None,
     read_steps: int | None = None,
     calcium_steps: int | None = None,
-    max_steps: int = 16384,
+    max_steps: int = MAX_STEPS,
     chunk_size: int = 64,
     throw: bool = True,
     return_read: bool = False,
@@ -321,12 +321,12 @@ def na_attention_calcium(
     - `phi_q`, `phi_k`: feature-neuron rates, (L, M), non-negative. `v`: values, (L, N).
     - `params`: an `NAParams` ($\tau_n$, $\tau_s$, $T_w$, $T_r$, $\tau_f$; $\tau_p$ is used by the abstract path
       only).
-    - `calcium_model`: a `GChI`, a `LiRinzel` (or another `AbstractCalciumModel` with scalar states whose
+    - `calcium`: a `GChI`, a `LiRinzel` (or another `AbstractCalciumModel` with scalar states whose
       `calcium(y)` is one of them); or `None`, `"abstract"` or a `DiffusiveProcesses`, which all return
       `na_attention(..., mode="ode")` exactly (the closed-form abstract calcium, with `params.tau_p`; the
       fields of a `DiffusiveProcesses` are not used).
     - `coupling`: a `CalciumCoupling` (gain, diffusion, saturation, time scale); default
-      `default_coupling(calcium_model)`.
+      `default_coupling(calcium)`.
     - `causal`, `mask`, `chunk_size`: as in `na_attention`.
     - `solver`, `stepsize_controller`, `adjoint`, `dt0`, `max_steps`: diffrax options of the calcium solve
       (default `Ros2()`, `PIDController` with rtol/atol 1e-6/1e-9 in float64 and 1e-4/1e-7 in float32,
@@ -334,7 +334,7 @@ def na_attention_calcium(
       makes the output a smooth function of the parameters, as finite differences need; `Ros2` stays stable
       at steps where explicit solvers diverge, but needs steps of ~0.1 model second or less to be accurate
       (its fast variables are treated implicitly, the self-amplifying calcium release explicitly).
-    - `read_steps`: the synapse equations use 2·`read_steps` − 1 exponential (`Magnus2`) steps (default 32);
+    - `read_steps`: the synapse equations use 2·`read_steps` − 1 exponential (`Magnus2`) steps (default 8, as in `na_attention`);
       on the abstract path it is passed to `na_attention` (default: its own, 8).
     - `calcium_steps`: `None` (default): the calcium solve uses `stepsize_controller`. An integer S: the
       calcium solve takes S fixed steps of `solver` (default `Ros2`) on `calcium_step_grid` (a quarter
@@ -348,22 +348,28 @@ def na_attention_calcium(
     References: Kozachkov, Kastanenka & Krotov, PNAS 120:e2219150120 (2023); De Pittà et al., J. Biol. Phys.
     35:383 (2009); Li & Rinzel, J. Theor. Biol. 166:461 (1994).
     """
-    if calcium_model is None or isinstance(calcium_model, DiffusiveProcesses) or (
-            isinstance(calcium_model, str) and calcium_model == "abstract"):
+    if calcium is None or isinstance(calcium, DiffusiveProcesses) or (
+            isinstance(calcium, str) and calcium == "abstract"):
         if return_read:
-            raise ValueError("return_read: only available for a biophysical calcium_model, got the abstract one")
+            raise ValueError("return_read: only available for a biophysical calcium, got the abstract one")
+        ignored = dict(coupling=coupling, solver=solver, stepsize_controller=stepsize_controller,
+                       adjoint=adjoint, dt0=dt0, calcium_steps=calcium_steps)
+        for name, value in ignored.items():
+            if value is not None:
+                raise ValueError(f"{name}: has an effect only with a biophysical calcium model; expected None "
+                                 f"with the abstract astrocyte (calcium={calcium!r}), got {value!r}")
         opts = {} if read_steps is None else dict(read_steps=read_steps)
         return na_attention(phi_q, phi_k, v, params, causal=causal, mode="ode", mask=mask, chunk_size=chunk_size,
                             throw=throw, **opts)
-    if not isinstance(calcium_model, AbstractCalciumModel):
-        raise TypeError(f"calcium_model: expected an astroformer.calcium.AbstractCalciumModel, 'abstract' or None, "
-                        f"got {calcium_model!r}")
+    if not isinstance(calcium, AbstractCalciumModel):
+        raise TypeError(f"calcium: expected an astroformer.calcium.AbstractCalciumModel, 'abstract' or None, "
+                        f"got {calcium!r}")
     if not isinstance(params, NAParams):
         raise TypeError(f"params: expected an astroformer.NAParams, got {type(params).__name__}")
-    coupling = default_coupling(calcium_model) if coupling is None else coupling
+    coupling = default_coupling(calcium) if coupling is None else coupling
     if not isinstance(coupling, CalciumCoupling):
         raise TypeError(f"coupling: expected a CalciumCoupling, got {type(coupling).__name__}")
-    read_steps = 32 if read_steps is None else read_steps
+    read_steps = READ_STEPS if read_steps is None else read_steps
     if isinstance(read_steps, bool) or not isinstance(read_steps, int) or read_steps < 2:
         raise ValueError(f"read_steps: expected an integer >= 2, got {read_steps!r}")
     check_calcium_steps(calcium_steps)
@@ -378,7 +384,7 @@ def na_attention_calcium(
     g = memory.astrocyte_weights()
     if not causal:
         g = jnp.broadcast_to(g[-1], g.shape)
-    read = calcium_read(phi_q, g, params, calcium_model, coupling, solver=solver,
+    read = calcium_read(phi_q, g, params, calcium, coupling, solver=solver,
                         stepsize_controller=stepsize_controller, adjoint=adjoint, dt0=dt0, read_steps=read_steps,
                         calcium_steps=calcium_steps, max_steps=max_steps, throw=throw)
     x = linear_attention_state(read.z, memory.keys, memory.values, memory.log_decay, causal=causal,

@@ -10,7 +10,7 @@ from jaxtyping import Array, Bool, Float
 from ._astrocyte import calcium_initial, calcium_mean, relaxing_calcium
 from ._block import full_memory, full_read, reduced_read
 from ._neurons import feature_rise
-from ._params import NAParams
+from ._params import MAX_STEPS, NAParams
 from ._validate import check_choice, check_mask, check_matrix
 from ._write import write_reduced
 
@@ -33,7 +33,7 @@ def read_trajectory(phi_q: Float[Array, "L M"], phi_k: Float[Array, "L M"], v: F
                     params: NAParams, *, index: int = -1, num_points: int = 200, causal: bool = True,
                     mask: Bool[Array, " L"] | None = None, state: Literal["reduced", "full"] = "reduced",
                     solver: diffrax.AbstractSolver | None = None, read_steps: int = 64,
-                    max_steps: int = 16384) -> ReadTrajectory:
+                    max_steps: int = MAX_STEPS) -> ReadTrajectory:
     r"""Simulate the read of query `index` and return its time courses at `num_points` times in $[0, T_r]$.
 
     `state="full"` integrates the literal N×M state; `"reduced"` reconstructs it exactly from the O(M)

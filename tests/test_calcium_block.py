@@ -70,6 +70,11 @@ def test_abstract_path_is_na_attention(problem, calcium, causal):
     ref = af.na_attention(phi_q, phi_k, v, params, causal=causal, mode="ode", mask=mask)
     assert out.dtype == jnp.float64
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=0, atol=1e-12)
+    # Options of the calcium solve would have no effect on the abstract path: they raise, naming the argument.
+    with pytest.raises(ValueError, match="^calcium_steps: has an effect only"):
+        na_attention_calcium(phi_q, phi_k, v, params, model, calcium_steps=16)
+    with pytest.raises(ValueError, match="^solver: has an effect only"):
+        na_attention_calcium(phi_q, phi_k, v, params, model, solver=diffrax.Tsit5())
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -85,6 +85,13 @@ def resolve_free(model: eqx.Module, free) -> dict[str, AbstractTransform]:
     return out
 
 
+def _labels(free) -> list[str]:
+    """The free parameter names as the user wrote them, in order (the keys of `FitResult.params`)."""
+    if isinstance(free, str):
+        return [free]
+    return list(free.keys() if isinstance(free, Mapping) else free)
+
+
 def free_filter_spec(model: eqx.Module, names: Sequence[str]):
     """A filter spec for `eqx.partition`: True at the named leaves, False at every other leaf."""
     getters = [_getter(n) for n in names]
@@ -234,7 +241,7 @@ def fit(model: eqx.Module, target, free, *, optimiser: optax.GradientTransformat
     Works under `eqx.filter_vmap` (over targets or over initial models) and `jax.jit`.
 
     >>> result = fit(model, TraceTarget.from_traces(data, q, k, v), ["tau_n", "tau_s", "tau_p"], steps=300)
-    >>> result.params["params.tau_s"], result.loss_history[-1]
+    >>> result.params["tau_s"], result.loss_history[-1]
     """
     if not isinstance(model, eqx.Module):
         raise TypeError(f"model: expected an NAModel (an Equinox module), got {type(model).__name__}")
@@ -261,6 +268,7 @@ def fit(model: eqx.Module, target, free, *, optimiser: optax.GradientTransformat
     dtype = jnp.result_type(float) if dtype is None else dtype
     u0, frozen = param.split(model, dtype)
     fitted, losses, gnorm, norms, history = _run(u0, frozen, target, param, optimiser, steps, mode, progress)
+    history = {label: history[name] for label, name in zip(_labels(free), param.names) if name in history}
     return FitResult(model=fitted, loss_history=losses, grad_norm=gnorm, grad_norm_history=norms,
                      param_history=history, free=param.names)
 
@@ -279,7 +287,7 @@ def value_and_grad(model: eqx.Module, target, free, *, gradient: Literal["forwar
     u0, frozen = param.split(model, jnp.result_type(float) if dtype is None else dtype)
     value, grad = eqx.filter_jit(lambda u, f, t: _value_and_grad(lambda w: t(param.model(w, f)), u, mode))(
         u0, frozen, target)
-    return value, {n: c.raw for n, c in zip(param.names, param._where(grad))}
+    return value, {label: c.raw for label, c in zip(_labels(free), param._where(grad))}
 
 
 __all__ = ["FitResult", "fit", "free_filter_spec", "value_and_grad"]

@@ -10,6 +10,7 @@ from typing import Any
 
 from .._attention import ATTENTION_KINDS
 from .._feature_maps import FEATURE_MAPS
+from .._params import READ_STEPS
 
 _TASKS = ("charlm", "mqar", "induction", "selective-copy", "copy")
 
@@ -57,7 +58,7 @@ class TrainConfig:
     mlp_ratio: int = 4
     tie_embeddings: bool = True
     short_conv: int = 2
-    read_steps: int = 8
+    read_steps: int = READ_STEPS
     steps: int = 300
     batch_size: int = 16
     lr: float = 3e-3
