@@ -52,12 +52,9 @@ from ._write import write_reduced
 from .calcium import AbstractCalciumModel, DiffusiveProcesses, GChI, LiRinzel
 from .calcium import default_stepsize_controller as _calcium_controller
 
+from .calcium._base import _as_float_array as _as_float  # one converter for every model parameter
+
 _COUPLING_FIELDS = ("gain", "diffusion", "rate_max", "half_saturation", "hill", "time_scale")
-
-
-def _as_float(x: Any) -> Array:
-    x = jnp.asarray(x)
-    return x if jnp.issubdtype(x.dtype, jnp.inexact) else x.astype(jnp.result_type(float))
 
 
 class CalciumCoupling(eqx.Module):

@@ -143,9 +143,4 @@ class NAParams(eqx.Module):
         return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *params)
 
 
-def default_params() -> NAParams:
-    """The library's default parameters (see `NAParams`)."""
-    return NAParams()
-
-
-__all__ = ["NAParams", "default_params"]
+__all__ = ["MAX_STEPS", "NAParams", "READ_STEPS"]

@@ -170,10 +170,6 @@ def _value_and_grad(loss_fn, u, mode):
     return jax.value_and_grad(loss_fn)(u)
 
 
-def _norm(tree):
-    return jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(tree)))
-
-
 @eqx.filter_jit
 def _run(u0, frozen, target, param: _Parameterisation, optimiser, steps: int, mode: str, progress):
     def loss_fn(u):
@@ -188,14 +184,14 @@ def _run(u0, frozen, target, param: _Parameterisation, optimiser, steps: int, mo
             jax.debug.callback(progress, i, value)
         kwargs = dict(value=value, grad=grad, value_fn=loss_fn) if extra else {}
         updates, state = optimiser.update(grad, state, u, **kwargs)
-        return (optax.apply_updates(u, updates), state), (value, _norm(grad), param.scalars(u))
+        return (optax.apply_updates(u, updates), state), (value, optax.tree.norm(grad), param.scalars(u))
 
     (u, _), (losses, norms, scalars) = jax.lax.scan(step, (u0, optimiser.init(u0)), jnp.arange(steps))
     value, grad = _value_and_grad(loss_fn, u, mode)
     final = param.scalars(u)
     join = lambda h, x: jnp.concatenate([h, x[None]])  # noqa: E731
     history = {n: join(scalars[n], final[n]) for n in final}
-    gnorm = _norm(grad)
+    gnorm = optax.tree.norm(grad)
     return param.model(u, frozen), join(losses, value), gnorm, join(norms, gnorm), history
 
 

@@ -74,11 +74,6 @@ def _digest(header: dict[str, Any], payload: bytes) -> str:
     return hashlib.sha256(json.dumps(unsigned, sort_keys=True).encode() + b"\n" + payload).hexdigest()
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The header of a checkpoint file, without checking or reading its payload."""
-    return _read(path, verify=False)[0]
-
-
 def load_checkpoint(path: str | os.PathLike, template, *, check=None) -> tuple[Any, dict[str, Any]]:
     """Load a checkpoint written by `save_checkpoint`.
 
