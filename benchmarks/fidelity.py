@@ -148,6 +148,16 @@ def _distilled_runs(args, run_dir: Path, quick: bool):
                   key=lambda p: TrainConfig.load(p / "config.json").num_features)
 
 
+def _accumulate(acc: dict, Q, K, V, phi) -> tuple:
+    """Append one head's metrics (`_head_metrics` with feature map `phi`) to `acc`; return its
+    (exact, astrocyte) normalisers for the curves."""
+    exact, astro, tv, out_err = _head_metrics(Q, K, V, phi(Q), phi(K))
+    for k_, v_ in zip(("exact", "astro", "tv"), (exact, astro, tv)):
+        acc[k_].append(np.asarray(v_))
+    acc["out"].append(float(out_err))
+    return exact, astro
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny budget (CI smoke test)")
@@ -188,11 +198,7 @@ def main(argv=None):
                 for layer, (Q, K, V) in enumerate(qkv):
                     fm = random_map(name, Q.shape[-1], M, A_heads[layer], key=jax.random.fold_in(key, 1000 * d + layer))
                     for h in range(Q.shape[0]):
-                        phi = fm.for_head(h)
-                        exact, astro, tv, out_err = _head_metrics(Q[h], K[h], V[h], phi(Q[h]), phi(K[h]))
-                        for k_, v_ in zip(("exact", "astro", "tv"), (exact, astro, tv)):
-                            acc[k_].append(np.asarray(v_))
-                        acc["out"].append(float(out_err))
+                        exact, astro = _accumulate(acc, Q[h], K[h], V[h], fm.for_head(h))
                         if d == 0 and layer == 0 and h == 0:
                             curves[f"{name}/{M}"] = dict(softmax=np.asarray(exact).tolist(),
                                                          astrocyte=np.asarray(astro).tolist())
@@ -214,11 +220,7 @@ def main(argv=None):
         for layer, (Q, K, V) in enumerate(qkv):
             fm = dmodel.blocks[layer].attention.feature_map
             for h in range(Q.shape[0]):
-                phi = fm.for_head(h)
-                exact, astro, tv, out_err = _head_metrics(Q[h], K[h], V[h], phi(Q[h]), phi(K[h]))
-                for k_, v_ in zip(("exact", "astro", "tv"), (exact, astro, tv)):
-                    acc[k_].append(np.asarray(v_))
-                acc["out"].append(float(out_err))
+                exact, astro = _accumulate(acc, Q[h], K[h], V[h], fm.for_head(h))
                 if layer == 0 and h == 0:
                     curves[f"learned/{M}"] = dict(softmax=np.asarray(exact).tolist(), astrocyte=np.asarray(astro).tolist())
         row = dict(map="learned", M=M, run_dir=str(path), **_summarise(acc))
