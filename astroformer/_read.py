@@ -232,6 +232,10 @@ def _step(field: ReducedReadField, grid, k, y):
     return magnus_update(StepTimeField(field, grid).linear_coefficients(s0, s0 + 1), 1.0, y)
 
 
+QUERY_CHUNK = 64
+"""Queries per chunk of the read's backward sweep (its temporary memory is O(QUERY_CHUNK·M·S), not O(L·M·S))."""
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _solve_end(field, grid, throw):
     sol = _step_time_solve(StepTimeField(field, grid), diffrax.SaveAt(t1=True), throw)
@@ -239,17 +243,21 @@ def _solve_end(field, grid, throw):
 
 
 def _solve_end_fwd(field, grid, throw):
-    sol = _step_time_solve(StepTimeField(field, grid), diffrax.SaveAt(steps=True), throw)
-    return tuple(y[-1] for y in sol.ys), (field, grid, sol.ys)
+    # Nothing of the trajectory is kept: the backward recomputes it, a chunk of queries at a time.
+    return _solve_end(field, grid, throw), (field, grid)
 
 
-def _solve_end_bwd(throw, residuals, cotangent):
-    """The exact reverse sweep of the S steps: each step's `jax.vjp` at the saved state, in one reverse
-    `lax.scan`, accumulating the cotangents of the field and the grid."""
-    del throw
-    field, grid, ys = residuals
+def _sweep(field, grid, cotangent):
+    """Recompute the S states of the read of `field` from rest, then pull `cotangent` (the end state's) back
+    through each step's `jax.vjp` in one reverse `lax.scan`: the cotangents of the field and the grid."""
     S = grid.shape[0] - 1
-    before = jax.tree.map(lambda a: jnp.concatenate([jnp.zeros_like(a[:1]), a[:-1]]), ys)  # y_k, k = 0..S-1
+    ks = jnp.arange(S)
+
+    def forward(y, k):
+        return _step(field, grid, k, y), y
+
+    zeros = jnp.zeros_like(field.phi_q)
+    _, before = jax.lax.scan(forward, (zeros, zeros), ks)  # the state before step k, k = 0..S-1
 
     def back(carry, inputs):
         ct_y, ct_field, ct_grid = carry
@@ -259,8 +267,33 @@ def _solve_end_bwd(throw, residuals, cotangent):
         return (ct_prev, jax.tree.map(jnp.add, ct_field, df), ct_grid + dg), None
 
     init = (tuple(cotangent), jax.tree.map(jnp.zeros_like, field), jnp.zeros_like(grid))
-    (_, ct_field, ct_grid), _ = jax.lax.scan(back, init, (jnp.arange(S), before), reverse=True)
+    (_, ct_field, ct_grid), _ = jax.lax.scan(back, init, (ks, before), reverse=True)
     return ct_field, ct_grid
+
+
+def _solve_end_bwd(throw, residuals, cotangent):
+    """The exact reverse sweep of the S steps (`_sweep`), over chunks of `QUERY_CHUNK` queries: the reads of
+    different queries are independent, so each chunk's trajectory is recomputed and swept on its own and only
+    one chunk's S states are ever held. Leaves of the field with a leading query axis are chunked; the others
+    (time constants, the relaxation rate) are shared and their cotangents summed over the queries."""
+    del throw
+    field, grid = residuals
+    L = field.phi_q.shape[0] if field.phi_q.ndim >= 2 else None
+    if L is None:  # a single query (M,): nothing to chunk
+        return _sweep(field, grid, cotangent)
+
+    spec = jax.tree.map(lambda x: eqx.is_array(x) and x.ndim >= 1 and x.shape[0] == L, field)
+    rows, shared = eqx.partition(field, spec)
+
+    def one(inputs):
+        row, ct = inputs
+        ct_field, ct_grid = _sweep(eqx.combine(row, shared), grid, ct)
+        ct_row, ct_shared = eqx.partition(ct_field, spec)
+        return ct_row, ct_shared, ct_grid
+
+    ct_rows, ct_shared, ct_grid = jax.lax.map(one, (rows, tuple(cotangent)), batch_size=min(QUERY_CHUNK, L))
+    ct_shared = jax.tree.map(lambda a: jnp.sum(a, axis=0), ct_shared)
+    return eqx.combine(ct_rows, ct_shared), jnp.sum(ct_grid, axis=0)
 
 
 _solve_end.defvjp(_solve_end_fwd, _solve_end_bwd)
@@ -273,7 +306,8 @@ def solve_read(field: ReducedReadField, grid: Float[Array, " S+1"], *, throw: bo
     One `diffrax.diffeqsolve` over `StepTimeField(field, grid)` (concrete step times $0..S$, so its loop is
     not batched under `vmap`). Its gradient is the exact reverse sweep of the same $S$ steps (what
     `RecursiveCheckpointAdjoint(checkpoints=S)` computes, including the dependence of the grid on the
-    parameters): the forward saves the state after every step and the backward pulls the cotangent back
-    through each step's `jax.vjp` in one `lax.scan`, so no diffrax loop is differentiated.
+    parameters): the forward keeps nothing of the trajectory; the backward recomputes it for a chunk of
+    `QUERY_CHUNK` queries at a time and pulls the cotangent back through each step's `jax.vjp` in one reverse
+    `lax.scan`, so no diffrax loop is differentiated and the temporary memory does not grow with S.
     """
     return _solve_end(jax.tree.map(jnp.asarray, field), jnp.asarray(grid), throw)
