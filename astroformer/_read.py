@@ -236,10 +236,28 @@ QUERY_CHUNK = 64
 """Queries per chunk of the read's backward sweep (its temporary memory is O(QUERY_CHUNK·M·S), not O(L·M·S))."""
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _solve_end(field, grid, throw):
+def _query_spec(field):
+    """A filter spec of the field's leaves with a leading query axis (None for a single query (M,))."""
+    if field.phi_q.ndim < 2:
+        return None
+    L = field.phi_q.shape[0]
+    return jax.tree.map(lambda x: eqx.is_array(x) and x.ndim >= 1 and x.shape[0] == L, field)
+
+
+def _solve_chunk(field, grid, throw):
     sol = _step_time_solve(StepTimeField(field, grid), diffrax.SaveAt(t1=True), throw)
     return tuple(y[-1] for y in sol.ys)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _solve_end(field, grid, throw):
+    spec = _query_spec(field)
+    if spec is None or field.phi_q.shape[0] <= QUERY_CHUNK:
+        return _solve_chunk(field, grid, throw)
+    # One diffrax solve per chunk of queries (independent reads): the solve's temporaries are a chunk's.
+    rows, shared = eqx.partition(field, spec)
+    return jax.lax.map(lambda row: _solve_chunk(eqx.combine(row, shared), grid, throw), rows,
+                       batch_size=QUERY_CHUNK)
 
 
 def _solve_end_fwd(field, grid, throw):
@@ -278,11 +296,10 @@ def _solve_end_bwd(throw, residuals, cotangent):
     (time constants, the relaxation rate) are shared and their cotangents summed over the queries."""
     del throw
     field, grid = residuals
-    L = field.phi_q.shape[0] if field.phi_q.ndim >= 2 else None
-    if L is None:  # a single query (M,): nothing to chunk
+    spec = _query_spec(field)
+    if spec is None:  # a single query (M,): nothing to chunk
         return _sweep(field, grid, cotangent)
-
-    spec = jax.tree.map(lambda x: eqx.is_array(x) and x.ndim >= 1 and x.shape[0] == L, field)
+    L = field.phi_q.shape[0]
     rows, shared = eqx.partition(field, spec)
 
     def one(inputs):
