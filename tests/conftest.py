@@ -38,3 +38,18 @@ def x64_module():
     """Run a whole test module in float64 (use with `pytestmark = pytest.mark.usefixtures("x64_module")`),
     restoring the previous precision afterwards."""
     yield from _float64()
+
+
+SMALL_HEAD = (4, 5, 3)  # L, M, N of `small_head`
+
+
+@pytest.fixture(scope="session")
+def small_head():
+    """One small head's inputs (phi_q (L, M) and phi_k (L, M) positive rates, v (L, N)), L, M, N = SMALL_HEAD:
+    shared by the input-check tests."""
+    import jax.numpy as jnp
+
+    L, M, N = SMALL_HEAD
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
+    return (jnp.exp(jax.random.normal(k1, (L, M))), jnp.exp(jax.random.normal(k2, (L, M))),
+            jax.random.normal(k3, (L, N)))

@@ -18,14 +18,14 @@ import pytest
 import astroformer as af
 
 
-L, M, N = 4, 5, 3
+from conftest import SMALL_HEAD
+
+L, M, N = SMALL_HEAD
 
 
 @pytest.fixture(scope="module")
-def inputs():
-    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
-    return (jnp.exp(jax.random.normal(k1, (L, M))), jnp.exp(jax.random.normal(k2, (L, M))),
-            jax.random.normal(k3, (L, N)))
+def inputs(small_head):
+    return small_head
 
 
 def _call(inputs, **changes):

@@ -28,6 +28,7 @@ from astroformer.training import _train as train_module
 from astroformer.training._memory import MemoryEstimateError, check_memory, estimate_memory
 from astroformer.training._rundir import PREVIOUS, check_run_dir
 from astroformer.training._signals import Interrupted
+from conftest import SMALL_HEAD
 
 TINY = dict(task="mqar", task_kwargs={"seq_len": 16, "num_kv_pairs": 2, "vocab_size": 16}, attention="softmax",
             d_model=16, num_layers=1, num_heads=2, num_features=8, read_steps=4, batch_size=8, lr=1e-2, warmup=1,
@@ -314,14 +315,12 @@ def test_checkpoint_every_and_grad_clip_flags_reach_the_config(tmp_path, monkeyp
 # ------------------------------------------------------------------------------------ numeric guards
 
 
-L, M, N = 4, 5, 3
+L, M, N = SMALL_HEAD
 
 
 @pytest.fixture(scope="module")
-def head():
-    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
-    return (jnp.exp(jax.random.normal(k1, (L, M))), jnp.exp(jax.random.normal(k2, (L, M))),
-            jax.random.normal(k3, (L, N)))
+def head(small_head):
+    return small_head
 
 
 # A failed runtime check under `jax.jit` surfaces as a `JaxRuntimeError` or, from the CPU callback, a
