@@ -16,8 +16,14 @@ from jaxtyping import Array, ArrayLike, Float
 from ._special import psi
 
 
-def weights_rhs(g: Float[Array, " M"], h: Float[Array, " M"], *, writing: Float[ArrayLike, ""],
-                t_write: Float[ArrayLike, ""], tau_f: Float[ArrayLike, ""] | None) -> Float[Array, " M"]:
+def weights_rhs(
+    g: Float[Array, " M"],
+    h: Float[Array, " M"],
+    *,
+    writing: Float[ArrayLike, ""],
+    t_write: Float[ArrayLike, ""],
+    tau_f: Float[ArrayLike, ""] | None,
+) -> Float[Array, " M"]:
     r"""$dg_j/dt = (1 - r) h_j / T_w - g_j / \tau_f$."""
     dg = writing * h / t_write
     return dg if tau_f is None else dg - g / tau_f
@@ -38,15 +44,21 @@ def calcium_mean(phi_q: Float[Array, "*b M"], g: Float[Array, "*b M"]) -> Float[
     return jnp.mean(phi_q * g, axis=-1)
 
 
-def relaxing_calcium(p0: Float[Array, "*b M"], p_bar: Float[Array, "*b 1"], rate: Float[ArrayLike, ""],
-                     t: Float[ArrayLike, "*t"]) -> Float[Array, "*b M"]:
+def relaxing_calcium(
+    p0: Float[Array, "*b M"], p_bar: Float[Array, "*b 1"], rate: Float[ArrayLike, ""], t: Float[ArrayLike, "*t"]
+) -> Float[Array, "*b M"]:
     r"""$p_j(t) = \bar p + (p_j(0) - \bar p)\,e^{-\kappa t}$, the closed-form calcium of a read with
     $\kappa = NM/\tau_p$ (`rate`, in the units of `t`). `t` broadcasts against `p0`."""
     return p_bar + (p0 - p_bar) * jnp.exp(-rate * t)
 
 
-def calcium_window_mean(p0: Float[Array, "*b M"], p_bar: Float[Array, "*b 1"], rate: Float[ArrayLike, ""],
-                        t0: Float[ArrayLike, ""], dt: Float[ArrayLike, ""]) -> Float[Array, "*b M"]:
+def calcium_window_mean(
+    p0: Float[Array, "*b M"],
+    p_bar: Float[Array, "*b 1"],
+    rate: Float[ArrayLike, ""],
+    t0: Float[ArrayLike, ""],
+    dt: Float[ArrayLike, ""],
+) -> Float[Array, "*b M"]:
     r"""Exact mean of $p_j(t) = \bar p + (p_j(0) - \bar p) e^{-\kappa t}$ over $[t_0, t_0 + \Delta t]$,
     with $\kappa = NM/\tau_p$ (`rate`): $\bar p + (p_j(0) - \bar p)\,e^{-\kappa t_0}\,\psi(\kappa\Delta t)$."""
     return p_bar + (p0 - p_bar) * jnp.exp(-rate * t0) * psi(rate * dt)

@@ -40,12 +40,19 @@ class AbstractAttention(eqx.Module):
     causal: eqx.AbstractVar[bool]
 
     @abc.abstractmethod
-    def head(self, q: Float[Array, "L D"], k: Float[Array, "L D"], v: Float[Array, "L D"],
-             mask: Bool[Array, " L"] | None, index: Array) -> Float[Array, "L D"]:
+    def head(
+        self,
+        q: Float[Array, "L D"],
+        k: Float[Array, "L D"],
+        v: Float[Array, "L D"],
+        mask: Bool[Array, " L"] | None,
+        index: Array,
+    ) -> Float[Array, "L D"]:
         """One head on scaled queries and keys; `index` is the head's index (for per-head parameters)."""
 
-    def __call__(self, x: Float[Array, "L d_model"], mask: Bool[Array, " L"] | None = None
-                 ) -> Float[Array, "L d_model"]:
+    def __call__(
+        self, x: Float[Array, "L d_model"], mask: Bool[Array, " L"] | None = None
+    ) -> Float[Array, "L d_model"]:
         """**Arguments:** `x` (L, d_model); `mask` optional (L,) booleans, False = padding.
 
         **Returns:** (L, d_model)."""
@@ -54,7 +61,7 @@ class AbstractAttention(eqx.Module):
         L, d_model = x.shape
         H = self.num_heads
         D = d_model // H
-        scale = D ** -0.25
+        scale = D**-0.25
 
         def split(a):
             return a.reshape(L, H, D).transpose(1, 0, 2)
@@ -105,8 +112,16 @@ class LinearAttention(AbstractAttention):
     num_heads: int = eqx.field(static=True)
     causal: bool = eqx.field(static=True)
 
-    def __init__(self, d_model: int, num_heads: int, *, feature_map: AbstractFeatureMap | None = None,
-                 causal: bool = True, dtype=None, key: PRNGKeyArray):
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        *,
+        feature_map: AbstractFeatureMap | None = None,
+        causal: bool = True,
+        dtype=None,
+        key: PRNGKeyArray,
+    ):
         kp, kf = jax.random.split(key)
         self.query, self.key, self.value, self.output = _projections(d_model, num_heads, kp, dtype)
         self.feature_map = EluFeatures(d_model // num_heads, dtype=dtype) if feature_map is None else feature_map
@@ -122,22 +137,30 @@ def _calcium_fields(calcium, coupling, mode, state, solver, dtype):
     """Validate the optional calcium model and coupling of `NeuronAstrocyteAttention`; cast them to `dtype`."""
     if calcium is None or isinstance(calcium, DiffusiveProcesses):
         if coupling is not None:
-            raise ValueError(f"coupling: has an effect only with a biophysical calcium model; expected None with "
-                             f"calcium={type(calcium).__name__ if calcium is not None else None}, got "
-                             f"{type(coupling).__name__}")
+            raise ValueError(
+                f"coupling: has an effect only with a biophysical calcium model; expected None with "
+                f"calcium={type(calcium).__name__ if calcium is not None else None}, got "
+                f"{type(coupling).__name__}"
+            )
         return calcium, coupling
     if not isinstance(calcium, AbstractCalciumModel):
         raise TypeError(f"calcium: expected an astroformer.calcium.AbstractCalciumModel or None, got {calcium!r}")
     if mode != "ode":
-        raise ValueError(f"mode: a biophysical calcium model has no closed-form equilibrium; expected 'ode' "
-                         f"with calcium={type(calcium).__name__}, got {mode!r}")
+        raise ValueError(
+            f"mode: a biophysical calcium model has no closed-form equilibrium; expected 'ode' "
+            f"with calcium={type(calcium).__name__}, got {mode!r}"
+        )
     if solver is not None:
-        raise ValueError(f"solver: the calcium read has its own solvers (exponential steps for the synapses, "
-                         f"Ros2 for calcium, see calcium_steps); expected None with calcium="
-                         f"{type(calcium).__name__}, got {solver!r}")
+        raise ValueError(
+            f"solver: the calcium read has its own solvers (exponential steps for the synapses, "
+            f"Ros2 for calcium, see calcium_steps); expected None with calcium="
+            f"{type(calcium).__name__}, got {solver!r}"
+        )
     if state != "reduced":
-        raise ValueError(f"state: expected 'reduced' with calcium={type(calcium).__name__} (the calcium read "
-                         f"is exact in the reduced state), got {state!r}")
+        raise ValueError(
+            f"state: expected 'reduced' with calcium={type(calcium).__name__} (the calcium read "
+            f"is exact in the reduced state), got {state!r}"
+        )
     coupling = default_coupling(calcium) if coupling is None else coupling
     if not isinstance(coupling, CalciumCoupling):
         raise TypeError(f"coupling: expected a CalciumCoupling or None, got {type(coupling).__name__}")
@@ -204,15 +227,38 @@ class NeuronAstrocyteAttention(AbstractAttention):
     read_steps: int = eqx.field(static=True)
     chunk_size: int = eqx.field(static=True)
 
-    def __init__(self, d_model: int, num_heads: int, *, num_features: int = 64,
-                 feature_map: AbstractFeatureMap | str | None = None, params: NAParams | None = None,
-                 mode: Literal["ode", "equilibrium"] = "ode", state: Literal["reduced", "full"] = "reduced",
-                 causal: bool = True, solver: diffrax.AbstractSolver | None = None, read_steps: int = READ_STEPS,
-                 chunk_size: int = 64, calcium: AbstractCalciumModel | None = None,
-                 coupling: CalciumCoupling | None = None, calcium_steps: int | None = None, dtype=None,
-                 key: PRNGKeyArray):
-        check_na_layer(d_model, num_heads, num_features=num_features, feature_map=feature_map, params=params,
-                       mode=mode, state=state, causal=causal, read_steps=read_steps, chunk_size=chunk_size)
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        *,
+        num_features: int = 64,
+        feature_map: AbstractFeatureMap | str | None = None,
+        params: NAParams | None = None,
+        mode: Literal["ode", "equilibrium"] = "ode",
+        state: Literal["reduced", "full"] = "reduced",
+        causal: bool = True,
+        solver: diffrax.AbstractSolver | None = None,
+        read_steps: int = READ_STEPS,
+        chunk_size: int = 64,
+        calcium: AbstractCalciumModel | None = None,
+        coupling: CalciumCoupling | None = None,
+        calcium_steps: int | None = None,
+        dtype=None,
+        key: PRNGKeyArray,
+    ):
+        check_na_layer(
+            d_model,
+            num_heads,
+            num_features=num_features,
+            feature_map=feature_map,
+            params=params,
+            mode=mode,
+            state=state,
+            causal=causal,
+            read_steps=read_steps,
+            chunk_size=chunk_size,
+        )
         kp, kf = jax.random.split(key)
         self.query, self.key, self.value, self.output = _projections(d_model, num_heads, kp, dtype)
         D = d_model // num_heads
@@ -224,11 +270,12 @@ class NeuronAstrocyteAttention(AbstractAttention):
         elif isinstance(feature_map, str):
             feature_map = make_feature_map(feature_map, D, num_features, num_heads=num_heads, dtype=dtype, key=kf)
         if not feature_map.nonnegative:
-            raise ValueError(f"feature_map: expected a non-negative feature map (firing rates), got "
-                             f"{type(feature_map).__name__}; use PositiveRandomFeatures or EluFeatures")
+            raise ValueError(
+                f"feature_map: expected a non-negative feature map (firing rates), got "
+                f"{type(feature_map).__name__}; use PositiveRandomFeatures or EluFeatures"
+            )
         if feature_map.in_dim != D:
-            raise ValueError(f"feature_map: expected in_dim = d_model / num_heads = {D}, "
-                             f"got {feature_map.in_dim}")
+            raise ValueError(f"feature_map: expected in_dim = d_model / num_heads = {D}, got {feature_map.in_dim}")
         self.feature_map = feature_map
         params = NAParams(tau_s=0.01 / feature_map.num_features) if params is None else params
         self.params = jax.tree.map(lambda a: jnp.broadcast_to(jnp.asarray(a, dtype), (num_heads,)), params)
@@ -245,28 +292,62 @@ class NeuronAstrocyteAttention(AbstractAttention):
         phi = self.feature_map.for_head(index)
         if self.calcium is not None and not isinstance(self.calcium, DiffusiveProcesses) and self.mode == "ode":
             calcium, coupling = unwrap((self.calcium, self.coupling))
-            return na_attention_calcium(phi(q), phi(k), v, params, calcium,
-                                        coupling=coupling, causal=self.causal, mask=mask,
-                                        read_steps=self.read_steps, chunk_size=self.chunk_size,
-                                        calcium_steps=self.calcium_steps)
-        return na_attention(phi(q), phi(k), v, params, causal=self.causal,
-                            mode=self.mode, mask=mask, state=self.state, solver=self.solver,
-                            read_steps=self.read_steps, chunk_size=self.chunk_size)
+            return na_attention_calcium(
+                phi(q),
+                phi(k),
+                v,
+                params,
+                calcium,
+                coupling=coupling,
+                causal=self.causal,
+                mask=mask,
+                read_steps=self.read_steps,
+                chunk_size=self.chunk_size,
+                calcium_steps=self.calcium_steps,
+            )
+        return na_attention(
+            phi(q),
+            phi(k),
+            v,
+            params,
+            causal=self.causal,
+            mode=self.mode,
+            mask=mask,
+            state=self.state,
+            solver=self.solver,
+            read_steps=self.read_steps,
+            chunk_size=self.chunk_size,
+        )
 
 
 ATTENTION_KINDS = ("softmax", "linear", "na-equilibrium", "na-ode")
 
 
-def make_attention(kind: str, d_model: int, num_heads: int, *, causal: bool = True, num_features: int = 64,
-                   params: NAParams | None = None, key: PRNGKeyArray, **kwargs) -> AbstractAttention:
+def make_attention(
+    kind: str,
+    d_model: int,
+    num_heads: int,
+    *,
+    causal: bool = True,
+    num_features: int = 64,
+    params: NAParams | None = None,
+    key: PRNGKeyArray,
+    **kwargs,
+) -> AbstractAttention:
     """Build an attention layer by name: one of `ATTENTION_KINDS`. Extra keyword arguments go to the class."""
     if kind == "softmax":
         return SoftmaxAttention(d_model, num_heads, causal=causal, key=key, **kwargs)
     if kind == "linear":
         return LinearAttention(d_model, num_heads, causal=causal, key=key, **kwargs)
     if kind in ("na-equilibrium", "na-ode"):
-        return NeuronAstrocyteAttention(d_model, num_heads, num_features=num_features, params=params,
-                                        mode=kind.removeprefix("na-"), causal=causal, key=key, **kwargs)
+        return NeuronAstrocyteAttention(
+            d_model,
+            num_heads,
+            num_features=num_features,
+            params=params,
+            mode=kind.removeprefix("na-"),
+            causal=causal,
+            key=key,
+            **kwargs,
+        )
     raise ValueError(f"kind: expected one of {', '.join(ATTENTION_KINDS)}, got {kind!r}")
-
-

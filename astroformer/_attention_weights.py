@@ -17,15 +17,21 @@ def _allowed(L: int, causal: bool, mask):
     return allowed if mask is None else allowed & mask[None, :]
 
 
-def softmax_weights(q: Float[Array, "L D"], k: Float[Array, "L D"], *, causal: bool = True,
-                    mask: Bool[Array, " L"] | None = None) -> Float[Array, "L L"]:
+def softmax_weights(
+    q: Float[Array, "L D"], k: Float[Array, "L D"], *, causal: bool = True, mask: Bool[Array, " L"] | None = None
+) -> Float[Array, "L L"]:
     """Softmax attention weights $a^{\\mathrm{sm}}$ (rows: queries), zero where a key is not visible."""
     allowed = _allowed(q.shape[0], causal, mask)
     return jax.nn.softmax(jnp.where(allowed, q @ k.T, -jnp.inf), axis=-1, where=allowed)
 
 
-def kernel_weights(phi_q: Float[Array, "L M"], phi_k: Float[Array, "L M"], *, causal: bool = True,
-                   mask: Bool[Array, " L"] | None = None) -> Float[Array, "L L"]:
+def kernel_weights(
+    phi_q: Float[Array, "L M"],
+    phi_k: Float[Array, "L M"],
+    *,
+    causal: bool = True,
+    mask: Bool[Array, " L"] | None = None,
+) -> Float[Array, "L L"]:
     """Kernel (linear-attention) weights $a^\\phi$ from feature rates (L, M), zero where a key is not visible."""
     allowed = _allowed(phi_q.shape[0], causal, mask)
     kernel = jnp.where(allowed, phi_q @ phi_k.T, 0.0)
@@ -33,9 +39,15 @@ def kernel_weights(phi_q: Float[Array, "L M"], phi_k: Float[Array, "L M"], *, ca
     return kernel / jnp.where(total > 0, total, 1.0)
 
 
-def weights_cross_entropy(phi_q: Float[Array, "L M"], phi_k: Float[Array, "L M"], q: Float[Array, "L D"],
-                          k: Float[Array, "L D"], *, causal: bool = True, mask: Bool[Array, " L"] | None = None
-                          ) -> Float[Array, ""]:
+def weights_cross_entropy(
+    phi_q: Float[Array, "L M"],
+    phi_k: Float[Array, "L M"],
+    q: Float[Array, "L D"],
+    k: Float[Array, "L D"],
+    *,
+    causal: bool = True,
+    mask: Bool[Array, " L"] | None = None,
+) -> Float[Array, ""]:
     r"""Hedgehog's distillation loss: $-\frac{1}{L}\sum_t \sum_\tau a^{\mathrm{sm}}_{t\tau} \log a^\phi_{t\tau}$,
     the cross-entropy of the kernel weights against the softmax weights (rows of visible keys; minimised,
     over $\phi$, exactly when $a^\phi = a^{\mathrm{sm}}$)."""
@@ -54,9 +66,15 @@ def total_variation(a: Float[Array, "L L"], b: Float[Array, "L L"]) -> Float[Arr
     return 0.5 * jnp.sum(jnp.abs(a - b), axis=-1)
 
 
-def log_normaliser_mse(phi_q: Float[Array, "L M"], phi_k: Float[Array, "L M"], q: Float[Array, "L D"],
-                       k: Float[Array, "L D"], *, causal: bool = True, mask: Bool[Array, " L"] | None = None
-                       ) -> Float[Array, ""]:
+def log_normaliser_mse(
+    phi_q: Float[Array, "L M"],
+    phi_k: Float[Array, "L M"],
+    q: Float[Array, "L D"],
+    k: Float[Array, "L D"],
+    *,
+    causal: bool = True,
+    mask: Bool[Array, " L"] | None = None,
+) -> Float[Array, ""]:
     r"""Mean over queries of $\big(\log\sum_\tau \phi(q_t)\cdot\phi(k_\tau) - \log\sum_\tau e^{q_t\cdot k_\tau}\big)^2$:
     how far the astrocyte response is from the softmax normaliser, on a log scale."""
     allowed = _allowed(q.shape[0], causal, mask)

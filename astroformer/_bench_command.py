@@ -27,13 +27,14 @@ def available() -> list[str]:
 def _run(args) -> int:
     names = available()
     if not names:
-        print(f"astroformer bench: error: no benchmarks/ directory beside the installed package ({BENCHMARKS_DIR}); "
-              "the benchmarks ship with the source checkout: clone the repository and `pip install -e .`",
-              file=sys.stderr)
+        print(
+            f"astroformer bench: error: no benchmarks/ directory beside the installed package ({BENCHMARKS_DIR}); "
+            "the benchmarks ship with the source checkout: clone the repository and `pip install -e .`",
+            file=sys.stderr,
+        )
         return 2
     if args.name not in names:
-        print(f"astroformer bench: error: NAME: expected one of {', '.join(names)}, got {args.name!r}",
-              file=sys.stderr)
+        print(f"astroformer bench: error: NAME: expected one of {', '.join(names)}, got {args.name!r}", file=sys.stderr)
         return 2
     root = str(BENCHMARKS_DIR.parent)
     if root not in sys.path:
@@ -47,8 +48,10 @@ def register(subparsers) -> None:
     """Add the `bench` subcommand to an argparse `subparsers` object."""
     names = available()
     bench = subparsers.add_parser(
-        "bench", help="run a benchmark script of the source checkout (writes JSON and a PNG under "
-                      "benchmarks/results/)", description=f"Benchmarks: {', '.join(names) or 'none found'}")
+        "bench",
+        help="run a benchmark script of the source checkout (writes JSON and a PNG under benchmarks/results/)",
+        description=f"Benchmarks: {', '.join(names) or 'none found'}",
+    )
     bench.add_argument("name", help="benchmark name: " + (", ".join(names) or "none found"))
     bench.add_argument("rest", nargs="*", help="arguments passed to the benchmark (e.g. --quick); put them after --")
     bench.set_defaults(func=_run)

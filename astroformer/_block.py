@@ -87,18 +87,23 @@ def na_attention(
 
     if mode == "equilibrium":
         log_decay = jnp.where(present, params.log_write_decay(), 0.0).astype(phi_q.dtype)
-        out = normalised_linear_attention(phi_q, phi_k, v, log_decay, present, causal=causal,
-                                          chunk_size=chunk_size)
+        out = normalised_linear_attention(phi_q, phi_k, v, log_decay, present, causal=causal, chunk_size=chunk_size)
         return check_output("na_attention", out, phi_q.dtype)
-    opts = dict(solver=solver, stepsize_controller=stepsize_controller, adjoint=adjoint, read_steps=read_steps,
-                max_steps=max_steps, throw=throw)
+    opts = dict(
+        solver=solver,
+        stepsize_controller=stepsize_controller,
+        adjoint=adjoint,
+        read_steps=read_steps,
+        max_steps=max_steps,
+        throw=throw,
+    )
     if state == "full":
-        return check_output("na_attention", _ode_full(phi_q, phi_k, v, params, present, causal=causal, **opts),
-                            phi_q.dtype)
+        return check_output(
+            "na_attention", _ode_full(phi_q, phi_k, v, params, present, causal=causal, **opts), phi_q.dtype
+        )
     memory = write_reduced(phi_k, v, params, present)
     z = reduced_read(phi_q, memory, params, v.shape[-1], causal=causal, **opts)
-    out = linear_attention_state(z, memory.keys, memory.values, memory.log_decay, causal=causal,
-                                 chunk_size=chunk_size)
+    out = linear_attention_state(z, memory.keys, memory.values, memory.log_decay, causal=causal, chunk_size=chunk_size)
     return check_output("na_attention", out, phi_q.dtype)
 
 
@@ -106,8 +111,21 @@ def _default_tolerances(dtype):
     return (1e-6, 1e-9) if dtype == jnp.float64 else (1e-4, 1e-6)
 
 
-def reduced_read(phi_q, memory: ReducedMemory, params: NAParams, N: int, *, causal: bool, solver,
-                 stepsize_controller, adjoint, read_steps, max_steps, throw, saveat=None):
+def reduced_read(
+    phi_q,
+    memory: ReducedMemory,
+    params: NAParams,
+    N: int,
+    *,
+    causal: bool,
+    solver,
+    stepsize_controller,
+    adjoint,
+    read_steps,
+    max_steps,
+    throw,
+    saveat=None,
+):
     r"""Solve every query's reduced read at once; returns $z(T_r)$, shape (L, M) (or the diffrax solution
     when `saveat` is given)."""
     L, M = phi_q.shape
@@ -115,8 +133,7 @@ def reduced_read(phi_q, memory: ReducedMemory, params: NAParams, N: int, *, caus
     if not causal:
         g = jnp.broadcast_to(g[-1], g.shape)
     p0 = calcium_initial(phi_q, g)
-    source = RelaxingCalcium(p0=p0, p_bar=calcium_mean(phi_q, g)[..., None],
-                             kappa=N * M * params.t_read / params.tau_p)
+    source = RelaxingCalcium(p0=p0, p_bar=calcium_mean(phi_q, g)[..., None], kappa=N * M * params.t_read / params.tau_p)
     field = ReducedReadField(phi_q=phi_q, source=source, params=params)
     grid = read_grid(params, N, M, read_steps, phi_q.dtype)
     default = solver is None or type(solver) is Magnus2
@@ -136,10 +153,19 @@ def reduced_read(phi_q, memory: ReducedMemory, params: NAParams, N: int, *, caus
         adjoint = diffrax.RecursiveCheckpointAdjoint(checkpoints=max_steps) if adjoint is None else adjoint
     adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
     y0 = (jnp.zeros_like(phi_q), jnp.zeros_like(phi_q))
-    sol = diffrax.diffeqsolve(diffrax.ODETerm(field), solver, 0.0, 1.0, dt0, y0,
-                              stepsize_controller=stepsize_controller, adjoint=adjoint,
-                              saveat=diffrax.SaveAt(t1=True) if saveat is None else saveat,
-                              max_steps=max_steps, throw=throw)
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(field),
+        solver,
+        0.0,
+        1.0,
+        dt0,
+        y0,
+        stepsize_controller=stepsize_controller,
+        adjoint=adjoint,
+        saveat=diffrax.SaveAt(t1=True) if saveat is None else saveat,
+        max_steps=max_steps,
+        throw=throw,
+    )
     return sol.ys[1][-1] if saveat is None else sol
 
 
@@ -156,30 +182,51 @@ def _full_options(dtype, solver, stepsize_controller, adjoint):
 def full_memory(phi_k, v, params, present, *, solver, stepsize_controller, adjoint, max_steps, throw):
     """The literal write phase: c (L, N, M) and g (L, M) after each token."""
     solver, stepsize_controller, adjoint, dt0 = _full_options(phi_k.dtype, solver, stepsize_controller, adjoint)
-    c, g, _ = write_full(phi_k, v, params, present, solver=solver, stepsize_controller=stepsize_controller,
-                         adjoint=adjoint, max_steps=max_steps, dt0=dt0, throw=throw)
+    c, g, _ = write_full(
+        phi_k,
+        v,
+        params,
+        present,
+        solver=solver,
+        stepsize_controller=stepsize_controller,
+        adjoint=adjoint,
+        max_steps=max_steps,
+        dt0=dt0,
+        throw=throw,
+    )
     return c, g
 
 
-def full_read(phi_q_t, c_t, g_t, params, *, solver, stepsize_controller, adjoint, max_steps, throw,
-              saveat=None):
+def full_read(phi_q_t, c_t, g_t, params, *, solver, stepsize_controller, adjoint, max_steps, throw, saveat=None):
     """The literal read of one query from rest: returns the diffrax solution over state (h, x, s, p)."""
     N, M = c_t.shape
     dtype = c_t.dtype
     solver, stepsize_controller, adjoint, dt0 = _full_options(dtype, solver, stepsize_controller, adjoint)
     p0 = jnp.broadcast_to(calcium_initial(phi_q_t, g_t), (N, M))
     y0 = (jnp.zeros(M, dtype), jnp.zeros(N, dtype), jnp.zeros((N, M), dtype), p0)
-    return diffrax.diffeqsolve(diffrax.ODETerm(FullReadField(params)), solver, 0.0, 1.0, dt0, y0,
-                               args=(phi_q_t, c_t), stepsize_controller=stepsize_controller, adjoint=adjoint,
-                               saveat=diffrax.SaveAt(t1=True) if saveat is None else saveat,
-                               max_steps=max_steps, throw=throw)
+    return diffrax.diffeqsolve(
+        diffrax.ODETerm(FullReadField(params)),
+        solver,
+        0.0,
+        1.0,
+        dt0,
+        y0,
+        args=(phi_q_t, c_t),
+        stepsize_controller=stepsize_controller,
+        adjoint=adjoint,
+        saveat=diffrax.SaveAt(t1=True) if saveat is None else saveat,
+        max_steps=max_steps,
+        throw=throw,
+    )
 
 
-def _ode_full(phi_q, phi_k, v, params, present, *, causal, solver, stepsize_controller, adjoint, read_steps,
-              max_steps, throw):
+def _ode_full(
+    phi_q, phi_k, v, params, present, *, causal, solver, stepsize_controller, adjoint, read_steps, max_steps, throw
+):
     del read_steps
-    opts = dict(solver=solver, stepsize_controller=stepsize_controller, adjoint=adjoint, max_steps=max_steps,
-                throw=throw)
+    opts = dict(
+        solver=solver, stepsize_controller=stepsize_controller, adjoint=adjoint, max_steps=max_steps, throw=throw
+    )
     c, g = full_memory(phi_k, v, params, present, **opts)
     if not causal:
         c = jnp.broadcast_to(c[-1], c.shape)

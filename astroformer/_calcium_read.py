@@ -117,8 +117,9 @@ def default_coupling(model: AbstractCalciumModel) -> CalciumCoupling:
     for cls, gain in _DEFAULT_GAIN.items():
         if isinstance(model, cls):
             return CalciumCoupling(gain=jnp.asarray(gain, model.dtype))
-    raise TypeError(f"default_coupling: no default for {type(model).__name__}; "
-                    "pass coupling=CalciumCoupling(gain=...) explicitly")
+    raise TypeError(
+        f"default_coupling: no default for {type(model).__name__}; pass coupling=CalciumCoupling(gain=...) explicitly"
+    )
 
 
 def _calcium_key(model: AbstractCalciumModel, y: dict) -> str:
@@ -127,8 +128,10 @@ def _calcium_key(model: AbstractCalciumModel, y: dict) -> str:
     for name in model.state_names:
         if y[name] is c:
             return name
-    raise TypeError(f"calcium: {type(model).__name__}.calcium(y) must return one of its state variables "
-                    f"{model.state_names} to be coupled by diffusion")
+    raise TypeError(
+        f"calcium: {type(model).__name__}.calcium(y) must return one of its state variables "
+        f"{model.state_names} to be coupled by diffusion"
+    )
 
 
 class CalciumField(eqx.Module):
@@ -201,13 +204,13 @@ def _fastest(params: NAParams, coupling: CalciumCoupling):
 
 def check_calcium_steps(calcium_steps: Any) -> None:
     """Raise unless `calcium_steps` is None or an integer >= 4 (the fixed calcium steps of a read)."""
-    if calcium_steps is not None and (isinstance(calcium_steps, bool) or not isinstance(calcium_steps, int)
-                                      or calcium_steps < 4):
+    if calcium_steps is not None and (
+        isinstance(calcium_steps, bool) or not isinstance(calcium_steps, int) or calcium_steps < 4
+    ):
         raise ValueError(f"calcium_steps: expected None or an integer >= 4, got {calcium_steps!r}")
 
 
-def calcium_read_grid(params: NAParams, coupling: CalciumCoupling, steps: int, dtype
-                      ) -> Float[Array, " 2*steps"]:
+def calcium_read_grid(params: NAParams, coupling: CalciumCoupling, steps: int, dtype) -> Float[Array, " 2*steps"]:
     r"""Read grid (read time): `steps` geometric steps from the fastest transient
     $\min(\tau_n, \tau_s/\rho_{\max})$ up to $1/$`steps`, then `steps` - 1 uniform steps to 1 (so calcium,
     which varies on the model's time scale, is sampled evenly over the whole read)."""
@@ -233,10 +236,22 @@ class CalciumRead(eqx.Module):
     z: Float[Array, "L M"]
 
 
-def calcium_read(phi_q: Float[Array, "L M"], g: Float[Array, "L M"], params: NAParams,
-                 model: AbstractCalciumModel, coupling: CalciumCoupling, *, solver=None, stepsize_controller=None,
-                 adjoint=None, dt0=None, read_steps: int = READ_STEPS, calcium_steps: int | None = None,
-                 max_steps: int = MAX_STEPS, throw: bool = True) -> CalciumRead:
+def calcium_read(
+    phi_q: Float[Array, "L M"],
+    g: Float[Array, "L M"],
+    params: NAParams,
+    model: AbstractCalciumModel,
+    coupling: CalciumCoupling,
+    *,
+    solver=None,
+    stepsize_controller=None,
+    adjoint=None,
+    dt0=None,
+    read_steps: int = READ_STEPS,
+    calcium_steps: int | None = None,
+    max_steps: int = MAX_STEPS,
+    throw: bool = True,
+) -> CalciumRead:
     r"""Solve the calcium read of every query at once (see the module docstring). `g` is the astrocyte weight
     vector each query sees, (L, M). `calcium_steps`: see `na_attention_calcium`."""
     dtype = phi_q.dtype
@@ -244,8 +259,10 @@ def calcium_read(phi_q: Float[Array, "L M"], g: Float[Array, "L M"], params: NAP
     y0 = model.default_y0()
     for name, leaf in y0.items():
         if jnp.shape(leaf) != ():
-            raise TypeError(f"calcium: expected scalar state variables (one compartment per process), "
-                            f"got {type(model).__name__}.{name} of shape {jnp.shape(leaf)}")
+            raise TypeError(
+                f"calcium: expected scalar state variables (one compartment per process), "
+                f"got {type(model).__name__}.{name} of shape {jnp.shape(leaf)}"
+            )
     y0 = {name: jnp.full((L, M), leaf, dtype) for name, leaf in y0.items()}
     key = _calcium_key(model, y0)
     field = CalciumField(model=model, coupling=coupling, phi_g=phi_q * g, params=params, key=key)
@@ -262,16 +279,29 @@ def calcium_read(phi_q: Float[Array, "L M"], g: Float[Array, "L M"], params: NAP
     elif stepsize_controller is None:
         stepsize_controller = _calcium_controller(dtype)
     adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
-    sol = diffrax.diffeqsolve(diffrax.ODETerm(field), solver, 0.0, 1.0, dt0, y0,
-                              saveat=diffrax.SaveAt(ts=nodes.reshape(-1)), stepsize_controller=stepsize_controller,
-                              adjoint=adjoint, max_steps=max_steps, throw=throw)
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(field),
+        solver,
+        0.0,
+        1.0,
+        dt0,
+        y0,
+        saveat=diffrax.SaveAt(ts=nodes.reshape(-1)),
+        stepsize_controller=stepsize_controller,
+        adjoint=adjoint,
+        max_steps=max_steps,
+        throw=throw,
+    )
     S = read_steps * 2 - 1
     calcium = model.calcium(sol.ys).reshape(S, 2, L, M)
     # A diverged explicit solve gives inf/NaN calcium, which the saturating rate would silently map to 0.
-    calcium = eqx.error_if(calcium, ~jnp.all(jnp.isfinite(calcium)),
-                           "calcium: the calcium solve diverged (non-finite calcium); use the default "
-                           "solver and step-size controller (Ros2, adaptive), smaller fixed steps or a smaller "
-                           "coupling gain")
+    calcium = eqx.error_if(
+        calcium,
+        ~jnp.all(jnp.isfinite(calcium)),
+        "calcium: the calcium solve diverged (non-finite calcium); use the default "
+        "solver and step-size controller (Ros2, adaptive), smaller fixed steps or a smaller "
+        "coupling gain",
+    )
     rates = coupling.rate(calcium)
 
     synapse = ReducedReadField(phi_q=phi_q, source=NodeRates(rates=rates, grid=grid), params=params)
@@ -345,22 +375,35 @@ def na_attention_calcium(
     References: Kozachkov, Kastanenka & Krotov, PNAS 120:e2219150120 (2023); De Pittà et al., J. Biol. Phys.
     35:383 (2009); Li & Rinzel, J. Theor. Biol. 166:461 (1994).
     """
-    if calcium is None or isinstance(calcium, DiffusiveProcesses) or (
-            isinstance(calcium, str) and calcium == "abstract"):
+    if (
+        calcium is None
+        or isinstance(calcium, DiffusiveProcesses)
+        or (isinstance(calcium, str) and calcium == "abstract")
+    ):
         if return_read:
             raise ValueError("return_read: only available for a biophysical calcium, got the abstract one")
-        ignored = dict(coupling=coupling, solver=solver, stepsize_controller=stepsize_controller,
-                       adjoint=adjoint, dt0=dt0, calcium_steps=calcium_steps)
+        ignored = dict(
+            coupling=coupling,
+            solver=solver,
+            stepsize_controller=stepsize_controller,
+            adjoint=adjoint,
+            dt0=dt0,
+            calcium_steps=calcium_steps,
+        )
         for name, value in ignored.items():
             if value is not None:
-                raise ValueError(f"{name}: has an effect only with a biophysical calcium model; expected None "
-                                 f"with the abstract astrocyte (calcium={calcium!r}), got {value!r}")
+                raise ValueError(
+                    f"{name}: has an effect only with a biophysical calcium model; expected None "
+                    f"with the abstract astrocyte (calcium={calcium!r}), got {value!r}"
+                )
         opts = {} if read_steps is None else dict(read_steps=read_steps)
-        return na_attention(phi_q, phi_k, v, params, causal=causal, mode="ode", mask=mask, chunk_size=chunk_size,
-                            throw=throw, **opts)
+        return na_attention(
+            phi_q, phi_k, v, params, causal=causal, mode="ode", mask=mask, chunk_size=chunk_size, throw=throw, **opts
+        )
     if not isinstance(calcium, AbstractCalciumModel):
-        raise TypeError(f"calcium: expected an astroformer.calcium.AbstractCalciumModel, 'abstract' or None, "
-                        f"got {calcium!r}")
+        raise TypeError(
+            f"calcium: expected an astroformer.calcium.AbstractCalciumModel, 'abstract' or None, got {calcium!r}"
+        )
     if not isinstance(params, NAParams):
         raise TypeError(f"params: expected an astroformer.NAParams, got {type(params).__name__}")
     coupling = default_coupling(calcium) if coupling is None else coupling
@@ -372,8 +415,10 @@ def na_attention_calcium(
     check_calcium_steps(calcium_steps)
     if calcium_steps is not None:
         if stepsize_controller is not None or dt0 is not None:
-            raise ValueError("calcium_steps: fixes the calcium steps; expected stepsize_controller=None and "
-                             f"dt0=None with it, got {stepsize_controller!r} and {dt0!r}")
+            raise ValueError(
+                "calcium_steps: fixes the calcium steps; expected stepsize_controller=None and "
+                f"dt0=None with it, got {stepsize_controller!r} and {dt0!r}"
+            )
     phi_q, phi_k, v, present = check_head_inputs(phi_q, phi_k, v, mask)
     phi_q = params.guard(phi_q, phi_q.dtype)
 
@@ -381,13 +426,33 @@ def na_attention_calcium(
     g = memory.astrocyte_weights()
     if not causal:
         g = jnp.broadcast_to(g[-1], g.shape)
-    read = calcium_read(phi_q, g, params, calcium, coupling, solver=solver,
-                        stepsize_controller=stepsize_controller, adjoint=adjoint, dt0=dt0, read_steps=read_steps,
-                        calcium_steps=calcium_steps, max_steps=max_steps, throw=throw)
-    x = linear_attention_state(read.z, memory.keys, memory.values, memory.log_decay, causal=causal,
-                               chunk_size=chunk_size)
+    read = calcium_read(
+        phi_q,
+        g,
+        params,
+        calcium,
+        coupling,
+        solver=solver,
+        stepsize_controller=stepsize_controller,
+        adjoint=adjoint,
+        dt0=dt0,
+        read_steps=read_steps,
+        calcium_steps=calcium_steps,
+        max_steps=max_steps,
+        throw=throw,
+    )
+    x = linear_attention_state(
+        read.z, memory.keys, memory.values, memory.log_decay, causal=causal, chunk_size=chunk_size
+    )
     return (x, read) if return_read else x
 
 
-__all__ = ["CalciumCoupling", "CalciumRead", "default_coupling", "na_attention_calcium", "calcium_read",
-           "calcium_read_grid", "calcium_step_grid"]
+__all__ = [
+    "CalciumCoupling",
+    "CalciumRead",
+    "default_coupling",
+    "na_attention_calcium",
+    "calcium_read",
+    "calcium_read_grid",
+    "calcium_step_grid",
+]

@@ -12,8 +12,9 @@ from ._oprf import OptimalPositiveRandomFeatures
 FEATURE_MAPS = ("prf", "orthogonal", "oprf", "orthogonal-oprf", "learned")
 
 
-def make_feature_map(name: str, in_dim: int, num_features: int, *, num_heads: int | None = None, dtype=None,
-                     key: PRNGKeyArray) -> AbstractFeatureMap:
+def make_feature_map(
+    name: str, in_dim: int, num_features: int, *, num_heads: int | None = None, dtype=None, key: PRNGKeyArray
+) -> AbstractFeatureMap:
     """A non-negative feature map by name (frozen random maps are shared by all heads; learned ones are per head):
 
     - `"prf"`: `PositiveRandomFeatures` (the paper's FAVOR+ feature neurons), frozen.
@@ -28,11 +29,13 @@ def make_feature_map(name: str, in_dim: int, num_features: int, *, num_heads: in
     if name == "orthogonal":
         return PositiveRandomFeatures(in_dim, num_features, orthogonal=True, dtype=dtype, key=key)
     if name in ("oprf", "orthogonal-oprf"):
-        return OptimalPositiveRandomFeatures(in_dim, num_features, orthogonal=name == "orthogonal-oprf",
-                                             dtype=dtype, key=key)
+        return OptimalPositiveRandomFeatures(
+            in_dim, num_features, orthogonal=name == "orthogonal-oprf", dtype=dtype, key=key
+        )
     if name == "learned":
         if num_heads is None:
             return LearnedFeatures(in_dim, num_features, dtype=dtype, key=key)
-        return HeadwiseFeatures.build(lambda k: LearnedFeatures(in_dim, num_features, dtype=dtype, key=k),
-                                      num_heads, key=key)
+        return HeadwiseFeatures.build(
+            lambda k: LearnedFeatures(in_dim, num_features, dtype=dtype, key=k), num_heads, key=key
+        )
     raise ValueError(f"feature_map: expected one of {', '.join(FEATURE_MAPS)}, got {name!r}")

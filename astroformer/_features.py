@@ -25,8 +25,7 @@ class AbstractFeatureMap(eqx.Module):
     nonnegative: eqx.AbstractClassVar[bool]
 
     @abc.abstractmethod
-    def __call__(self, u: Float[Array, "*batch D"]) -> Float[Array, "*batch M"]:
-        ...
+    def __call__(self, u: Float[Array, "*batch D"]) -> Float[Array, "*batch M"]: ...
 
     def for_head(self, index: Array) -> "AbstractFeatureMap":
         """The tuning of head `index` of a multi-head layer: the same map for every head, unless the map holds
@@ -57,8 +56,16 @@ class PositiveRandomFeatures(AbstractFeatureMap):
     trainable: bool = eqx.field(static=True)
     nonnegative = True
 
-    def __init__(self, in_dim: int, num_features: int, *, trainable: bool = False, orthogonal: bool = False,
-                 dtype=None, key: PRNGKeyArray):
+    def __init__(
+        self,
+        in_dim: int,
+        num_features: int,
+        *,
+        trainable: bool = False,
+        orthogonal: bool = False,
+        dtype=None,
+        key: PRNGKeyArray,
+    ):
         _check_sizes(in_dim, num_features)
         dtype = jnp.result_type(float) if dtype is None else dtype
         self.W = (_orthogonal_gaussian if orthogonal else _gaussian)(key, num_features, in_dim, dtype)
@@ -85,8 +92,7 @@ class RandomFourierFeatures(AbstractFeatureMap):
     trainable: bool = eqx.field(static=True)
     nonnegative = False
 
-    def __init__(self, in_dim: int, num_features: int, *, trainable: bool = False, dtype=None,
-                 key: PRNGKeyArray):
+    def __init__(self, in_dim: int, num_features: int, *, trainable: bool = False, dtype=None, key: PRNGKeyArray):
         _check_sizes(in_dim, num_features)
         if num_features % 2:
             raise ValueError(f"RandomFourierFeatures: num_features must be even, got {num_features}")

@@ -28,14 +28,17 @@ class HeadwiseFeatures(AbstractFeatureMap):
             raise TypeError(f"maps: expected a stacked AbstractFeatureMap, got {type(maps).__name__}")
         for leaf in jax.tree.leaves(maps):
             if eqx.is_array(leaf) and (leaf.ndim == 0 or leaf.shape[0] != num_heads):
-                raise ValueError(f"maps: expected every array with a leading axis of num_heads={num_heads}, "
-                                 f"got shape {tuple(leaf.shape)}")
+                raise ValueError(
+                    f"maps: expected every array with a leading axis of num_heads={num_heads}, "
+                    f"got shape {tuple(leaf.shape)}"
+                )
         self.maps = maps
         self.num_heads = num_heads
 
     @classmethod
-    def build(cls, make: Callable[[PRNGKeyArray], AbstractFeatureMap], num_heads: int, *,
-              key: PRNGKeyArray) -> "HeadwiseFeatures":
+    def build(
+        cls, make: Callable[[PRNGKeyArray], AbstractFeatureMap], num_heads: int, *, key: PRNGKeyArray
+    ) -> "HeadwiseFeatures":
         """H independent maps `make(key_h)`."""
         return cls.stack([make(k) for k in jax.random.split(key, num_heads)])
 

@@ -51,12 +51,10 @@ class LearnedFeatures(AbstractFeatureMap):
     trainable = True
     nonnegative = True
 
-    def __init__(self, in_dim: int, num_features: int, *, orthogonal: bool = False, dtype=None,
-                 key: PRNGKeyArray):
+    def __init__(self, in_dim: int, num_features: int, *, orthogonal: bool = False, dtype=None, key: PRNGKeyArray):
         _check_sizes(in_dim, num_features)
         if num_features % 2:
-            raise ValueError(f"num_features: LearnedFeatures needs an even M (M/2 mirrored pairs), "
-                             f"got {num_features}")
+            raise ValueError(f"num_features: LearnedFeatures needs an even M (M/2 mirrored pairs), got {num_features}")
         dtype = jnp.result_type(float) if dtype is None else dtype
         self.W = (_orthogonal_gaussian if orthogonal else _gaussian)(key, num_features // 2, in_dim, dtype)
         self.b = jnp.zeros(num_features // 2, dtype)
@@ -65,6 +63,5 @@ class LearnedFeatures(AbstractFeatureMap):
 
     def __call__(self, u: Float[Array, "*batch D"]) -> Float[Array, "*batch M"]:
         z = u @ self.W.T + self.b
-        envelope = 0.5 * jnp.sum(u * u, axis=-1, keepdims=True) + 0.5 * jnp.log(
-            jnp.asarray(self.num_features, z.dtype))
+        envelope = 0.5 * jnp.sum(u * u, axis=-1, keepdims=True) + 0.5 * jnp.log(jnp.asarray(self.num_features, z.dtype))
         return jnp.exp(jnp.concatenate([z, -z], axis=-1) - envelope)

@@ -22,9 +22,15 @@ def linear_recurrence(a: Float[Array, "L *K"], b: Float[Array, "L *K"]) -> Float
     return jax.lax.associative_scan(combine, (a, b))[1]
 
 
-def linear_attention_state(q: Float[Array, "L M"], keys: Float[Array, "R L M"], values: Float[Array, "R L N"],
-                           log_decay: Float[Array, " L"], *, causal: bool, chunk_size: int = 64
-                           ) -> Float[Array, "L N"]:
+def linear_attention_state(
+    q: Float[Array, "L M"],
+    keys: Float[Array, "R L M"],
+    values: Float[Array, "R L N"],
+    log_decay: Float[Array, " L"],
+    *,
+    causal: bool,
+    chunk_size: int = 64,
+) -> Float[Array, "L N"]:
     r"""$o_t = q_t^\top S$, with $S = \sum_{r}\sum_{\tau} e^{A_t - A_\tau} k_{r\tau} v_{r\tau}^\top$ and
     $A_t = \sum_{u \le t}\ell_u$.
 
@@ -80,15 +86,21 @@ def linear_attention_state(q: Float[Array, "L M"], keys: Float[Array, "R L M"], 
     return (intra + inter).reshape(n_chunks * C, N)[:L]
 
 
-def normalised_linear_attention(phi_q: Float[Array, "L M"], phi_k: Float[Array, "L M"], v: Float[Array, "L N"],
-                                log_decay: Float[Array, " L"], present: Bool[Array, " L"], *, causal: bool,
-                                chunk_size: int = 64) -> Float[Array, "L N"]:
+def normalised_linear_attention(
+    phi_q: Float[Array, "L M"],
+    phi_k: Float[Array, "L M"],
+    v: Float[Array, "L N"],
+    log_decay: Float[Array, " L"],
+    present: Bool[Array, " L"],
+    *,
+    causal: bool,
+    chunk_size: int = 64,
+) -> Float[Array, "L N"]:
     r"""$y_t = \sum_\tau w_{t\tau} v_\tau\,(\phi(q_t)\cdot\phi(k_\tau)) / \sum_\tau w_{t\tau}\,(\phi(q_t)\cdot\phi(k_\tau))$
     with decay weights $w$ and only `present` tokens; 0 where the denominator vanishes."""
     phi_k = jnp.where(present[:, None], phi_k, 0.0)
     values = jnp.concatenate([v, jnp.ones_like(v[:, :1])], axis=-1)
-    out = linear_attention_state(phi_q, phi_k[None], values[None], log_decay, causal=causal,
-                                 chunk_size=chunk_size)
+    out = linear_attention_state(phi_q, phi_k[None], values[None], log_decay, causal=causal, chunk_size=chunk_size)
     num, den = out[:, :-1], out[:, -1:]
     ok = den != 0
     return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)

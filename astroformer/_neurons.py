@@ -13,34 +13,39 @@ from ._linear import linear_recurrence
 from ._special import psi
 
 
-def feature_neurons_rhs(h: Float[Array, " M"], phi_u: Float[Array, " M"], tau_n: Float[ArrayLike, ""]
-                        ) -> Float[Array, " M"]:
+def feature_neurons_rhs(
+    h: Float[Array, " M"], phi_u: Float[Array, " M"], tau_n: Float[ArrayLike, ""]
+) -> Float[Array, " M"]:
     r"""$dh/dt = (-h + \phi(u)) / \tau_n$."""
     return (phi_u - h) / tau_n
 
 
-def output_neurons_rhs(x: Float[Array, " N"], drive: Float[Array, " N"], tau_n: Float[ArrayLike, ""]
-                       ) -> Float[Array, " N"]:
+def output_neurons_rhs(
+    x: Float[Array, " N"], drive: Float[Array, " N"], tau_n: Float[ArrayLike, ""]
+) -> Float[Array, " N"]:
     r"""$dx/dt = (-x + \mathrm{drive}) / \tau_n$, with drive $= \sum_j s_{ij} h_j$ (read) or $v$ (write)."""
     return (drive - x) / tau_n
 
 
-def feature_rise(phi_q: Float[Array, "*b M"], t: Float[ArrayLike, "*t"], tau_n: Float[ArrayLike, ""]
-                 ) -> Float[Array, "*b M"]:
+def feature_rise(
+    phi_q: Float[Array, "*b M"], t: Float[ArrayLike, "*t"], tau_n: Float[ArrayLike, ""]
+) -> Float[Array, "*b M"]:
     r"""$h_j(t) = \phi_j(q)\,(1 - e^{-t/\tau_n})$: the feature neurons of a read, from rest, in closed form
     (the solution of $\tau_n \dot h = -h + \phi(q)$, $h(0) = 0$). `t` broadcasts against `phi_q`."""
     return phi_q * -jnp.expm1(-t / tau_n)
 
 
-def feature_rise_mean(phi_q: Float[Array, "*b M"], t0: Float[ArrayLike, ""], dt: Float[ArrayLike, ""],
-                      tau_n: Float[ArrayLike, ""]) -> Float[Array, "*b M"]:
+def feature_rise_mean(
+    phi_q: Float[Array, "*b M"], t0: Float[ArrayLike, ""], dt: Float[ArrayLike, ""], tau_n: Float[ArrayLike, ""]
+) -> Float[Array, "*b M"]:
     r"""Exact mean of `feature_rise` over $[t_0, t_0 + \Delta t]$:
     $\phi_j(q)\,(1 - e^{-t_0/\tau_n}\,\psi(\Delta t/\tau_n))$, with $\psi(x) = (1 - e^{-x})/x$."""
     return phi_q * (1.0 - jnp.exp(-t0 / tau_n) * psi(dt / tau_n))
 
 
-def window_start_states(targets: Float[Array, "L K"], present: Bool[Array, " L"],
-                        relax: Float[ArrayLike, ""]) -> Float[Array, "L K"]:
+def window_start_states(
+    targets: Float[Array, "L K"], present: Bool[Array, " L"], relax: Float[ArrayLike, ""]
+) -> Float[Array, "L K"]:
     r"""State of a population $\tau_n \dot y = -y + y^\star_t$ at the start of each token's write window.
 
     The stream starts from rest ($y = 0$) and windows follow each other without gaps, so at the start of

@@ -123,8 +123,18 @@ class OptimalPositiveRandomFeatures(AbstractFeatureMap):
     trainable: bool = eqx.field(static=True)
     nonnegative = True
 
-    def __init__(self, in_dim: int, num_features: int, *, A: float | None = None, s: float | None = None,
-                 orthogonal: bool = False, trainable: bool = False, dtype=None, key: PRNGKeyArray):
+    def __init__(
+        self,
+        in_dim: int,
+        num_features: int,
+        *,
+        A: float | None = None,
+        s: float | None = None,
+        orthogonal: bool = False,
+        trainable: bool = False,
+        dtype=None,
+        key: PRNGKeyArray,
+    ):
         _check_sizes(in_dim, num_features)
         if A is not None and s is not None:
             raise ValueError(f"A, s: expected at most one of them, got A={A!r} and s={s!r}")
@@ -143,6 +153,10 @@ class OptimalPositiveRandomFeatures(AbstractFeatureMap):
         W = _maybe_frozen(self.W, self.trainable)
         A = jax.lax.stop_gradient(self.A)
         log_gain = 0.25 * self.in_dim * jnp.log1p(-4 * A) + A * jnp.sum(W * W, axis=-1)  # (M,)
-        log_phi = (log_gain + jnp.sqrt(1 - 4 * A) * (u @ W.T) - 0.5 * jnp.sum(u * u, axis=-1, keepdims=True)
-                   - 0.5 * jnp.log(jnp.asarray(self.num_features, u.dtype)))
+        log_phi = (
+            log_gain
+            + jnp.sqrt(1 - 4 * A) * (u @ W.T)
+            - 0.5 * jnp.sum(u * u, axis=-1, keepdims=True)
+            - 0.5 * jnp.log(jnp.asarray(self.num_features, u.dtype))
+        )
         return jnp.exp(log_phi)

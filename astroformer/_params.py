@@ -99,15 +99,19 @@ class NAParams(eqx.Module):
                     raise ValueError(
                         f"params.{name}: expected a positive, finite time constant representable in {v.dtype} "
                         f"(at least {np.finfo(v.dtype).tiny:.3g} with a finite reciprocal), got {value!r}"
-                        + (f", which is {arr.tolist()} in {v.dtype}" if underflow else ""))
+                        + (f", which is {arr.tolist()} in {v.dtype}" if underflow else "")
+                    )
             else:
                 flags.append(jnp.any(~(v > 0) | ~jnp.isfinite(v) | ~jnp.isfinite(1 / v)))
                 names.append((name, v.dtype))
         if not flags:
             return x
         flags = jnp.stack(flags)
-        messages = [f"params.{name}: expected a positive, finite time constant representable in {dt}, got a "
-                    "non-positive, NaN/inf or underflowing value (checked at run time)" for name, dt in names]
+        messages = [
+            f"params.{name}: expected a positive, finite time constant representable in {dt}, got a "
+            "non-positive, NaN/inf or underflowing value (checked at run time)"
+            for name, dt in names
+        ]
         return eqx.branched_error_if(x, jnp.any(flags), jnp.argmax(flags), messages)
 
     def checked(self, dtype=None) -> "NAParams":

@@ -221,9 +221,18 @@ def read_grid(params: NAParams, N: int, M: int, steps: int, dtype) -> Float[Arra
 def _step_time_solve(term_field: StepTimeField, saveat: diffrax.SaveAt, throw: bool):
     S = term_field.grid.shape[0] - 1
     zeros = jnp.zeros_like(term_field.field.phi_q)
-    return diffrax.diffeqsolve(diffrax.ODETerm(term_field), Magnus2(), 0.0, S, None, (zeros, zeros),
-                               saveat=saveat, stepsize_controller=diffrax.StepTo(ts=np.arange(S + 1.0)),
-                               max_steps=S, throw=throw)
+    return diffrax.diffeqsolve(
+        diffrax.ODETerm(term_field),
+        Magnus2(),
+        0.0,
+        S,
+        None,
+        (zeros, zeros),
+        saveat=saveat,
+        stepsize_controller=diffrax.StepTo(ts=np.arange(S + 1.0)),
+        max_steps=S,
+        throw=throw,
+    )
 
 
 def _step(field: ReducedReadField, grid, k, y):
@@ -256,8 +265,7 @@ def _solve_end(field, grid, throw):
         return _solve_chunk(field, grid, throw)
     # One diffrax solve per chunk of queries (independent reads): the solve's temporaries are a chunk's.
     rows, shared = eqx.partition(field, spec)
-    return jax.lax.map(lambda row: _solve_chunk(eqx.combine(row, shared), grid, throw), rows,
-                       batch_size=QUERY_CHUNK)
+    return jax.lax.map(lambda row: _solve_chunk(eqx.combine(row, shared), grid, throw), rows, batch_size=QUERY_CHUNK)
 
 
 def _solve_end_fwd(field, grid, throw):
@@ -316,8 +324,9 @@ def _solve_end_bwd(throw, residuals, cotangent):
 _solve_end.defvjp(_solve_end_fwd, _solve_end_bwd)
 
 
-def solve_read(field: ReducedReadField, grid: Float[Array, " S+1"], *, throw: bool = True
-               ) -> tuple[Float[Array, "*b M"], Float[Array, "*b M"]]:
+def solve_read(
+    field: ReducedReadField, grid: Float[Array, " S+1"], *, throw: bool = True
+) -> tuple[Float[Array, "*b M"], Float[Array, "*b M"]]:
     r"""The reduced read from rest by `Magnus2` on the fixed read-time `grid`: $(\sigma, z)$ at its end.
 
     One `diffrax.diffeqsolve` over `StepTimeField(field, grid)` (concrete step times $0..S$, so its loop is

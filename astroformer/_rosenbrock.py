@@ -58,8 +58,10 @@ def _stack(tree: PyTree[Array]) -> Float[Array, "... k"]:
     leaves = jax.tree.leaves(tree)
     shape = jnp.shape(leaves[0])
     if any(jnp.shape(leaf) != shape for leaf in leaves):
-        raise ValueError(f"Ros2: expected state leaves of one shape (one scalar system per element), got "
-                         f"shapes {[jnp.shape(leaf) for leaf in leaves]}")
+        raise ValueError(
+            f"Ros2: expected state leaves of one shape (one scalar system per element), got "
+            f"shapes {[jnp.shape(leaf) for leaf in leaves]}"
+        )
     return jnp.stack(leaves, axis=-1)
 
 
@@ -68,8 +70,9 @@ def _unstack(array: Float[Array, "... k"], like: PyTree[Array]) -> PyTree[Array]
     return jax.tree.unflatten(treedef, [array[..., i] for i in range(array.shape[-1])])
 
 
-def jacobian_diagonal(fn: Callable[[PyTree[Array]], PyTree[Array]], y: PyTree[Array]
-                      ) -> tuple[Float[Array, "... k"], Float[Array, "... k"]]:
+def jacobian_diagonal(
+    fn: Callable[[PyTree[Array]], PyTree[Array]], y: PyTree[Array]
+) -> tuple[Float[Array, "... k"], Float[Array, "... k"]]:
     r"""$f(y)$ and the diagonal of the element-wise Jacobian of `fn` at `y`, both in stacked form.
 
     `y` is a pytree of $k$ leaves of one shape $(\ldots)$; `fn(y)` has the same structure. Returns

@@ -42,9 +42,9 @@ def exp_mean3(x: Float[ArrayLike, "*shape"], y: Float[ArrayLike, "*shape"]) -> F
     return magnus_exponentials(x, y)[3]
 
 
-def magnus_exponentials(alpha: Float[ArrayLike, "*shape"], beta: Float[ArrayLike, "*b"]
-                        ) -> tuple[Float[Array, "*shape"], Float[Array, "*shape"], Float[Array, "*shape"],
-                                   Float[Array, "*shape"]]:
+def magnus_exponentials(
+    alpha: Float[ArrayLike, "*shape"], beta: Float[ArrayLike, "*b"]
+) -> tuple[Float[Array, "*shape"], Float[Array, "*shape"], Float[Array, "*shape"], Float[Array, "*shape"]]:
     r"""$(e^{-\alpha}, \psi(\alpha), E_1(\alpha, \beta), E_2(\alpha, \beta))$ in one pass, for $\alpha, \beta \ge 0$.
 
     The same values as `jnp.exp(-alpha)`, `psi(alpha)`, `exp_mean2(alpha, beta)` and `exp_mean3(alpha, beta)`,

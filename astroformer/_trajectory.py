@@ -29,11 +29,21 @@ class ReadTrajectory(eqx.Module):
     p: Float[Array, "T N M"]
 
 
-def read_trajectory(phi_q: Float[Array, "L M"], phi_k: Float[Array, "L M"], v: Float[Array, "L N"],
-                    params: NAParams, *, index: int = -1, num_points: int = 200, causal: bool = True,
-                    mask: Bool[Array, " L"] | None = None, state: Literal["reduced", "full"] = "reduced",
-                    solver: diffrax.AbstractSolver | None = None, read_steps: int = 64,
-                    max_steps: int = MAX_STEPS) -> ReadTrajectory:
+def read_trajectory(
+    phi_q: Float[Array, "L M"],
+    phi_k: Float[Array, "L M"],
+    v: Float[Array, "L N"],
+    params: NAParams,
+    *,
+    index: int = -1,
+    num_points: int = 200,
+    causal: bool = True,
+    mask: Bool[Array, " L"] | None = None,
+    state: Literal["reduced", "full"] = "reduced",
+    solver: diffrax.AbstractSolver | None = None,
+    read_steps: int = 64,
+    max_steps: int = MAX_STEPS,
+) -> ReadTrajectory:
     r"""Simulate the read of query `index` and return its time courses at `num_points` times in $[0, T_r]$.
 
     `state="full"` integrates the literal N×M state; `"reduced"` reconstructs it exactly from the O(M)
@@ -63,8 +73,20 @@ def read_trajectory(phi_q: Float[Array, "L M"], phi_k: Float[Array, "L M"], v: F
         h, x, s, p = sol.ys
     else:
         memory = write_reduced(phi_k, v, params, present)
-        sol = reduced_read(phi_q, memory, params, N, causal=causal, solver=solver, stepsize_controller=None,
-                           adjoint=None, read_steps=read_steps, max_steps=max_steps, throw=True, saveat=saveat)
+        sol = reduced_read(
+            phi_q,
+            memory,
+            params,
+            N,
+            causal=causal,
+            solver=solver,
+            stepsize_controller=None,
+            adjoint=None,
+            read_steps=read_steps,
+            max_steps=max_steps,
+            throw=True,
+            saveat=saveat,
+        )
         sigma, z = (y[:, index] for y in sol.ys)
         c = memory.hebbian_trace(mem_index)
         field_t = u * params.t_read
@@ -78,8 +100,9 @@ def read_trajectory(phi_q: Float[Array, "L M"], phi_k: Float[Array, "L M"], v: F
     return ReadTrajectory(t=u * params.t_read, h=h, x=x, s=s, p=p)
 
 
-def plot_read_trajectory(trajectory: ReadTrajectory, *, equilibrium: Float[Array, " N"] | None = None,
-                         max_lines: int = 8, fig=None):
+def plot_read_trajectory(
+    trajectory: ReadTrajectory, *, equilibrium: Float[Array, " N"] | None = None, max_lines: int = 8, fig=None
+):
     """Plot calcium p, synapses s and outputs x of a read (matplotlib, an optional dependency).
 
     **Arguments:** `trajectory` from `read_trajectory`; `equilibrium` the x* to draw as dashed lines;

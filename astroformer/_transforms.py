@@ -100,8 +100,9 @@ class Bounded(AbstractTransform):
         if _concrete(x):
             arr = np.asarray(x)
             if not np.all((arr > self.lo) & (arr < self.hi)):
-                raise ValueError(f"Bounded.inverse: expected values strictly inside ({self.lo}, {self.hi}), "
-                                 f"got {arr!r}")
+                raise ValueError(
+                    f"Bounded.inverse: expected values strictly inside ({self.lo}, {self.hi}), got {arr!r}"
+                )
         w = (x - self.lo) / (self.hi - self.lo)
         return jnp.log(w) - jnp.log1p(-w)
 
@@ -144,9 +145,18 @@ def positive(tree):
     `None` stays `None`. Leaves that are already `Constrained` are kept as they are."""
     if tree is None:
         return None
-    return jax.tree.map(lambda x: Constrained.of(x, Positive()) if eqx.is_inexact_array(x) else x, tree,
-                        is_leaf=is_constrained)
+    return jax.tree.map(
+        lambda x: Constrained.of(x, Positive()) if eqx.is_inexact_array(x) else x, tree, is_leaf=is_constrained
+    )
 
 
-__all__ = ["AbstractTransform", "Bounded", "Constrained", "Identity", "Positive", "is_constrained", "positive",
-           "unwrap"]
+__all__ = [
+    "AbstractTransform",
+    "Bounded",
+    "Constrained",
+    "Identity",
+    "Positive",
+    "is_constrained",
+    "positive",
+    "unwrap",
+]

@@ -10,19 +10,23 @@ def check_choice(name: str, value, choices) -> None:
         raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
-def check_matrix(name: str, x, *, rows: int | None = None, cols: int | None = None,
-                 rows_from: str = "", cols_from: str = ""):
+def check_matrix(
+    name: str, x, *, rows: int | None = None, cols: int | None = None, rows_from: str = "", cols_from: str = ""
+):
     """Check that `x` is a 2-D floating array; returns it as an array."""
     if not hasattr(x, "shape"):
         raise TypeError(f"{name}: expected a 2-D JAX array, got {type(x).__name__}")
     if x.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array of shape (L, features), got shape {tuple(x.shape)}"
-                         " (use jax.vmap for batch and head axes)")
+        raise ValueError(
+            f"{name}: expected a 2-D array of shape (L, features), got shape {tuple(x.shape)}"
+            " (use jax.vmap for batch and head axes)"
+        )
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"{name}: expected a floating dtype, got {x.dtype}")
     if rows is not None and x.shape[0] != rows:
-        raise ValueError(f"{name}: expected {rows} rows (the sequence length of {rows_from}), "
-                         f"got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{name}: expected {rows} rows (the sequence length of {rows_from}), got shape {tuple(x.shape)}"
+        )
     if cols is not None and x.shape[1] != cols:
         raise ValueError(f"{name}: expected {cols} columns (as {cols_from}), got shape {tuple(x.shape)}")
     return x
@@ -33,8 +37,9 @@ def check_mask(mask, length: int):
         return jnp.ones(length, bool)
     mask = jnp.asarray(mask)
     if mask.shape != (length,) or mask.dtype != bool:
-        raise ValueError(f"mask: expected a boolean array of shape ({length},), "
-                         f"got {mask.dtype} of shape {tuple(mask.shape)}")
+        raise ValueError(
+            f"mask: expected a boolean array of shape ({length},), got {mask.dtype} of shape {tuple(mask.shape)}"
+        )
     return mask
 
 
@@ -42,8 +47,11 @@ def check_finite(name: str, x, *, nonnegative: bool = False):
     """Runtime check (works under jit): raise if `x` holds NaN/inf (or negative values)."""
     x = eqx.error_if(x, ~jnp.all(jnp.isfinite(x)), f"{name}: expected finite values, got NaN or inf")
     if nonnegative:
-        x = eqx.error_if(x, jnp.any(x < 0), f"{name}: expected non-negative firing rates (phi >= 0), "
-                                            "got negative values; use a positive feature map")
+        x = eqx.error_if(
+            x,
+            jnp.any(x < 0),
+            f"{name}: expected non-negative firing rates (phi >= 0), got negative values; use a positive feature map",
+        )
     return x
 
 
@@ -56,11 +64,16 @@ def check_head_inputs(phi_q, phi_k, v, mask, *, nonnegative: bool = True):
     L, M = phi_q.shape
     check_matrix("phi_k", phi_k, rows=L, cols=M, rows_from="phi_q", cols_from="phi_q")
     check_matrix("v", v, rows=L, rows_from="phi_q")
-    for name, size, what in (("phi_q", L, "tokens L (rows)"), ("phi_q", M, "features M (columns)"),
-                             ("v", v.shape[1], "value dimensions N (columns)")):
+    for name, size, what in (
+        ("phi_q", L, "tokens L (rows)"),
+        ("phi_q", M, "features M (columns)"),
+        ("v", v.shape[1], "value dimensions N (columns)"),
+    ):
         if size < 1:
-            raise ValueError(f"{name}: expected at least one of its {what}, got shape "
-                             f"{tuple((phi_q if name == 'phi_q' else v).shape)}")
+            raise ValueError(
+                f"{name}: expected at least one of its {what}, got shape "
+                f"{tuple((phi_q if name == 'phi_q' else v).shape)}"
+            )
     present = check_mask(mask, L)
     phi_q = check_finite("phi_q", phi_q, nonnegative=nonnegative)
     phi_k = check_finite("phi_k", phi_k, nonnegative=nonnegative)
@@ -70,10 +83,13 @@ def check_head_inputs(phi_q, phi_k, v, mask, *, nonnegative: bool = True):
 def check_output(name: str, out, dtype):
     """Runtime check (works under jit) of a result computed from inputs already checked to be finite: raise
     instead of returning NaN/inf, naming the likely cause (values too large for `dtype`)."""
-    return eqx.error_if(out, ~jnp.all(jnp.isfinite(out)),
-                        f"{name}: got NaN/inf outputs from finite inputs: the feature rates phi_q, phi_k (or the "
-                        f"values v) are too large for {jnp.dtype(dtype).name} (their products summed over tokens "
-                        "overflow); scale the queries/keys (or values) down")
+    return eqx.error_if(
+        out,
+        ~jnp.all(jnp.isfinite(out)),
+        f"{name}: got NaN/inf outputs from finite inputs: the feature rates phi_q, phi_k (or the "
+        f"values v) are too large for {jnp.dtype(dtype).name} (their products summed over tokens "
+        "overflow); scale the queries/keys (or values) down",
+    )
 
 
 def check_positive_int(name: str, value) -> int:
@@ -94,8 +110,9 @@ def check_bool(name: str, value) -> bool:
     return bool(value)
 
 
-def check_na_layer(d_model, num_heads, *, num_features, feature_map, params, mode, state, causal, read_steps,
-                   chunk_size) -> None:
+def check_na_layer(
+    d_model, num_heads, *, num_features, feature_map, params, mode, state, causal, read_steps, chunk_size
+) -> None:
     """The constructor checks of `NeuronAstrocyteAttention` (so bad arguments fail when the layer is built,
     not when it is first called)."""
     from ._params import NAParams

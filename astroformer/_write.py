@@ -41,8 +41,7 @@ class ReducedMemory(eqx.Module):
 
     def astrocyte_weights(self) -> Float[Array, "L M"]:
         r"""$g_t$ after each token, shape (L, M)."""
-        return linear_recurrence(jnp.exp(self.log_decay)[:, None] * jnp.ones_like(self.g_increments),
-                                 self.g_increments)
+        return linear_recurrence(jnp.exp(self.log_decay)[:, None] * jnp.ones_like(self.g_increments), self.g_increments)
 
     def hebbian_trace(self, t: int | Array) -> Float[Array, "N M"]:
         r"""$c_t$ after token `t` (0-based), formed explicitly: (N, M). For plots and tests, O(L N M)."""
@@ -52,8 +51,9 @@ class ReducedMemory(eqx.Module):
         return jnp.einsum("t,rtn,rtm->nm", w, self.values, self.keys)
 
 
-def write_reduced(phi_k: Float[Array, "L M"], v: Float[Array, "L N"], params: NAParams,
-                  present: Bool[Array, " L"]) -> ReducedMemory:
+def write_reduced(
+    phi_k: Float[Array, "L M"], v: Float[Array, "L N"], params: NAParams, present: Bool[Array, " L"]
+) -> ReducedMemory:
     """Exact closed-form write phase (see module docstring)."""
     M = phi_k.shape[-1]
     relax = jnp.exp(-jnp.asarray(params.t_write) / params.tau_n)
@@ -85,9 +85,19 @@ class WriteField(eqx.Module):
         return jax.tree.map(lambda d: p.t_write * d, (dh, dx, dc, dg))
 
 
-def write_full(phi_k: Float[Array, "L M"], v: Float[Array, "L N"], params: NAParams, present: Bool[Array, " L"],
-               *, solver, stepsize_controller, adjoint, max_steps: int, dt0, throw: bool
-               ) -> tuple[Float[Array, "L N M"], Float[Array, "L M"], Array]:
+def write_full(
+    phi_k: Float[Array, "L M"],
+    v: Float[Array, "L N"],
+    params: NAParams,
+    present: Bool[Array, " L"],
+    *,
+    solver,
+    stepsize_controller,
+    adjoint,
+    max_steps: int,
+    dt0,
+    throw: bool,
+) -> tuple[Float[Array, "L N M"], Float[Array, "L M"], Array]:
     """Literal write phase: one diffrax solve per token window, streamed by `lax.scan`.
 
     **Returns:** `(c, g, result)`: c after each token (L, N, M), g after each token (L, M), and the worst
@@ -101,9 +111,20 @@ def write_full(phi_k: Float[Array, "L M"], v: Float[Array, "L N"], params: NAPar
 
     def window(y, inputs):
         phi, vt, live = inputs
-        sol = diffrax.diffeqsolve(term, solver, 0.0, 1.0, dt0, y, args=(phi, vt),
-                                  stepsize_controller=stepsize_controller, adjoint=adjoint,
-                                  saveat=diffrax.SaveAt(t1=True), max_steps=max_steps, throw=throw)
+        sol = diffrax.diffeqsolve(
+            term,
+            solver,
+            0.0,
+            1.0,
+            dt0,
+            y,
+            args=(phi, vt),
+            stepsize_controller=stepsize_controller,
+            adjoint=adjoint,
+            saveat=diffrax.SaveAt(t1=True),
+            max_steps=max_steps,
+            throw=throw,
+        )
         y1 = jax.tree.map(lambda a, b: jnp.where(live, a[-1], b), sol.ys, y)
         return y1, (y1[2], y1[3], jnp.where(live, sol.result._value, 0))
 

@@ -12,8 +12,9 @@ def _check_simulate_args(args) -> None:
     for name in ("length", "dim", "seed"):
         value = getattr(args, name)
         if value < (0 if name == "seed" else 1):
-            raise ValueError(f"--{name}: expected a {'non-negative' if name == 'seed' else 'positive'} int, "
-                             f"got {value}")
+            raise ValueError(
+                f"--{name}: expected a {'non-negative' if name == 'seed' else 'positive'} int, got {value}"
+            )
     bad = [m for m in args.features if m < 1]
     if bad:
         raise ValueError(f"--features: expected positive feature counts, got {bad[0]}")
@@ -32,8 +33,10 @@ def _simulate(args) -> int:
 
         message = runtime_message(error)
         if isinstance(error, RuntimeError):  # a runtime check in compiled code: NaN/inf from large inputs
-            message = (f"--scale: expected a query/key norm small enough for float32 (exp(q.k) must be "
-                       f"finite), got {args.scale}: {message}")
+            message = (
+                f"--scale: expected a query/key norm small enough for float32 (exp(q.k) must be "
+                f"finite), got {args.scale}: {message}"
+            )
         print(f"astroformer simulate: error: {message}", file=sys.stderr)
         return 2
 
@@ -56,8 +59,10 @@ def _simulate_inner(args) -> int:
     v = jax.random.normal(kv, (L, N))
     exact = softmax_attention(q, k, v, causal=True)
     if not bool(jnp.all(jnp.isfinite(exact))):
-        raise FloatingPointError(f"--scale: expected a query/key norm small enough for exp(q.k) to be finite in "
-                                 f"float32, got {args.scale} (the softmax reference is NaN/inf)")
+        raise FloatingPointError(
+            f"--scale: expected a query/key norm small enough for exp(q.k) to be finite in "
+            f"float32, got {args.scale} (the softmax reference is NaN/inf)"
+        )
 
     def rel(a, b):
         return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
@@ -75,8 +80,10 @@ def _simulate_inner(args) -> int:
         seconds = time.perf_counter() - start
         errors = (rel(ode, eq), rel(eq, exact), rel(ode, exact))
         if not all(map(math.isfinite, errors)):
-            raise FloatingPointError(f"--scale: the outputs at M={M} are not finite (relative errors {errors}); "
-                                     f"expected a smaller query/key norm than {args.scale}")
+            raise FloatingPointError(
+                f"--scale: the outputs at M={M} are not finite (relative errors {errors}); "
+                f"expected a smaller query/key norm than {args.scale}"
+            )
         print(f"{M:>7} {errors[0]:>14.2e} {errors[1]:>18.2e} {errors[2]:>19.2e} {seconds:>7.2f}")
 
     M = args.features[0]
@@ -114,8 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands():
     """Subcommands contributed by other modules (training, benchmarks), registered if importable."""
     commands = []
-    for module, name in (("astroformer.training.cli", "register"), ("astroformer.fit.cli", "register"),
-                         ("astroformer._bench_command", "register")):
+    for module, name in (
+        ("astroformer.training.cli", "register"),
+        ("astroformer.fit.cli", "register"),
+        ("astroformer._bench_command", "register"),
+    ):
         try:
             mod = __import__(module, fromlist=[name])
         except ImportError:

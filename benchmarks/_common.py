@@ -130,8 +130,7 @@ def _jsonable(x):
 def run_python(code: str, timeout: float = 600.0, env: dict[str, str] | None = None) -> str:
     """Run `code` in a fresh Python process (e.g. in float64) and return its stdout."""
     full_env = dict(os.environ, **(env or {}))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                         env=full_env)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=full_env)
     if out.returncode != 0:
         raise RuntimeError(f"subprocess failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
     return out.stdout

@@ -56,8 +56,10 @@ class BatchedSoftmaxAttention(eqx.Module):
         L, d_model = x.shape
         H = self.layer.num_heads
         project = lambda lin, a: a @ lin.weight.T + lin.bias  # noqa: E731
-        q, k, v = (project(lin, x).reshape(1, L, H, d_model // H)
-                   for lin in (self.layer.query, self.layer.key, self.layer.value))
+        q, k, v = (
+            project(lin, x).reshape(1, L, H, d_model // H)
+            for lin in (self.layer.query, self.layer.key, self.layer.value)
+        )
         out = jax.nn.dot_product_attention(q, k, v, is_causal=True)[0]
         return project(self.layer.output, out.reshape(L, d_model))
 
@@ -81,8 +83,9 @@ def _loss(layer, x, cotangent):
 _grad = jax.grad(_loss, argnums=(0, 1))
 
 
-def bench_length(L: int, kinds, *, batch: int, heads: int, head_dim: int, features: int, repeats: int,
-                 warmup: int, seed: int = 0) -> dict:
+def bench_length(
+    L: int, kinds, *, batch: int, heads: int, head_dim: int, features: int, repeats: int, warmup: int, seed: int = 0
+) -> dict:
     """Compile and time every kind at sequence length `L`, interleaved; returns {kind: record}."""
     d_model = heads * head_dim
     kx, kc, kl = jax.random.split(jax.random.PRNGKey(seed + L), 3)
@@ -103,10 +106,14 @@ def bench_length(L: int, kinds, *, batch: int, heads: int, head_dim: int, featur
             if g is not None:
                 jax.block_until_ready(g(layer, x, cot))
         compiled[kind] = (layer, f, g)
-        records[kind] = {"compile_s": {"forward": c_fwd, "forward_backward": c_bwd},
-                         "output_finite": bool(jnp.all(jnp.isfinite(out))), "forward": [], "forward_backward": []}
+        records[kind] = {
+            "compile_s": {"forward": c_fwd, "forward_backward": c_bwd},
+            "output_finite": bool(jnp.all(jnp.isfinite(out))),
+            "forward": [],
+            "forward_backward": [],
+        }
     for r in range(repeats):
-        order = list(kinds[r % len(kinds):]) + list(kinds[:r % len(kinds)])  # rotate the order per repeat
+        order = list(kinds[r % len(kinds) :]) + list(kinds[: r % len(kinds)])  # rotate the order per repeat
         for kind in order:
             layer, f, g = compiled[kind]
             records[kind]["forward"].append(time_call(f, layer, x))
@@ -119,19 +126,25 @@ def bench_length(L: int, kinds, *, batch: int, heads: int, head_dim: int, featur
         for kind in kinds:
             records[kind]["ratio_to_softmax"] = {
                 phase: records[kind][phase]["median"] / records["softmax"][phase]["median"]
-                for phase in ("forward", "forward_backward") if records[kind][phase] is not None}
+                for phase in ("forward", "forward_backward")
+                if records[kind][phase] is not None
+            }
     softmaxes = [k for k in SOFTMAX_KINDS if k in records]
     if softmaxes:
-        fastest = {phase: min(records[k][phase]["median"] for k in softmaxes)
-                   for phase in ("forward", "forward_backward")}
+        fastest = {
+            phase: min(records[k][phase]["median"] for k in softmaxes) for phase in ("forward", "forward_backward")
+        }
         for kind in kinds:
             records[kind]["ratio_to_fastest_softmax"] = {
                 phase: records[kind][phase]["median"] / fastest[phase]
-                for phase in ("forward", "forward_backward") if records[kind][phase] is not None}
+                for phase in ("forward", "forward_backward")
+                if records[kind][phase] is not None
+            }
     return records
 
 
 # ----------------------------------------------------------------------------------------------------- accuracy
+
 
 def _relative_error(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -141,7 +154,7 @@ def _relative_error(a, b) -> float:
 def _head_inputs(L, D, N, M, seed, dtype):
     kf, kq, kk, kv = jax.random.split(jax.random.PRNGKey(seed), 4)
     fm = af.PositiveRandomFeatures(D, M, key=kf, dtype=dtype)
-    scale = D ** -0.25
+    scale = D**-0.25
     q = jax.random.normal(kq, (L, D), dtype) * scale
     k = jax.random.normal(kk, (L, D), dtype) * scale
     v = jax.random.normal(kv, (L, N), dtype)
@@ -158,17 +171,36 @@ def accuracy_full(L: int, D: int, N: int, M: int, read_steps: int, seed: int = 0
     with jax.enable_x64(True):
         phi_q, phi_k, v = _head_inputs(L, D, N, M, seed, jnp.float64)
         start = time.perf_counter()
-        ref = af.na_attention(phi_q, phi_k, v, af.NAParams(**params), state="full", solver=diffrax.Tsit5(),
-                              stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-13),
-                              max_steps=100_000)
+        ref = af.na_attention(
+            phi_q,
+            phi_k,
+            v,
+            af.NAParams(**params),
+            state="full",
+            solver=diffrax.Tsit5(),
+            stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-13),
+            max_steps=100_000,
+        )
         ref = np.asarray(ref)
         seconds = time.perf_counter() - start
         phi_q, phi_k, v = (np.asarray(a) for a in (phi_q, phi_k, v))
-    out32 = af.na_attention(jnp.asarray(phi_q, jnp.float32), jnp.asarray(phi_k, jnp.float32),
-                            jnp.asarray(v, jnp.float32), af.NAParams(**params), read_steps=read_steps)
-    return {"L": L, "D": D, "N": N, "M": M, "read_steps": read_steps, "reference_seconds": seconds,
-            "reference": "float64 state='full', Tsit5 + PIDController(rtol=1e-10, atol=1e-13)",
-            "relative_error_float32_default": _relative_error(out32, ref)}
+    out32 = af.na_attention(
+        jnp.asarray(phi_q, jnp.float32),
+        jnp.asarray(phi_k, jnp.float32),
+        jnp.asarray(v, jnp.float32),
+        af.NAParams(**params),
+        read_steps=read_steps,
+    )
+    return {
+        "L": L,
+        "D": D,
+        "N": N,
+        "M": M,
+        "read_steps": read_steps,
+        "reference_seconds": seconds,
+        "reference": "float64 state='full', Tsit5 + PIDController(rtol=1e-10, atol=1e-13)",
+        "relative_error_float32_default": _relative_error(out32, ref),
+    }
 
 
 def accuracy_reduced(L: int, D: int, M: int, steps_sweep, read_steps: int, seed: int = 0) -> dict:
@@ -181,27 +213,51 @@ def accuracy_reduced(L: int, D: int, M: int, steps_sweep, read_steps: int, seed:
     with jax.enable_x64(True):
         phi_q, phi_k, v = _head_inputs(L, D, N, M, seed, jnp.float64)
         start = time.perf_counter()
-        ref = af.na_attention(phi_q, phi_k, v, params, solver=diffrax.Tsit5(),
-                              stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-12),
-                              max_steps=200_000)
+        ref = af.na_attention(
+            phi_q,
+            phi_k,
+            v,
+            params,
+            solver=diffrax.Tsit5(),
+            stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-12),
+            max_steps=200_000,
+        )
         ref = np.asarray(ref)
         seconds = time.perf_counter() - start
         sweep = {}
         for n in steps_sweep:
             sweep[str(n)] = _relative_error(af.na_attention(phi_q, phi_k, v, params, read_steps=n), ref)
         phi_q, phi_k, v = (np.asarray(a) for a in (phi_q, phi_k, v))
-    out32 = af.na_attention(jnp.asarray(phi_q, jnp.float32), jnp.asarray(phi_k, jnp.float32),
-                            jnp.asarray(v, jnp.float32), params, read_steps=read_steps)
-    equilibrium = af.na_attention(jnp.asarray(phi_q, jnp.float32), jnp.asarray(phi_k, jnp.float32),
-                                  jnp.asarray(v, jnp.float32), params, mode="equilibrium")
-    return {"L": L, "D": D, "N": N, "M": M, "read_steps": read_steps, "reference_seconds": seconds,
-            "reference": "float64 state='reduced', Tsit5 + PIDController(rtol=1e-10, atol=1e-12)",
-            "relative_error_float32_default": _relative_error(out32, ref),
-            "relative_error_float64_magnus2_by_read_steps": sweep,
-            "relative_distance_to_equilibrium": _relative_error(ref, equilibrium)}
+    out32 = af.na_attention(
+        jnp.asarray(phi_q, jnp.float32),
+        jnp.asarray(phi_k, jnp.float32),
+        jnp.asarray(v, jnp.float32),
+        params,
+        read_steps=read_steps,
+    )
+    equilibrium = af.na_attention(
+        jnp.asarray(phi_q, jnp.float32),
+        jnp.asarray(phi_k, jnp.float32),
+        jnp.asarray(v, jnp.float32),
+        params,
+        mode="equilibrium",
+    )
+    return {
+        "L": L,
+        "D": D,
+        "N": N,
+        "M": M,
+        "read_steps": read_steps,
+        "reference_seconds": seconds,
+        "reference": "float64 state='reduced', Tsit5 + PIDController(rtol=1e-10, atol=1e-12)",
+        "relative_error_float32_default": _relative_error(out32, ref),
+        "relative_error_float64_magnus2_by_read_steps": sweep,
+        "relative_distance_to_equilibrium": _relative_error(ref, equilibrium),
+    }
 
 
 # --------------------------------------------------------------------------------------------------------- plot
+
 
 def plot(results: dict, path: Path) -> None:
     plt = pyplot()
@@ -209,8 +265,11 @@ def plot(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, phase, title in zip(axes, ("forward", "forward_backward"), ("forward", "forward + backward")):
         for kind in KINDS:
-            pts = [(int(L), rec[kind][phase]["median"]) for L, rec in results["lengths"].items()
-                   if kind in rec and rec[kind][phase] is not None]
+            pts = [
+                (int(L), rec[kind][phase]["median"])
+                for L, rec in results["lengths"].items()
+                if kind in rec and rec[kind][phase] is not None
+            ]
             if pts:
                 Ls, ts = zip(*sorted(pts))
                 ax.plot(Ls, np.array(ts) * 1e3, "o-", label=kind)
@@ -222,8 +281,10 @@ def plot(results: dict, path: Path) -> None:
     cfg = results["config"]
     axes[0].set_ylabel("median time per call (ms)")
     axes[1].legend()
-    fig.suptitle(f"one attention block on {results['machine']['backend'].upper()}: B={cfg['batch']}, "
-                 f"H={cfg['heads']}, d={cfg['head_dim']}, M={cfg['features']}, float32")
+    fig.suptitle(
+        f"one attention block on {results['machine']['backend'].upper()}: B={cfg['batch']}, "
+        f"H={cfg['heads']}, d={cfg['head_dim']}, M={cfg['features']}, float32"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -231,27 +292,56 @@ def plot(results: dict, path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------------------- main
 
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, < 60 s (CI smoke test)")
     parser.add_argument("--lengths", type=int, nargs="+", help="sequence lengths (default 64 ... 2048)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "attention_speed.json", help="JSON path")
     parser.add_argument("--repeats", type=int, help="timed calls per kind and length")
-    parser.add_argument("--budget", type=float, default=None,
-                        help="skip a kind at longer L once one of its fwd+bwd calls exceeds this many seconds")
-    parser.add_argument("--full-max-length", type=int, default=None,
-                        help="largest L at which the state='full' reference is timed (forward only; default 0:"
-                             " not timed, its cost is the accuracy reference's `reference_seconds`)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="skip a kind at longer L once one of its fwd+bwd calls exceeds this many seconds",
+    )
+    parser.add_argument(
+        "--full-max-length",
+        type=int,
+        default=None,
+        help="largest L at which the state='full' reference is timed (forward only; default 0:"
+        " not timed, its cost is the accuracy reference's `reference_seconds`)",
+    )
     parser.add_argument("--no-accuracy", action="store_true", help="skip the accuracy measurements")
     args = parser.parse_args(argv)
 
     if args.quick:
-        cfg = dict(batch=2, heads=2, head_dim=8, features=16, lengths=[16, 32], repeats=3, warmup=1,
-                   full_max_length=0, full_length=[8], budget=5.0)
+        cfg = dict(
+            batch=2,
+            heads=2,
+            head_dim=8,
+            features=16,
+            lengths=[16, 32],
+            repeats=3,
+            warmup=1,
+            full_max_length=0,
+            full_length=[8],
+            budget=5.0,
+        )
         acc = dict(full=dict(L=8, D=4, N=4, M=8), reduced=dict(L=32, D=8, M=16), sweep=[4, 8])
     else:
-        cfg = dict(batch=8, heads=4, head_dim=32, features=64, lengths=[64, 128, 256, 512, 1024, 2048],
-                   repeats=5, warmup=1, full_max_length=0, full_length=[8], budget=20.0)
+        cfg = dict(
+            batch=8,
+            heads=4,
+            head_dim=32,
+            features=64,
+            lengths=[64, 128, 256, 512, 1024, 2048],
+            repeats=5,
+            warmup=1,
+            full_max_length=0,
+            full_length=[8],
+            budget=20.0,
+        )
         acc = dict(full=dict(L=16, D=16, N=16, M=32), reduced=dict(L=256, D=32, M=64), sweep=[4, 8, 16, 32])
     if args.lengths:
         cfg["lengths"] = args.lengths
@@ -261,11 +351,18 @@ def main(argv=None) -> dict:
         cfg["budget"] = args.budget
     if args.full_max_length is not None:
         cfg["full_max_length"] = args.full_max_length
-    read_steps = af.NeuronAstrocyteAttention(cfg["heads"] * cfg["head_dim"], cfg["heads"],
-                                             key=jax.random.PRNGKey(0)).read_steps
-    results = {"benchmark": "attention_speed", "config": {k: v for k, v in cfg.items()},
-               "dtype": "float32", "read_steps": read_steps, "machine": machine_info(), "lengths": {},
-               "skipped": []}
+    read_steps = af.NeuronAstrocyteAttention(
+        cfg["heads"] * cfg["head_dim"], cfg["heads"], key=jax.random.PRNGKey(0)
+    ).read_steps
+    results = {
+        "benchmark": "attention_speed",
+        "config": {k: v for k, v in cfg.items()},
+        "dtype": "float32",
+        "read_steps": read_steps,
+        "machine": machine_info(),
+        "lengths": {},
+        "skipped": [],
+    }
     t_start = time.perf_counter()
     slow = set()
     lengths = sorted(set(cfg["lengths"]) | ({L for L in cfg["full_length"] if L <= cfg["full_max_length"]}))
@@ -278,19 +375,31 @@ def main(argv=None) -> dict:
                 kinds.insert(0, soft)
         for k in KINDS:
             if k in slow:
-                results["skipped"].append({"L": L, "kind": k, "why": f"a fwd+bwd call took > {cfg['budget']} s "
-                                                                        "at a shorter length"})
+                results["skipped"].append(
+                    {"L": L, "kind": k, "why": f"a fwd+bwd call took > {cfg['budget']} s at a shorter length"}
+                )
         print(f"L={L}: {', '.join(kinds)}", file=sys.stderr, flush=True)
-        rec = bench_length(L, kinds, batch=cfg["batch"], heads=cfg["heads"], head_dim=cfg["head_dim"],
-                           features=cfg["features"], repeats=cfg["repeats"], warmup=cfg["warmup"])
+        rec = bench_length(
+            L,
+            kinds,
+            batch=cfg["batch"],
+            heads=cfg["heads"],
+            head_dim=cfg["head_dim"],
+            features=cfg["features"],
+            repeats=cfg["repeats"],
+            warmup=cfg["warmup"],
+        )
         for kind, r in rec.items():
             fb = r["forward_backward"]
             fastest = r["ratio_to_fastest_softmax"]
-            print(f"  {kind:15s} fwd {r['forward']['median'] * 1e3:9.2f} ms  fwd+bwd "
-                  f"{fb['median'] * 1e3 if fb else float('nan'):9.2f} ms  x fastest softmax "
-                  f"{fastest['forward']:6.2f} / {fastest.get('forward_backward', float('nan')):6.2f}  compile "
-                  f"{r['compile_s']['forward']:5.1f} / {r['compile_s']['forward_backward'] or float('nan'):5.1f} s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  {kind:15s} fwd {r['forward']['median'] * 1e3:9.2f} ms  fwd+bwd "
+                f"{fb['median'] * 1e3 if fb else float('nan'):9.2f} ms  x fastest softmax "
+                f"{fastest['forward']:6.2f} / {fastest.get('forward_backward', float('nan')):6.2f}  compile "
+                f"{r['compile_s']['forward']:5.1f} / {r['compile_s']['forward_backward'] or float('nan'):5.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
             if max((fb or r["forward"])["times"]) > cfg["budget"]:
                 slow.add(kind)
         results["lengths"][str(L)] = rec
@@ -302,8 +411,9 @@ def main(argv=None) -> dict:
         print("accuracy ...", file=sys.stderr, flush=True)
         results["accuracy"] = {
             "na_ode_vs_full_float64": accuracy_full(**acc["full"], read_steps=read_steps),
-            "na_ode_float32_vs_reduced_float64": accuracy_reduced(**acc["reduced"], steps_sweep=acc["sweep"],
-                                                                   read_steps=read_steps),
+            "na_ode_float32_vs_reduced_float64": accuracy_reduced(
+                **acc["reduced"], steps_sweep=acc["sweep"], read_steps=read_steps
+            ),
         }
         results["accuracy_seconds"] = time.perf_counter() - t0
         print(results["accuracy"], file=sys.stderr, flush=True)

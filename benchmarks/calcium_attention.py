@@ -77,10 +77,22 @@ def main(argv=None):
     eq_vs_softmax = float(jnp.linalg.norm(x_eq - x_soft) / jnp.linalg.norm(x_soft))
     print(f"L={L} D={D} M={M} N={N}; random-feature equilibrium vs softmax: {eq_vs_softmax:.3f}")
 
-    results = {"config": dict(L=L, D=D, M=M, N=N, causal=True, quick=quick, feature_map="PositiveRandomFeatures",
-                              params="NAParams() defaults with t_read varied", read_times=list(read_times),
-                              gain_factors=list(gain_factors)),
-               "equilibrium_vs_softmax": eq_vs_softmax, "models": {}}
+    results = {
+        "config": dict(
+            L=L,
+            D=D,
+            M=M,
+            N=N,
+            causal=True,
+            quick=quick,
+            feature_map="PositiveRandomFeatures",
+            params="NAParams() defaults with t_read varied",
+            read_times=list(read_times),
+            gain_factors=list(gain_factors),
+        ),
+        "equilibrium_vs_softmax": eq_vs_softmax,
+        "models": {},
+    }
 
     models = {"abstract": None, "GChI": GChI(), "LiRinzel": LiRinzel()}
     for name, model in models.items():
@@ -101,12 +113,22 @@ def main(argv=None):
             @eqx.filter_jit
             def run(t_read, gain, model=model, base=base):
                 coupling = eqx.tree_at(lambda c: c.gain, base, gain)
-                return na_attention_calcium(phi_q, phi_k, v, af.NAParams(t_read=t_read), model, coupling=coupling,
-                                            max_steps=MAX_STEPS)
+                return na_attention_calcium(
+                    phi_q, phi_k, v, af.NAParams(t_read=t_read), model, coupling=coupling, max_steps=MAX_STEPS
+                )
 
-        grid = {key: np.full((len(gain_factors), len(read_times)), np.nan)
-                for key in ("rel_eq", "global_eq", "shape_eq", "rel_softmax", "global_softmax", "shape_softmax",
-                            "row_scale")}
+        grid = {
+            key: np.full((len(gain_factors), len(read_times)), np.nan)
+            for key in (
+                "rel_eq",
+                "global_eq",
+                "shape_eq",
+                "rel_softmax",
+                "global_softmax",
+                "shape_softmax",
+                "row_scale",
+            )
+        }
         for a, gain in enumerate(gain_factors if model is None else gains):
             for b, t_read in enumerate(read_times):
                 if model is None and a > 0:
@@ -123,20 +145,33 @@ def main(argv=None):
                     for kind, err in zip(("rel", "global", "shape"), errors(x, ref)):
                         grid[f"{kind}_{ref_name}"][a, b] = float(err)
                 # Median over queries of |x_t| / |x*_t|: 1 when the normaliser has the right size.
-                grid["row_scale"][a, b] = float(jnp.median(jnp.linalg.norm(x, axis=-1)
-                                                           / jnp.linalg.norm(x_eq, axis=-1)))
+                grid["row_scale"][a, b] = float(
+                    jnp.median(jnp.linalg.norm(x, axis=-1) / jnp.linalg.norm(x_eq, axis=-1))
+                )
         seconds = time.perf_counter() - start
-        results["models"][name] = {"gains": gains, "base_gain": base_gain, "seconds": seconds,
-                                   **{key: val.tolist() for key, val in grid.items()}}
+        results["models"][name] = {
+            "gains": gains,
+            "base_gain": base_gain,
+            "seconds": seconds,
+            **{key: val.tolist() for key, val in grid.items()},
+        }
         best = np.unravel_index(np.nanargmin(grid["rel_eq"]), grid["rel_eq"].shape)
-        print(f"{name}: {seconds:.1f} s; best rel. error vs equilibrium {grid['rel_eq'][best]:.3f} "
-              f"(gain factor {gain_factors[best[0]]}, T_r {read_times[best[1]]}); "
-              f"one-scale-fitted {np.nanmin(grid['global_eq']):.3f} (best cell)")
+        print(
+            f"{name}: {seconds:.1f} s; best rel. error vs equilibrium {grid['rel_eq'][best]:.3f} "
+            f"(gain factor {gain_factors[best[0]]}, T_r {read_times[best[1]]}); "
+            f"one-scale-fitted {np.nanmin(grid['global_eq']):.3f} (best cell)"
+        )
         for a, f in enumerate(gain_factors):
-            print(f"  gain x{f:<5} rel_eq " + " ".join(f"{e:8.3f}" for e in grid["rel_eq"][a])
-                  + " | global_eq " + " ".join(f"{e:6.3f}" for e in grid["global_eq"][a])
-                  + " | shape_eq " + " ".join(f"{e:6.3f}" for e in grid["shape_eq"][a])
-                  + " | rel_softmax " + " ".join(f"{e:8.3f}" for e in grid["rel_softmax"][a]))
+            print(
+                f"  gain x{f:<5} rel_eq "
+                + " ".join(f"{e:8.3f}" for e in grid["rel_eq"][a])
+                + " | global_eq "
+                + " ".join(f"{e:6.3f}" for e in grid["global_eq"][a])
+                + " | shape_eq "
+                + " ".join(f"{e:6.3f}" for e in grid["shape_eq"][a])
+                + " | rel_softmax "
+                + " ".join(f"{e:8.3f}" for e in grid["rel_softmax"][a])
+            )
 
     results["machine"] = machine_info()
     path = write_json(results, args.out or RESULTS_DIR / "calcium_attention.json")
@@ -150,10 +185,13 @@ def figure(results, path):
 
     cfg = results["config"]
     names = list(results["models"])
-    panels = (("rel_eq", "vs equilibrium"), ("global_eq", "vs equilibrium, one scale fitted"),
-              ("shape_eq", "vs equilibrium, per-query scale"), ("rel_softmax", "vs softmax"))
-    fig, axes = plt.subplots(len(names), len(panels), figsize=(4.2 * len(panels), 3.2 * len(names)),
-                             squeeze=False)
+    panels = (
+        ("rel_eq", "vs equilibrium"),
+        ("global_eq", "vs equilibrium, one scale fitted"),
+        ("shape_eq", "vs equilibrium, per-query scale"),
+        ("rel_softmax", "vs softmax"),
+    )
+    fig, axes = plt.subplots(len(names), len(panels), figsize=(4.2 * len(panels), 3.2 * len(names)), squeeze=False)
     for r, name in enumerate(names):
         res = results["models"][name]
         for c, (key, title) in enumerate(panels):
@@ -164,7 +202,7 @@ def figure(results, path):
             ax.set_yticks(range(len(cfg["gain_factors"])), [f"x{f}" for f in cfg["gain_factors"]])
             for a in range(data.shape[0]):
                 for b in range(data.shape[1]):
-                    ax.text(b, a, f"{10**data[a, b]:.2g}", ha="center", va="center", fontsize=7, color="w")
+                    ax.text(b, a, f"{10 ** data[a, b]:.2g}", ha="center", va="center", fontsize=7, color="w")
             ax.set_title(f"{name}: {title}", fontsize=9)
             ax.set_xlabel("read time T_r")
             if c == 0:

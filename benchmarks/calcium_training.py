@@ -57,17 +57,30 @@ KINDS = {
     "na-ode + G-ChI": ("na-ode", GChI),
     "na-ode + Li-Rinzel": ("na-ode", LiRinzel),
 }
-FULL = dict(task=dict(vocab_size=32, seq_len=32, num_kv_pairs=4), d_model=32, num_layers=2, num_heads=2,
-            num_features=16, read_steps=8, calcium_steps=64, batch_size=16, steps=300, evals=5, eval_batches=4,
-            lr=3e-3)
+FULL = dict(
+    task=dict(vocab_size=32, seq_len=32, num_kv_pairs=4),
+    d_model=32,
+    num_layers=2,
+    num_heads=2,
+    num_features=16,
+    read_steps=8,
+    calcium_steps=64,
+    batch_size=16,
+    steps=300,
+    evals=5,
+    eval_batches=4,
+    lr=3e-3,
+)
 QUICK = dict(FULL, steps=12, evals=2, eval_batches=1, batch_size=8, num_layers=1, read_steps=4)
 
 
 def _named_calcium(model: Transformer, layer: int = 0) -> dict[str, float]:
     attn = model.blocks[layer].attention
     calcium, coupling = af.unwrap((attn.calcium, attn.coupling))
-    out = {f"coupling.{k}": float(getattr(coupling, k)) for k in
-           ("gain", "diffusion", "rate_max", "half_saturation", "hill", "time_scale")}
+    out = {
+        f"coupling.{k}": float(getattr(coupling, k))
+        for k in ("gain", "diffusion", "rate_max", "half_saturation", "hill", "time_scale")
+    }
     for field in calcium.__dataclass_fields__:
         value = getattr(calcium, field)
         if eqx.is_inexact_array(value):
@@ -84,13 +97,26 @@ def run(name: str, sizes: dict, seed: int = 0) -> dict:
         attention_kwargs = dict(read_steps=sizes["read_steps"])
         if calcium_cls is not None:
             attention_kwargs.update(calcium=calcium_cls(), calcium_steps=sizes["calcium_steps"])
-    model = Transformer(task.vocab_size, task.seq_len, attention=kind, d_model=sizes["d_model"],
-                        num_layers=sizes["num_layers"], num_heads=sizes["num_heads"],
-                        num_features=sizes["num_features"], attention_kwargs=attention_kwargs,
-                        key=jax.random.PRNGKey(seed))
+    model = Transformer(
+        task.vocab_size,
+        task.seq_len,
+        attention=kind,
+        d_model=sizes["d_model"],
+        num_layers=sizes["num_layers"],
+        num_heads=sizes["num_heads"],
+        num_features=sizes["num_features"],
+        attention_kwargs=attention_kwargs,
+        key=jax.random.PRNGKey(seed),
+    )
     initial = _named_calcium(model) if calcium_cls is not None else None
-    config = TrainConfig(task="mqar", attention=kind, steps=steps, batch_size=sizes["batch_size"], lr=sizes["lr"],
-                         warmup=max(1, steps // 10))
+    config = TrainConfig(
+        task="mqar",
+        attention=kind,
+        steps=steps,
+        batch_size=sizes["batch_size"],
+        lr=sizes["lr"],
+        warmup=max(1, steps // 10),
+    )
     optimizer = make_optimizer(config)
     # The layer stores the calcium/coupling parameters in log coordinates (`Constrained`), so the training
     # loop's step trains them as they are and they stay positive.
@@ -115,21 +141,34 @@ def run(name: str, sizes: dict, seed: int = 0) -> dict:
         skipped += int(skip)
         if s + 1 in eval_points:
             current = eqx.combine(trainable, frozen)
-            metrics = evaluate(current, task, batch_size=config.batch_size, num_batches=sizes["eval_batches"],
-                               seed=seed)
+            metrics = evaluate(
+                current, task, batch_size=config.batch_size, num_batches=sizes["eval_batches"], seed=seed
+            )
             evals.append({"step": s + 1, **metrics})
-            print(f"  {name:20s} step {s + 1:4d}  train loss {loss:.3f}  eval accuracy {metrics['accuracy']:.3f}"
-                  f"  ({time.perf_counter() - start:.0f} s)", flush=True)
+            print(
+                f"  {name:20s} step {s + 1:4d}  train loss {loss:.3f}  eval accuracy {metrics['accuracy']:.3f}"
+                f"  ({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
     final = eqx.combine(trainable, frozen)
     if diverged is not None:
         metrics = evaluate(final, task, batch_size=config.batch_size, num_batches=sizes["eval_batches"], seed=seed)
         evals.append({"step": diverged - 1, **metrics})
-    result = {"name": name, "attention": kind, "calcium": None if calcium_cls is None else calcium_cls.__name__,
-              "steps": steps, "losses": losses, "evals": evals, "accuracy": evals[-1]["accuracy"],
-              "eval_loss": evals[-1]["loss"], "skipped_steps": skipped, "diverged_at_step": diverged,
-              "first_step_s": seconds[0] if seconds else None,
-              "step_s_median": statistics.median(seconds[1:]) if len(seconds) > 1 else None,
-              "wall_s": time.perf_counter() - start}
+    result = {
+        "name": name,
+        "attention": kind,
+        "calcium": None if calcium_cls is None else calcium_cls.__name__,
+        "steps": steps,
+        "losses": losses,
+        "evals": evals,
+        "accuracy": evals[-1]["accuracy"],
+        "eval_loss": evals[-1]["loss"],
+        "skipped_steps": skipped,
+        "diverged_at_step": diverged,
+        "first_step_s": seconds[0] if seconds else None,
+        "step_s_median": statistics.median(seconds[1:]) if len(seconds) > 1 else None,
+        "wall_s": time.perf_counter() - start,
+    }
     if calcium_cls is not None:
         learned = _named_calcium(final)
         result["calcium_params_initial"] = initial
@@ -146,9 +185,14 @@ def plot(results: list[dict], path) -> None:
         losses = np.asarray(r["losses"])
         w = max(1, len(losses) // 20)
         smooth = np.convolve(losses, np.ones(w) / w, mode="valid")
-        line, = axes[0].plot(np.arange(w, len(losses) + 1), smooth, label=r["name"])
-        axes[1].plot([e["step"] for e in r["evals"]], [e["accuracy"] for e in r["evals"]], "o-",
-                     color=line.get_color(), label=r["name"])
+        (line,) = axes[0].plot(np.arange(w, len(losses) + 1), smooth, label=r["name"])
+        axes[1].plot(
+            [e["step"] for e in r["evals"]],
+            [e["accuracy"] for e in r["evals"]],
+            "o-",
+            color=line.get_color(),
+            label=r["name"],
+        )
     axes[0].set(title="training loss (running mean)", xlabel="step", ylabel="cross-entropy (nats)")
     axes[1].set(title="MQAR eval accuracy", xlabel="step", ylabel="accuracy", ylim=(0, 1.02))
     axes[0].legend(fontsize=8)
@@ -156,9 +200,14 @@ def plot(results: list[dict], path) -> None:
     xs = np.arange(len(results))
     bars = axes[2].bar(xs, [r["accuracy"] for r in results], color=[f"C{i}" for i in range(len(results))])
     for bar, r in zip(bars, results):
-        axes[2].text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.01,
-                     f"{r['accuracy']:.2f}\n{1e3 * (r['step_s_median'] or 0):.0f} ms/step", ha="center",
-                     va="bottom", fontsize=7)
+        axes[2].text(
+            bar.get_x() + bar.get_width() / 2,
+            bar.get_height() + 0.01,
+            f"{r['accuracy']:.2f}\n{1e3 * (r['step_s_median'] or 0):.0f} ms/step",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
     axes[2].set_xticks(xs, names, fontsize=7, rotation=15)
     axes[2].set(title=f"final eval accuracy after {results[0]['steps']} steps", ylim=(0, 1.15))
     fig.tight_layout()
@@ -170,8 +219,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run (12 steps, one layer)")
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps per kind (default 300)")
-    parser.add_argument("--out", default=None,
-                        help="JSON path (default benchmarks/results/calcium_training[_quick].json); the PNG goes beside it")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="JSON path (default benchmarks/results/calcium_training[_quick].json); the PNG goes beside it",
+    )
     args = parser.parse_args(argv)
     sizes = dict(QUICK if args.quick else FULL)
     if args.steps is not None:
@@ -179,17 +231,23 @@ def main(argv=None) -> int:
             raise ValueError(f"--steps: expected at least 2, got {args.steps}")
         sizes["steps"] = args.steps
     info = machine_info()
-    print(f"MQAR {sizes['task']}; d_model {sizes['d_model']}, {sizes['num_layers']} layer(s), "
-          f"{sizes['num_heads']} heads, M = {sizes['num_features']}; {sizes['steps']} steps of "
-          f"{sizes['batch_size']} sequences", flush=True)
+    print(
+        f"MQAR {sizes['task']}; d_model {sizes['d_model']}, {sizes['num_layers']} layer(s), "
+        f"{sizes['num_heads']} heads, M = {sizes['num_features']}; {sizes['steps']} steps of "
+        f"{sizes['batch_size']} sequences",
+        flush=True,
+    )
     results = []
     for name in KINDS:
         r = run(name, sizes)
         results.append(r)
         first, last = (r["losses"][0], r["losses"][-1]) if r["losses"] else (float("nan"), float("nan"))
-        print(f"{name:20s} accuracy {r['accuracy']:.3f}  loss {first:.3f} -> {last:.3f}  "
-              f"{1e3 * (r['step_s_median'] or 0):8.1f} ms/step  first step {r['first_step_s']:.1f} s  "
-              f"skipped {r['skipped_steps']}  diverged at {r['diverged_at_step']}", flush=True)
+        print(
+            f"{name:20s} accuracy {r['accuracy']:.3f}  loss {first:.3f} -> {last:.3f}  "
+            f"{1e3 * (r['step_s_median'] or 0):8.1f} ms/step  first step {r['first_step_s']:.1f} s  "
+            f"skipped {r['skipped_steps']}  diverged at {r['diverged_at_step']}",
+            flush=True,
+        )
     ref = next(r["step_s_median"] for r in results if r["name"] == "softmax")
     print("\nwall time per step (median, after compilation):")
     for r in results:
@@ -197,11 +255,23 @@ def main(argv=None) -> int:
         if "calcium_params_learned" in r:
             change = r["calcium_params_log_change"]
             top = sorted(change, key=lambda k: -abs(change[k]))[:4]
-            print("    learned (layer 0): " + ", ".join(
-                f"{k} {r['calcium_params_initial'][k]:.3g} -> {r['calcium_params_learned'][k]:.3g}" for k in top))
+            print(
+                "    learned (layer 0): "
+                + ", ".join(
+                    f"{k} {r['calcium_params_initial'][k]:.3g} -> {r['calcium_params_learned'][k]:.3g}" for k in top
+                )
+            )
     name = "calcium_training_quick" if args.quick else "calcium_training"
-    path = write_json({"machine": info, "sizes": sizes, "positivity": "log reparameterisation of every "
-                       "calcium-model and coupling parameter", "results": results}, args.out, name=f"{name}.json")
+    path = write_json(
+        {
+            "machine": info,
+            "sizes": sizes,
+            "positivity": "log reparameterisation of every calcium-model and coupling parameter",
+            "results": results,
+        },
+        args.out,
+        name=f"{name}.json",
+    )
     plot(results, path.with_suffix(".png"))
     print(f"wrote {path} and {path.with_suffix('.png')}")
     return 0

@@ -59,9 +59,19 @@ RANDOM_MAPS = ("prf", "orthogonal", "oprf", "orthogonal-oprf")
 def softmax_model(run_dir: Path, quick: bool):
     """Load the softmax character model in `run_dir`, training it first if the directory has none."""
     if not (run_dir / "config.json").exists():
-        config = TrainConfig(task="charlm", attention="softmax", d_model=64, num_layers=2, num_heads=4,
-                             steps=40 if quick else 1500, batch_size=16, eval_every=20 if quick else 250,
-                             checkpoint_every=0, run_dir=str(run_dir), seed=0)
+        config = TrainConfig(
+            task="charlm",
+            attention="softmax",
+            d_model=64,
+            num_layers=2,
+            num_heads=4,
+            steps=40 if quick else 1500,
+            batch_size=16,
+            eval_every=20 if quick else 250,
+            checkpoint_every=0,
+            run_dir=str(run_dir),
+            seed=0,
+        )
         train(config, progress=not quick)
     config, task, model, _ = load_run(run_dir)
     if config.attention != "softmax":
@@ -73,9 +83,12 @@ def random_map(name: str, D: int, M: int, A_heads, *, key):
     """The feature map `name` for a layer: shared by its heads (PRF, orthogonal), or per head with its own A."""
     if name in ("prf", "orthogonal"):
         return PositiveRandomFeatures(D, M, orthogonal=name == "orthogonal", key=key)
-    return HeadwiseFeatures.stack([
-        OptimalPositiveRandomFeatures(D, M, A=float(A), orthogonal=name == "orthogonal-oprf", key=k)
-        for A, k in zip(A_heads, jax.random.split(key, len(A_heads)))])
+    return HeadwiseFeatures.stack(
+        [
+            OptimalPositiveRandomFeatures(D, M, A=float(A), orthogonal=name == "orthogonal-oprf", key=k)
+            for A, k in zip(A_heads, jax.random.split(key, len(A_heads)))
+        ]
+    )
 
 
 def transferred(model, maps, params: NAParams, mode: str):
@@ -84,8 +97,14 @@ def transferred(model, maps, params: NAParams, mode: str):
     blocks = []
     for i, block in enumerate(model.blocks):
         sm = block.attention
-        na = NeuronAstrocyteAttention(sm.query.weight.shape[0], sm.num_heads, mode=mode, params=params,
-                                      feature_map=maps[i], key=jax.random.PRNGKey(0))
+        na = NeuronAstrocyteAttention(
+            sm.query.weight.shape[0],
+            sm.num_heads,
+            mode=mode,
+            params=params,
+            feature_map=maps[i],
+            key=jax.random.PRNGKey(0),
+        )
         na = eqx.tree_at(lambda a: (a.query, a.key, a.value, a.output), na, (sm.query, sm.key, sm.value, sm.output))
         blocks.append(eqx.tree_at(lambda b: b.attention, block, na))
     return eqx.tree_at(lambda m: m.blocks, model, tuple(blocks))
@@ -125,15 +144,20 @@ def _closed_form_relative_variance(q, k, A):
 def _summarise(per_head):
     """Aggregate lists of per-head arrays into the row's statistics."""
     errs = [float(np.median(np.abs(a - e) / e)) for e, a in zip(per_head["exact"], per_head["astro"])]
-    corrs = [float(np.corrcoef(np.asarray(a), np.asarray(e))[0, 1]) if np.std(np.asarray(a)) > 0 else 0.0
-             for e, a in zip(per_head["exact"], per_head["astro"])]
+    corrs = [
+        float(np.corrcoef(np.asarray(a), np.asarray(e))[0, 1]) if np.std(np.asarray(a)) > 0 else 0.0
+        for e, a in zip(per_head["exact"], per_head["astro"])
+    ]
     sq = np.concatenate([np.asarray((a / e - 1) ** 2) for e, a in zip(per_head["exact"], per_head["astro"])])
-    return dict(normaliser_median_relative_error=float(np.mean(errs)),
-                normaliser_correlation=float(np.mean(corrs)), normaliser_correlation_min=float(np.min(corrs)),
-                normaliser_median_squared_relative_error=float(np.median(sq)),
-                attention_tv_median=float(np.median(np.concatenate(per_head["tv"]))),
-                attention_tv_mean=float(np.mean(np.concatenate(per_head["tv"]))),
-                output_relative_error_equilibrium=float(np.mean(per_head["out"])))
+    return dict(
+        normaliser_median_relative_error=float(np.mean(errs)),
+        normaliser_correlation=float(np.mean(corrs)),
+        normaliser_correlation_min=float(np.min(corrs)),
+        normaliser_median_squared_relative_error=float(np.median(sq)),
+        attention_tv_median=float(np.median(np.concatenate(per_head["tv"]))),
+        attention_tv_mean=float(np.mean(np.concatenate(per_head["tv"]))),
+        output_relative_error_equilibrium=float(np.mean(per_head["out"])),
+    )
 
 
 def _distilled_runs(args, run_dir: Path, quick: bool):
@@ -141,11 +165,14 @@ def _distilled_runs(args, run_dir: Path, quick: bool):
         return [Path(p) for p in args.distilled]
     if quick:
         out = run_dir.parent / (run_dir.name + "-distilled-quick")
-        distill(run_dir, out, num_features=16, attention="na-ode", steps=10, batches=1, evaluate_model=False,
-                overwrite=True)
+        distill(
+            run_dir, out, num_features=16, attention="na-ode", steps=10, batches=1, evaluate_model=False, overwrite=True
+        )
         return [out]
-    return sorted(run_dir.parent.glob(run_dir.name + "-distilled-*"),
-                  key=lambda p: TrainConfig.load(p / "config.json").num_features)
+    return sorted(
+        run_dir.parent.glob(run_dir.name + "-distilled-*"),
+        key=lambda p: TrainConfig.load(p / "config.json").num_features,
+    )
 
 
 def _accumulate(acc: dict, Q, K, V, phi) -> tuple:
@@ -167,7 +194,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     quick = args.quick
     out_path = Path(args.out) if args.out else RESULTS_DIR / "fidelity.json"
-    run_dir = Path(args.run_dir) if args.run_dir else out_path.parent / ("fidelity-run-quick" if quick else "fidelity-run")
+    run_dir = (
+        Path(args.run_dir) if args.run_dir else out_path.parent / ("fidelity-run-quick" if quick else "fidelity-run")
+    )
     config, task, model = softmax_model(run_dir, quick)
     machine = machine_info()
 
@@ -179,8 +208,10 @@ def main(argv=None):
     # A per head for OPRF, from training text (never the evaluation sequence): the median of fit_A over sequences.
     train_tokens = jnp.asarray(task.batch("train", 2 if quick else 8, seed=77).inputs)
     train_qkv = layer_qkv(model, train_tokens)
-    A_heads = [[float(np.median([fit_A(Q[h, b], K[h, b]) for b in range(Q.shape[1])])) for h in range(Q.shape[0])]
-               for Q, K, _ in train_qkv]
+    A_heads = [
+        [float(np.median([fit_A(Q[h, b], K[h, b]) for b in range(Q.shape[1])])) for h in range(Q.shape[0])]
+        for Q, K, _ in train_qkv
+    ]
     print("OPRF A per layer and head (fit_A on training text):", np.round(A_heads, 3).tolist(), flush=True)
     key = jax.random.PRNGKey(0)
 
@@ -189,8 +220,13 @@ def main(argv=None):
     closed_form = {}
     for name in RANDOM_MAPS:
         iid_A = [[0.0] * len(a) for a in A_heads] if name in ("prf", "orthogonal") else A_heads
-        per_token = np.concatenate([np.asarray(_closed_form_relative_variance(Q[h], K[h], iid_A[layer][h]))
-                                    for layer, (Q, K, _) in enumerate(qkv) for h in range(Q.shape[0])])
+        per_token = np.concatenate(
+            [
+                np.asarray(_closed_form_relative_variance(Q[h], K[h], iid_A[layer][h]))
+                for layer, (Q, K, _) in enumerate(qkv)
+                for h in range(Q.shape[0])
+            ]
+        )
         closed_form[name] = per_token  # relative variance of the normaliser estimate, times M (i.i.d. directions)
         for M in feature_counts:
             acc = {"exact": [], "astro": [], "tv": [], "out": []}
@@ -200,16 +236,23 @@ def main(argv=None):
                     for h in range(Q.shape[0]):
                         exact, astro = _accumulate(acc, Q[h], K[h], V[h], fm.for_head(h))
                         if d == 0 and layer == 0 and h == 0:
-                            curves[f"{name}/{M}"] = dict(softmax=np.asarray(exact).tolist(),
-                                                         astrocyte=np.asarray(astro).tolist())
-            row = dict(map=name, M=M, **_summarise(acc),
-                       normaliser_closed_form_relative_variance_median=float(np.median(per_token) / M))
+                            curves[f"{name}/{M}"] = dict(
+                                softmax=np.asarray(exact).tolist(), astrocyte=np.asarray(astro).tolist()
+                            )
+            row = dict(
+                map=name,
+                M=M,
+                **_summarise(acc),
+                normaliser_closed_form_relative_variance_median=float(np.median(per_token) / M),
+            )
             rows.append(row)
-            print(f"{name:>15} M={M:>6}: normaliser error {row['normaliser_median_relative_error']:.3f}, corr "
-                  f"{row['normaliser_correlation']:.3f}, closed-form rel. variance (median token) "
-                  f"{row['normaliser_closed_form_relative_variance_median']:.3g}; weights TV "
-                  f"{row['attention_tv_median']:.3f}; outputs {row['output_relative_error_equilibrium']:.3f}",
-                  flush=True)
+            print(
+                f"{name:>15} M={M:>6}: normaliser error {row['normaliser_median_relative_error']:.3f}, corr "
+                f"{row['normaliser_correlation']:.3f}, closed-form rel. variance (median token) "
+                f"{row['normaliser_closed_form_relative_variance_median']:.3g}; weights TV "
+                f"{row['attention_tv_median']:.3f}; outputs {row['output_relative_error_equilibrium']:.3f}",
+                flush=True,
+            )
 
     # Learned (distilled) maps: the same metrics on the same heads (the teacher's queries and keys).
     distilled = []
@@ -222,20 +265,26 @@ def main(argv=None):
             for h in range(Q.shape[0]):
                 exact, astro = _accumulate(acc, Q[h], K[h], V[h], fm.for_head(h))
                 if layer == 0 and h == 0:
-                    curves[f"learned/{M}"] = dict(softmax=np.asarray(exact).tolist(), astrocyte=np.asarray(astro).tolist())
+                    curves[f"learned/{M}"] = dict(
+                        softmax=np.asarray(exact).tolist(), astrocyte=np.asarray(astro).tolist()
+                    )
         row = dict(map="learned", M=M, run_dir=str(path), **_summarise(acc))
         rows.append(row)
         distilled.append((M, dmodel, path))
-        print(f"{'learned':>15} M={M:>6}: normaliser error {row['normaliser_median_relative_error']:.3f}, corr "
-              f"{row['normaliser_correlation']:.3f}; weights TV {row['attention_tv_median']:.3f}; outputs "
-              f"{row['output_relative_error_equilibrium']:.3f}", flush=True)
+        print(
+            f"{'learned':>15} M={M:>6}: normaliser error {row['normaliser_median_relative_error']:.3f}, corr "
+            f"{row['normaliser_correlation']:.3f}; weights TV {row['attention_tv_median']:.3f}; outputs "
+            f"{row['output_relative_error_equilibrium']:.3f}",
+            flush=True,
+        )
 
     # Variance ratio PRF / OPRF on the same heads (closed form, per token, i.i.d. directions), and the M needed for a
     # 10% relative standard deviation of the normaliser (median token): M = v / 0.1^2.
     variance = dict(
         prf_over_oprf_median=float(np.median(closed_form["prf"] / closed_form["oprf"])),
         prf_over_oprf_quartiles=[float(np.quantile(closed_form["prf"] / closed_form["oprf"], q)) for q in (0.25, 0.75)],
-        M_for_10pct_relative_std={n: float(np.median(closed_form[n]) / 0.01) for n in ("prf", "oprf")})
+        M_for_10pct_relative_std={n: float(np.median(closed_form[n]) / 0.01) for n in ("prf", "oprf")},
+    )
     for name in RANDOM_MAPS:
         measured = [(r["M"], r["normaliser_median_relative_error"]) for r in rows if r["map"] == name]
         crossing = next((M for M, e in measured if e <= 0.10), None)
@@ -243,17 +292,32 @@ def main(argv=None):
         empirical = {r["M"]: r["normaliser_median_squared_relative_error"] for r in rows if r["map"] == name}
         variance.setdefault("median_squared_relative_error", {})[name] = empirical
     variance["median_squared_relative_error_prf_over_oprf"] = {
-        str(M): variance["median_squared_relative_error"]["prf"][M] / variance["median_squared_relative_error"]["oprf"][M]
-        for M in feature_counts}
+        str(M): variance["median_squared_relative_error"]["prf"][M]
+        / variance["median_squared_relative_error"]["oprf"][M]
+        for M in feature_counts
+    }
     print("variance:", variance, flush=True)
 
     def save(downstream, baseline, partial):
-        results = dict(config=dict(train=config.to_dict(), sequence_length=int(batch.inputs.shape[1]),
-                                   feature_draws=draws, feature_draws_above_1024=1, feature_counts=feature_counts,
-                                   eval_sequences_downstream=8 * len(eval_batches), oprf_A=A_heads,
-                                   params="tau_s = 0.01/M, t_read = 1 (ode)"),
-                       machine=machine, normalisers=rows, variance=variance, softmax_bits_per_char=baseline,
-                       downstream=downstream, curves=curves, partial=partial)
+        results = dict(
+            config=dict(
+                train=config.to_dict(),
+                sequence_length=int(batch.inputs.shape[1]),
+                feature_draws=draws,
+                feature_draws_above_1024=1,
+                feature_counts=feature_counts,
+                eval_sequences_downstream=8 * len(eval_batches),
+                oprf_A=A_heads,
+                params="tau_s = 0.01/M, t_read = 1 (ode)",
+            ),
+            machine=machine,
+            normalisers=rows,
+            variance=variance,
+            softmax_bits_per_char=baseline,
+            downstream=downstream,
+            curves=curves,
+            partial=partial,
+        )
         return write_json(results, out_path, "fidelity.json"), results
 
     # 3. Downstream bits per character with transferred heads.
@@ -270,19 +334,35 @@ def main(argv=None):
         maps = [b.attention.feature_map for b in dmodel.blocks]
         for mode in ("equilibrium", "ode"):
             value = bpc(transferred(model, maps, NAParams(tau_s=0.01 / M), mode))
-            downstream.append(dict(map="learned", M=M, mode=mode, t_read=1.0, bits_per_char=value,
-                                   relative_to_softmax=value / baseline - 1, run_dir=str(dpath)))
-            print(f"transferred {'learned':>15} M={M:>5} {mode:<11}: {value:.3f} bits/char (softmax {baseline:.3f}, "
-                  f"{value / baseline - 1:+.1%}; {dpath.name})", flush=True)
+            downstream.append(
+                dict(
+                    map="learned",
+                    M=M,
+                    mode=mode,
+                    t_read=1.0,
+                    bits_per_char=value,
+                    relative_to_softmax=value / baseline - 1,
+                    run_dir=str(dpath),
+                )
+            )
+            print(
+                f"transferred {'learned':>15} M={M:>5} {mode:<11}: {value:.3f} bits/char (softmax {baseline:.3f}, "
+                f"{value / baseline - 1:+.1%}; {dpath.name})",
+                flush=True,
+            )
             save(downstream, baseline, True)
     for name in RANDOM_MAPS:
-        for M in ([256] if quick else [256, 4096]):
-            maps = [random_map(name, D, M, A_heads[i], key=jax.random.fold_in(key, i)) for i in range(len(model.blocks))]
+        for M in [256] if quick else [256, 4096]:
+            maps = [
+                random_map(name, D, M, A_heads[i], key=jax.random.fold_in(key, i)) for i in range(len(model.blocks))
+            ]
             for mode in ("equilibrium", "ode") if M <= 256 else ("equilibrium",):
                 value = bpc(transferred(model, maps, NAParams(tau_s=0.01 / M), mode))
                 downstream.append(dict(map=name, M=M, mode=mode, t_read=1.0, bits_per_char=value))
-                print(f"transferred {name:>15} M={M:>5} {mode:<11}: {value:.3f} bits/char (softmax {baseline:.3f})",
-                      flush=True)
+                print(
+                    f"transferred {name:>15} M={M:>5} {mode:<11}: {value:.3f} bits/char (softmax {baseline:.3f})",
+                    flush=True,
+                )
                 save(downstream, baseline, True)
     path, results = save(downstream, baseline, False)
     _plot(results, path.with_suffix(".png"))
@@ -301,16 +381,32 @@ def _plot(results, path):
         axes[0].plot(Ms, [r["normaliser_median_relative_error"] for _, r in pts], marker="o", label=name)
         axes[1].plot(Ms, [r["attention_tv_median"] for _, r in pts], marker="o", label=name)
         if name != "learned":
-            axes[2].plot(Ms, [r["normaliser_closed_form_relative_variance_median"] for _, r in pts], marker="o",
-                         label=name)
+            axes[2].plot(
+                Ms, [r["normaliser_closed_form_relative_variance_median"] for _, r in pts], marker="o", label=name
+            )
     axes[0].axhline(0.1, color="k", linestyle=":", linewidth=1)
-    axes[0].set(xscale="log", yscale="log", xlabel="feature neurons M per head",
-                ylabel="median |astrocyte - normaliser| / normaliser", title="softmax normaliser")
+    axes[0].set(
+        xscale="log",
+        yscale="log",
+        xlabel="feature neurons M per head",
+        ylabel="median |astrocyte - normaliser| / normaliser",
+        title="softmax normaliser",
+    )
     axes[1].axhline(0.05, color="k", linestyle=":", linewidth=1)
-    axes[1].set(xscale="log", yscale="log", xlabel="M", ylabel="median total-variation distance",
-                title="attention weights vs softmax")
-    axes[2].set(xscale="log", yscale="log", xlabel="M", ylabel="relative variance (closed form, median token)",
-                title="normaliser variance")
+    axes[1].set(
+        xscale="log",
+        yscale="log",
+        xlabel="M",
+        ylabel="median total-variation distance",
+        title="attention weights vs softmax",
+    )
+    axes[2].set(
+        xscale="log",
+        yscale="log",
+        xlabel="M",
+        ylabel="relative variance (closed form, median token)",
+        title="normaliser variance",
+    )
     for ax in axes[:3]:
         ax.legend(fontsize=8)
     ds = results["downstream"]
@@ -318,8 +414,9 @@ def _plot(results, path):
     labels = [f"{name}\nM={M}" for name, M in cells]
     x = np.arange(len(labels))
     for i, mode in enumerate(("equilibrium", "ode")):
-        vals = [next((d["bits_per_char"] for d in ds if (d["map"], d["M"], d["mode"]) == (*c, mode)), np.nan)
-                for c in cells]
+        vals = [
+            next((d["bits_per_char"] for d in ds if (d["map"], d["M"], d["mode"]) == (*c, mode)), np.nan) for c in cells
+        ]
         axes[3].bar(x + (i - 0.5) * 0.4, vals, width=0.4, label=mode)
     axes[3].axhline(results["softmax_bits_per_char"], color="k", label="softmax (trained)")
     axes[3].set_xticks(x, labels, fontsize=6, rotation=90)

@@ -33,16 +33,21 @@ def main():
     params = NAParams(tau_n=0.05, tau_s=0.2, tau_p=2.0)
 
     def x(substeps):
-        return NAModel(params=params, feature_map=feature_map, substeps=substeps).traces(
-            q, k, v, ts, variables=("x",)).x
+        return (
+            NAModel(params=params, feature_map=feature_map, substeps=substeps).traces(q, k, v, ts, variables=("x",)).x
+        )
 
     reference = x(512)
     rows = []
     for substeps in (2, 4, 8, 16, 32):
         error = x(substeps) - reference
-        rows.append({"substeps": substeps,
-                     "max_relative": float(jnp.max(jnp.abs(error)) / jnp.max(jnp.abs(reference))),
-                     "rms_relative": float(jnp.sqrt(jnp.mean(error**2) / jnp.mean(reference**2)))})
+        rows.append(
+            {
+                "substeps": substeps,
+                "max_relative": float(jnp.max(jnp.abs(error)) / jnp.max(jnp.abs(reference))),
+                "rms_relative": float(jnp.sqrt(jnp.mean(error**2) / jnp.mean(reference**2))),
+            }
+        )
         print(rows[-1])
     path = write_json({"reference_substeps": 512, "rows": rows, "machine": machine_info()}, name="fit_substeps.json")
     print(f"wrote {path}")

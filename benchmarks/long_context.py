@@ -45,11 +45,31 @@ def demo_config(quick: bool, steps: int | None):
     from astroformer.training import TrainConfig
 
     if quick:
-        base = dict(d_model=16, num_layers=1, num_heads=2, num_features=8, read_steps=4, batch_size=1, steps=4,
-                    warmup=1, eval_every=4, eval_batches=1)
+        base = dict(
+            d_model=16,
+            num_layers=1,
+            num_heads=2,
+            num_features=8,
+            read_steps=4,
+            batch_size=1,
+            steps=4,
+            warmup=1,
+            eval_every=4,
+            eval_batches=1,
+        )
     else:
-        base = dict(d_model=64, num_layers=1, num_heads=4, num_features=16, read_steps=4, batch_size=1,
-                    steps=30, warmup=3, eval_every=30, eval_batches=8)
+        base = dict(
+            d_model=64,
+            num_layers=1,
+            num_heads=4,
+            num_features=16,
+            read_steps=4,
+            batch_size=1,
+            steps=30,
+            warmup=3,
+            eval_every=30,
+            eval_batches=8,
+        )
     if steps is not None:
         base.update(steps=steps, warmup=max(1, steps // 10), eval_every=steps)
     return TrainConfig(task="charlm", checkpoint_every=0, lr=3e-3, **base)
@@ -70,10 +90,14 @@ def main(argv=None) -> dict:
     config = demo_config(args.quick, args.steps)
     budget_mib = args.budget_mib if args.budget_mib is not None else (96.0 if args.quick else 64.0)
     budget = budget_mib * MIB
-    results = {"benchmark": "long_context", "machine": machine_info(), "budget_mib": budget_mib,
-               "factor": args.factor, "config": {k: v for k, v in config.to_dict().items()
-                                                 if k not in ("run_dir", "attention")},
-               "footprint": "argument + output + temp - alias bytes of the compiled train step"}
+    results = {
+        "benchmark": "long_context",
+        "machine": machine_info(),
+        "budget_mib": budget_mib,
+        "factor": args.factor,
+        "config": {k: v for k, v in config.to_dict().items() if k not in ("run_dir", "attention")},
+        "footprint": "argument + output + temp - alias bytes of the compiled train step",
+    }
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
@@ -84,8 +108,13 @@ def main(argv=None) -> dict:
 
     t0 = time.perf_counter()
     log(f"longest softmax context within {budget_mib:g} MiB:")
-    found = longest_length(lambda L: footprint("softmax", L), budget, start=64 if args.quick else 512,
-                           multiple=16 if args.quick else 64, log=log)
+    found = longest_length(
+        lambda L: footprint("softmax", L),
+        budget,
+        start=64 if args.quick else 512,
+        multiple=16 if args.quick else 64,
+        log=log,
+    )
     if found["longest"] is None:
         raise SystemExit(f"--budget-mib: no softmax context fits {budget_mib} MiB; expected a larger budget")
     L_softmax = found["longest"]
@@ -113,11 +142,18 @@ def main(argv=None) -> dict:
         res = train(cfg, overwrite=True, progress=False)
         seconds = time.perf_counter() - start
         final = res.evals[-1]
-        rec = {"attention": kind, "context": L, "steps": res.step, "batch_size": cfg.batch_size,
-               "characters_seen": res.step * cfg.batch_size * L, "seconds": seconds,
-               "train_losses_nats": [loss for _, loss in res.losses],
-               "eval_loss_nats": final["loss"], "bits_per_char": final["loss"] / LN2,
-               "eval_windows": cfg.eval_batches * cfg.batch_size}
+        rec = {
+            "attention": kind,
+            "context": L,
+            "steps": res.step,
+            "batch_size": cfg.batch_size,
+            "characters_seen": res.step * cfg.batch_size * L,
+            "seconds": seconds,
+            "train_losses_nats": [loss for _, loss in res.losses],
+            "eval_loss_nats": final["loss"],
+            "bits_per_char": final["loss"] / LN2,
+            "eval_windows": cfg.eval_batches * cfg.batch_size,
+        }
         if kind == "softmax":
             rec["footprint"] = found["footprint_longest"]
         else:
@@ -147,16 +183,23 @@ def plot(results: dict, path: Path) -> None:
     ax.legend()
     ax.grid(True, alpha=0.3)
     names = [f"{r['attention']}\nL={r['context']:,}" for r in results["runs"]]
-    bx.bar(names, [r["bits_per_char"] for r in results["runs"]], color=["C0", "C2", "C3"][:len(names)])
+    bx.bar(names, [r["bits_per_char"] for r in results["runs"]], color=["C0", "C2", "C3"][: len(names)])
     for i, r in enumerate(results["runs"]):
-        bx.text(i, r["bits_per_char"], f"{r['bits_per_char']:.3f}\n{r['footprint'] / MIB:.0f} MiB", ha="center",
-                va="bottom", fontsize=8)
+        bx.text(
+            i,
+            r["bits_per_char"],
+            f"{r['bits_per_char']:.3f}\n{r['footprint'] / MIB:.0f} MiB",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     if results["runs"]:
         bx.set_ylim(0, 1.25 * max(r["bits_per_char"] for r in results["runs"]))
     bx.set_ylabel("validation bits/char")
     bx.set_title(f"train-step budget {results['budget_mib']:g} MiB (compiled)")
-    fig.suptitle(f"character LM: softmax at its longest context within the budget vs neuron–astrocyte at "
-                 f"{results['factor']}×")
+    fig.suptitle(
+        f"character LM: softmax at its longest context within the budget vs neuron–astrocyte at {results['factor']}×"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

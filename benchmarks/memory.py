@@ -52,8 +52,8 @@ from ._common import RESULTS_DIR, machine_info, pyplot, write_json
 KINDS = ("softmax-batched", "softmax", "linear", "na-equilibrium", "na-ode")
 PHASES = ("forward", "forward_backward")
 MODEL_KINDS = ("softmax", "linear", "na-equilibrium", "na-ode")  # the kinds a `TrainConfig` accepts
-GIB = 2 ** 30
-MIB = 2 ** 20
+GIB = 2**30
+MIB = 2**20
 
 
 # ------------------------------------------------------------------------------------------ the layers
@@ -73,14 +73,15 @@ def _softmax_batched(layer, x):
     B, L, d_model = x.shape
     H = layer.num_heads
     D = d_model // H
-    scale = D ** -0.25
+    scale = D**-0.25
     flat = x.reshape(B * L, d_model)
 
     def proj(lin):
         return (flat @ lin.weight.T + lin.bias).reshape(B, L, H, D)
 
-    out = jax.nn.dot_product_attention(proj(layer.query) * scale, proj(layer.key) * scale, proj(layer.value),
-                                       scale=1.0, is_causal=layer.causal)
+    out = jax.nn.dot_product_attention(
+        proj(layer.query) * scale, proj(layer.key) * scale, proj(layer.value), scale=1.0, is_causal=layer.causal
+    )
     return (out.reshape(B * L, d_model) @ layer.output.weight.T + layer.output.bias).reshape(B, L, d_model)
 
 
@@ -97,6 +98,7 @@ def layer_function(kind: str, phase: str):
     if phase == "forward":
         return jax.jit(lambda layer, x: apply_layer(kind, layer, x))
     if phase == "forward_backward":
+
         def loss(layer, x, cot):
             return jnp.sum(apply_layer(kind, layer, x) * cot)
 
@@ -107,8 +109,10 @@ def layer_function(kind: str, phase: str):
 def analysis_record(compiled) -> dict:
     """The compiled memory analysis as a dict of bytes, with the footprint argument + output + temp − alias."""
     m = getattr(compiled, "compiled", compiled).memory_analysis()  # an equinox `Compiled` wraps jax's
-    rec = {name: int(getattr(m, f"{name}_size_in_bytes")) for name in
-           ("temp", "argument", "output", "alias", "generated_code")}
+    rec = {
+        name: int(getattr(m, f"{name}_size_in_bytes"))
+        for name in ("temp", "argument", "output", "alias", "generated_code")
+    }
     rec["footprint"] = rec["argument"] + rec["output"] + rec["temp"] - rec["alias"]
     return rec
 
@@ -171,8 +175,9 @@ def measure_point(kind: str, phase: str, L: int, cfg: dict, measure_cap: float) 
     compiled, analysis, seconds = compile_layer(kind, phase, L, cfg)
     rec = {"compiled": analysis, "compile_s": seconds, "measured": None}
     if analysis["footprint"] > measure_cap:
-        rec["measured_skipped"] = f"compiled footprint {analysis['footprint'] / GIB:.2f} GiB > cap " \
-                                  f"{measure_cap / GIB:.2f} GiB"
+        rec["measured_skipped"] = (
+            f"compiled footprint {analysis['footprint'] / GIB:.2f} GiB > cap {measure_cap / GIB:.2f} GiB"
+        )
         return rec
     kl, x, cot = layer_args(phase, L, cfg, abstract=False)
     layer = build_layer(kind, cfg["heads"] * cfg["head_dim"], cfg["heads"], cfg["features"], key=kl)
@@ -209,20 +214,29 @@ def measure_point(kind: str, phase: str, L: int, cfg: dict, measure_cap: float) 
 
 def run_point(kind: str, phase: str, L: int, cfg: dict, measure_cap: float, timeout: float) -> dict:
     """`measure_point` in a fresh Python process (so that the measured peak is this point's alone)."""
-    code = ("import json, sys; from benchmarks.memory import measure_point; "
-            f"r = measure_point({kind!r}, {phase!r}, {L}, json.loads({json.dumps(cfg)!r}), {measure_cap!r}); "
-            "print('RESULT ' + json.dumps(r))")
+    code = (
+        "import json, sys; from benchmarks.memory import measure_point; "
+        f"r = measure_point({kind!r}, {phase!r}, {L}, json.loads({json.dumps(cfg)!r}), {measure_cap!r}); "
+        "print('RESULT ' + json.dumps(r))"
+    )
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
     try:
-        proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
-                              timeout=timeout, cwd=root, env=env)
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=root,
+            env=env,
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     return {"error": f"exit {proc.returncode}: {proc.stderr[-1500:]}"}
 
 
@@ -244,8 +258,7 @@ def compile_train_step(kind: str, L: int, config=None) -> tuple[dict, float]:
     import numpy as np
 
     from astroformer.tasks import Batch, get_task
-    from astroformer.training import (TrainConfig, build_model, make_optimizer, make_train_step,
-                                      trainable_filter)
+    from astroformer.training import TrainConfig, build_model, make_optimizer, make_train_step, trainable_filter
 
     config = (TrainConfig() if config is None else config).replace(attention=kind)
     vocab = get_task(config.task, **config.task_kwargs).vocab_size
@@ -278,8 +291,17 @@ def _predict(points: list[tuple[int, int]], budget: float) -> float | None:
     return L2 * (budget / b2) ** (1 / slope)
 
 
-def longest_length(footprint, budget: float, *, start: int, known: dict[int, int] | None = None,
-                   multiple: int = 64, resolution: float = 1 / 16, max_length: int = 2 ** 24, log=None) -> dict:
+def longest_length(
+    footprint,
+    budget: float,
+    *,
+    start: int,
+    known: dict[int, int] | None = None,
+    multiple: int = 64,
+    resolution: float = 1 / 16,
+    max_length: int = 2**24,
+    log=None,
+) -> dict:
     """The largest L (a multiple of `multiple`) whose `footprint(L)` (bytes, from a compile) is ≤ `budget`.
 
     Brackets the budget, then narrows the bracket to `max(multiple, resolution * lo)`; each probe's L is predicted by
@@ -320,11 +342,21 @@ def longest_length(footprint, budget: float, *, start: int, known: dict[int, int
         too_long = [L for L in points if not fit(L)]
         hi = min(too_long) if too_long else None
         if hi is not None and hi - lo <= max(multiple, resolution * lo):
-            return {"longest": lo, "first_too_long": hi, "probes": probes,
-                    "footprint_longest": points[lo], "footprint_first_too_long": points[hi]}
+            return {
+                "longest": lo,
+                "first_too_long": hi,
+                "probes": probes,
+                "footprint_longest": points[lo],
+                "footprint_first_too_long": points[hi],
+            }
         if lo >= max_length:
-            return {"longest": lo, "first_too_long": None, "probes": probes, "footprint_longest": points[lo],
-                    "note": f"max_length {max_length} reached"}
+            return {
+                "longest": lo,
+                "first_too_long": None,
+                "probes": probes,
+                "footprint_longest": points[lo],
+                "note": f"max_length {max_length} reached",
+            }
         guess = _predict(list(points.items()), budget)
         if hi is None:  # grow: just above the predicted crossing (the next probe may then close the bracket)
             upper = min(16 * lo, max_length)
@@ -366,27 +398,39 @@ def goals(results: dict) -> dict:
         rec = layer[str(L)].get(kind, {}).get("forward_backward", {})
         return rec.get("compiled", {}).get(field)
 
-    ratios = {L: value(L, "na-ode") / value(L, "na-equilibrium") for L in lengths
-              if value(L, "na-ode") and value(L, "na-equilibrium")}
-    out["na_ode_over_na_equilibrium_fwd_bwd"] = {"by_L": {str(L): r for L, r in ratios.items()},
-                                                 "target": "<= 2 at every L",
-                                                 "met": bool(ratios) and max(ratios.values()) <= 2}
+    ratios = {
+        L: value(L, "na-ode") / value(L, "na-equilibrium")
+        for L in lengths
+        if value(L, "na-ode") and value(L, "na-equilibrium")
+    }
+    out["na_ode_over_na_equilibrium_fwd_bwd"] = {
+        "by_L": {str(L): r for L, r in ratios.items()},
+        "target": "<= 2 at every L",
+        "met": bool(ratios) and max(ratios.values()) <= 2,
+    }
     growth = {}
     for kind in KINDS:
         for field in ("footprint", "temp"):
             pairs = [(L, value(L, kind, field)) for L in lengths if value(L, kind, field)]
             growth.setdefault(kind, {})[field] = {
-                f"{a}->{b}": math.log(vb / va) / math.log(b / a) for (a, va), (b, vb) in zip(pairs, pairs[1:])}
+                f"{a}->{b}": math.log(vb / va) / math.log(b / a) for (a, va), (b, vb) in zip(pairs, pairs[1:])
+            }
     out["log_log_slope_fwd_bwd"] = growth
     slopes = list(growth["na-ode"]["temp"].values())
-    out["na_ode_linear_in_L"] = {"target": "log-log slope of the temporary bytes <= log2(2.2) = 1.14 between "
-                                           "consecutive lengths", "max_slope": max(slopes) if slopes else None,
-                                 "met": bool(slopes) and max(slopes) <= math.log2(2.2)}
+    out["na_ode_linear_in_L"] = {
+        "target": "log-log slope of the temporary bytes <= log2(2.2) = 1.14 between consecutive lengths",
+        "max_slope": max(slopes) if slopes else None,
+        "met": bool(slopes) and max(slopes) <= math.log2(2.2),
+    }
     Lmax = lengths[-1]
     if value(Lmax, "softmax-batched") and value(Lmax, "na-ode"):
         r = value(Lmax, "softmax-batched") / value(Lmax, "na-ode")
-        out["softmax_batched_over_na_ode_at_longest_L"] = {"L": Lmax, "ratio": r, "target": ">= 10 at L=16384",
-                                                           "met": bool(Lmax >= 16384 and r >= 10)}
+        out["softmax_batched_over_na_ode_at_longest_L"] = {
+            "L": Lmax,
+            "ratio": r,
+            "target": ">= 10 at L=16384",
+            "met": bool(Lmax >= 16384 and r >= 10),
+        }
     return out
 
 
@@ -415,8 +459,9 @@ def plot(results: dict, path: Path) -> None:
                 ax.plot(Ls, [b / MIB for b in bs], "o-", color=COLOURS[kind], label=f"{kind} (compiled)")
             if meas:
                 Ls, bs = zip(*sorted(meas))
-                ax.plot(Ls, [b / MIB for b in bs], "x--", color=COLOURS[kind], alpha=0.7,
-                        label=f"{kind} (measured peak)")
+                ax.plot(
+                    Ls, [b / MIB for b in bs], "x--", color=COLOURS[kind], alpha=0.7, label=f"{kind} (measured peak)"
+                )
         ax.axhline(budget / MIB, color="k", lw=0.8, ls=":", label=f"budget {budget / GIB:g} GiB")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -434,8 +479,12 @@ def plot(results: dict, path: Path) -> None:
                 values.append(rec["longest"])
                 labels.append(f"{rec['longest']:,}")
     if values:
-        bars = ax.barh(range(len(values)), values, color=[COLOURS[n.split()[0]] for n in names],
-                       hatch=["//" if n.endswith("model") else "" for n in names])
+        bars = ax.barh(
+            range(len(values)),
+            values,
+            color=[COLOURS[n.split()[0]] for n in names],
+            hatch=["//" if n.endswith("model") else "" for n in names],
+        )
         ax.set_yticks(range(len(values)), names, fontsize=7)
         ax.set_xscale("log", base=2)
         for bar, label in zip(bars, labels):
@@ -443,8 +492,10 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xlabel("longest L")
     ax.set_title(f"longest trainable L within {budget / GIB:g} GiB (compiled)")
     cfg = results["config"]
-    fig.suptitle(f"memory on {results['machine']['backend'].upper()}: B={cfg['batch']}, H={cfg['heads']}, "
-                 f"D={cfg['head_dim']}, M={cfg['features']}, causal, float32")
+    fig.suptitle(
+        f"memory on {results['machine']['backend'].upper()}: B={cfg['batch']}, H={cfg['heads']}, "
+        f"D={cfg['head_dim']}, M={cfg['features']}, causal, float32"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -477,8 +528,9 @@ def merge(paths: list[Path]) -> dict:
         for key in ("layer_seconds", "search_seconds", "model_search_seconds"):
             if key in data:
                 results[key] = data[key]
-        results["merged_from"].append({"path": str(path), "parts": data["config"].get("parts"),
-                                       "machine": data["machine"]})
+        results["merged_from"].append(
+            {"path": str(path), "parts": data["config"].get("parts"), "machine": data["machine"]}
+        )
     return results
 
 
@@ -487,18 +539,32 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="tiny sizes and budget (CI smoke test)")
     parser.add_argument("--lengths", type=int, nargs="+", help="sequence lengths (default 1024 4096 16384)")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, help="attention kinds (default all)")
-    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
-                        help="what to run: the one-layer points, the one-layer longest-L search (it starts from "
-                             "the points run here), the default model's longest-L search (default all)")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        help="what to run: the one-layer points, the one-layer longest-L search (it starts from "
+        "the points run here), the default model's longest-L search (default all)",
+    )
     parser.add_argument("--budget-gib", type=float, help="memory budget of the longest-L search (default 16)")
-    parser.add_argument("--measure-cap-gib", type=float,
-                        help="run a point to measure its peak only if its compiled footprint is below this "
-                             "(default 4 GiB)")
+    parser.add_argument(
+        "--measure-cap-gib",
+        type=float,
+        help="run a point to measure its peak only if its compiled footprint is below this (default 4 GiB)",
+    )
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per point subprocess")
-    parser.add_argument("--merge", type=Path, nargs="+",
-                        help="combine the JSON files of runs with different --parts into --out and plot it")
-    parser.add_argument("--seed-json", type=Path,
-                        help="a previous run's JSON (same configuration) whose one-layer points seed the search")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="combine the JSON files of runs with different --parts into --out and plot it",
+    )
+    parser.add_argument(
+        "--seed-json",
+        type=Path,
+        help="a previous run's JSON (same configuration) whose one-layer points seed the search",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "memory.json", help="JSON path")
     args = parser.parse_args(argv)
 
@@ -511,14 +577,33 @@ def main(argv=None) -> dict:
         return results
 
     if args.quick:  # the searches only for a cheap kind of each growth (na-ode compiles take minutes)
-        cfg = dict(batch=1, heads=2, head_dim=8, features=16, lengths=[64, 128], budget_gib=1 / 64,
-                   measure_cap_gib=0.5, model_budget_gib=1 / 16, model_start=64,
-                   model=dict(d_model=16, num_layers=1, num_heads=2, num_features=8, batch_size=2),
-                   search_kinds=["softmax-batched", "softmax", "na-equilibrium"])
+        cfg = dict(
+            batch=1,
+            heads=2,
+            head_dim=8,
+            features=16,
+            lengths=[64, 128],
+            budget_gib=1 / 64,
+            measure_cap_gib=0.5,
+            model_budget_gib=1 / 16,
+            model_start=64,
+            model=dict(d_model=16, num_layers=1, num_heads=2, num_features=8, batch_size=2),
+            search_kinds=["softmax-batched", "softmax", "na-equilibrium"],
+        )
     else:
-        cfg = dict(batch=1, heads=4, head_dim=32, features=64, lengths=[1024, 4096, 16384],
-                   budget_gib=16.0, measure_cap_gib=4.0, model_budget_gib=None, model_start=1024, model={},
-                   search_kinds=list(KINDS))
+        cfg = dict(
+            batch=1,
+            heads=4,
+            head_dim=32,
+            features=64,
+            lengths=[1024, 4096, 16384],
+            budget_gib=16.0,
+            measure_cap_gib=4.0,
+            model_budget_gib=None,
+            model_start=1024,
+            model={},
+            search_kinds=list(KINDS),
+        )
     if args.lengths:
         cfg["lengths"] = sorted(args.lengths)
     if args.budget_gib is not None:
@@ -530,12 +615,19 @@ def main(argv=None) -> dict:
     cfg["parts"] = list(args.parts)
     kinds = tuple(args.kinds) if args.kinds else KINDS
     search_kinds = [k for k in kinds if k in cfg["search_kinds"]]
-    results = {"benchmark": "memory", "config": cfg, "kinds": list(kinds), "dtype": "float32",
-               "footprint": "argument + output + temp - alias bytes of the compiled call (XLA memory_analysis)",
-               "measured": "peak_total: on CPU the resident-set growth over one call (VmHWM after it, the "
-                           "high-water mark reset just before, minus VmRSS before it) plus the argument bytes, in "
-                           "a fresh process per point; on a GPU the device's peak_bytes_in_use",
-               "machine": machine_info(), "layer": {}, "longest": {}}
+    results = {
+        "benchmark": "memory",
+        "config": cfg,
+        "kinds": list(kinds),
+        "dtype": "float32",
+        "footprint": "argument + output + temp - alias bytes of the compiled call (XLA memory_analysis)",
+        "measured": "peak_total: on CPU the resident-set growth over one call (VmHWM after it, the "
+        "high-water mark reset just before, minus VmRSS before it) plus the argument bytes, in "
+        "a fresh process per point; on a GPU the device's peak_bytes_in_use",
+        "machine": machine_info(),
+        "layer": {},
+        "longest": {},
+    }
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
@@ -555,9 +647,11 @@ def main(argv=None) -> dict:
                         continue
                     m = r.get("measured") or {}
                     peak = m.get("peak_total")
-                    log(f"L={L:6d} {kind:16s} {phase:16s} compiled {r['compiled']['footprint'] / MIB:10.1f} MiB "
+                    log(
+                        f"L={L:6d} {kind:16s} {phase:16s} compiled {r['compiled']['footprint'] / MIB:10.1f} MiB "
                         f"(temp {r['compiled']['temp'] / MIB:10.1f})  measured "
-                        f"{'-' if peak is None else f'{peak / MIB:10.1f}'} MiB  compile {r['compile_s']:.1f} s")
+                        f"{'-' if peak is None else f'{peak / MIB:10.1f}'} MiB  compile {r['compile_s']:.1f} s"
+                    )
             write_json(results, args.out)
         results["layer_seconds"] = time.perf_counter() - t_start
         if all(k in kinds for k in ("na-ode", "na-equilibrium", "softmax-batched")):
@@ -574,9 +668,12 @@ def main(argv=None) -> dict:
             if args.seed_json:
                 with open(args.seed_json) as f:
                     seeds.append(json.load(f)["layer"])
-            known = {int(L): rec[kind]["forward_backward"]["compiled"]["footprint"]
-                     for layer in seeds for L, rec in layer.items() if "compiled" in rec.get(kind, {}).get(
-                         "forward_backward", {})}
+            known = {
+                int(L): rec[kind]["forward_backward"]["compiled"]["footprint"]
+                for layer in seeds
+                for L, rec in layer.items()
+                if "compiled" in rec.get(kind, {}).get("forward_backward", {})
+            }
 
             def footprint(L, kind=kind):
                 _, analysis, seconds = compile_layer(kind, "forward_backward", L, layer_cfg)
@@ -594,8 +691,9 @@ def main(argv=None) -> dict:
         default = TrainConfig(**cfg["model"])  # the `astroformer train` default (smaller with --quick)
         model_budget = cfg["model_budget_gib"] * GIB
         results["longest"]["model_budget_gib"] = cfg["model_budget_gib"]
-        results["longest"]["model_config"] = {k: v for k, v in default.to_dict().items()
-                                              if k not in ("run_dir", "attention")}
+        results["longest"]["model_config"] = {
+            k: v for k, v in default.to_dict().items() if k not in ("run_dir", "attention")
+        }
         found = results["longest"].setdefault("model", {})
         for kind in [k for k in MODEL_KINDS if k in search_kinds]:
             log(f"longest L, default model train step, {kind}:")

@@ -32,12 +32,11 @@ from ._common import compile_time, machine_info, summarise, time_call, write_jso
 def _inputs(B, H, L, D, M, seed=0):
     kq, kk, kv, kf, kc = jax.random.split(jax.random.PRNGKey(seed), 5)
     fm = af.PositiveRandomFeatures(D, M, key=kf)
-    scale = D ** -0.25
+    scale = D**-0.25
     q = jax.random.normal(kq, (B, H, L, D)) * scale
     k = jax.random.normal(kk, (B, H, L, D)) * scale
     v = jax.random.normal(kv, (B, H, L, D))
-    params = jax.tree.map(lambda a: jnp.broadcast_to(jnp.asarray(a, jnp.float32), (H,)),
-                          af.NAParams(tau_s=0.01 / M))
+    params = jax.tree.map(lambda a: jnp.broadcast_to(jnp.asarray(a, jnp.float32), (H,)), af.NAParams(tau_s=0.01 / M))
     cot = jax.random.normal(kc, (B, H, L, D))
     return fm, q, k, v, params, cot
 
@@ -58,14 +57,24 @@ def cases(fm, read_steps):
 
     def write(pq, pk, v, prm):
         mem = write_reduced(pk, v, prm, jnp.ones(pk.shape[0], bool))
-        return jnp.concatenate([mem.keys[0], mem.keys[1], mem.astrocyte_weights()], -1)[..., :v.shape[-1]]
+        return jnp.concatenate([mem.keys[0], mem.keys[1], mem.astrocyte_weights()], -1)[..., : v.shape[-1]]
 
     def read(pq, pk, v, prm):
-        mem = write_reduced(jax.lax.stop_gradient(pk), jax.lax.stop_gradient(v), prm,
-                            jnp.ones(pk.shape[0], bool))
-        z = reduced_read(pq, mem, prm, v.shape[-1], causal=True, solver=None, stepsize_controller=None,
-                         adjoint=None, read_steps=read_steps, max_steps=read_steps, throw=True)
-        return z[..., :v.shape[-1]]
+        mem = write_reduced(jax.lax.stop_gradient(pk), jax.lax.stop_gradient(v), prm, jnp.ones(pk.shape[0], bool))
+        z = reduced_read(
+            pq,
+            mem,
+            prm,
+            v.shape[-1],
+            causal=True,
+            solver=None,
+            stepsize_controller=None,
+            adjoint=None,
+            read_steps=read_steps,
+            max_steps=read_steps,
+            throw=True,
+        )
+        return z[..., : v.shape[-1]]
 
     def readout(pq, pk, v, prm):
         mem = write_reduced(jax.lax.stop_gradient(pk), v, prm, jnp.ones(pk.shape[0], bool))
@@ -73,8 +82,13 @@ def cases(fm, read_steps):
 
     del present
     out = {}
-    for name, head in (("na-ode", ode), ("na-equilibrium", eq), ("na-ode/write", write), ("na-ode/read", read),
-                       ("na-ode/readout", readout)):
+    for name, head in (
+        ("na-ode", ode),
+        ("na-equilibrium", eq),
+        ("na-ode/write", write),
+        ("na-ode/read", read),
+        ("na-ode/readout", readout),
+    ):
         batched = _per_head(head)
 
         def f(q, k, v, prm, batched=batched):
@@ -104,16 +118,22 @@ def main(argv=None):
     B, H, L, D, M = (2, 2, 32, 8, 16) if args.quick else (8, 4, args.length, 32, 64)
     fm, q, k, v, params, cot = _inputs(B, H, L, D, M)
     inputs = (q, k, v, params)
-    results = {"benchmark": "read_profile", "config": dict(B=B, H=H, L=L, D=D, M=M, read_steps=args.read_steps,
-                                                           dtype="float32", causal=True, repeats=args.repeats),
-               "machine": machine_info(), "cases": {}}
+    results = {
+        "benchmark": "read_profile",
+        "config": dict(
+            B=B, H=H, L=L, D=D, M=M, read_steps=args.read_steps, dtype="float32", causal=True, repeats=args.repeats
+        ),
+        "machine": machine_info(),
+        "cases": {},
+    }
     compiled = {}
     selected = cases(fm, args.read_steps)
     if args.cases:
         selected = {name: f for name, f in selected.items() if name in args.cases or name == "softmax"}
     for name, f in selected.items():
+
         def loss(q, k, v, prm, f=f):
-            return jnp.sum(f(q, k, v, prm) * cot[..., :f(q, k, v, prm).shape[-1]])
+            return jnp.sum(f(q, k, v, prm) * cot[..., : f(q, k, v, prm).shape[-1]])
 
         for phase, fn in (("forward", jax.jit(f)), ("forward_backward", jax.jit(jax.grad(loss, argnums=(0, 1, 2))))):
             seconds, c = compile_time(fn, *inputs)
@@ -130,13 +150,16 @@ def main(argv=None):
     soft = {phase: statistics.median(times[("softmax", phase)]) for phase in ("forward", "forward_backward")}
     for name in results["cases"]:
         results["cases"][name]["ratio_to_softmax"] = {
-            phase: statistics.median(times[(name, phase)]) / soft[phase] for phase in soft}
+            phase: statistics.median(times[(name, phase)]) / soft[phase] for phase in soft
+        }
     path = write_json(results, args.out, "read_profile.json")
     for name, rec in results["cases"].items():
-        print(f"{name:16s} fwd {rec['forward']['median'] * 1e3:8.1f} ms  fwd+bwd "
-              f"{rec['forward_backward']['median'] * 1e3:8.1f} ms  (x softmax {rec['ratio_to_softmax']['forward']:.2f}"
-              f" / {rec['ratio_to_softmax']['forward_backward']:.2f})  compile {rec['compile_s_forward']:.1f} / "
-              f"{rec['compile_s_forward_backward']:.1f} s")
+        print(
+            f"{name:16s} fwd {rec['forward']['median'] * 1e3:8.1f} ms  fwd+bwd "
+            f"{rec['forward_backward']['median'] * 1e3:8.1f} ms  (x softmax {rec['ratio_to_softmax']['forward']:.2f}"
+            f" / {rec['ratio_to_softmax']['forward_backward']:.2f})  compile {rec['compile_s_forward']:.1f} / "
+            f"{rec['compile_s_forward_backward']:.1f} s"
+        )
     print(f"wrote {path}")
     return results
 

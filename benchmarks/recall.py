@@ -39,11 +39,25 @@ NA_KINDS = ("na-equilibrium", "na-ode")
 def make_config(kind: str, pairs: int, features: int | None, seed: int, args, run_dir: str) -> TrainConfig:
     """The run's `TrainConfig`: identical for every kind except `attention` (and M for the NA kinds)."""
     return TrainConfig(
-        task="mqar", task_kwargs={"vocab_size": args.vocab_size, "seq_len": args.seq_len, "num_kv_pairs": pairs},
-        attention=kind, d_model=args.d_model, num_layers=args.layers, num_heads=args.heads,
-        num_features=features or 32, short_conv=args.short_conv, read_steps=args.read_steps, steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, warmup=max(1, args.steps // 10), eval_every=args.steps,
-        eval_batches=1, checkpoint_every=0, seed=seed, run_dir=run_dir)
+        task="mqar",
+        task_kwargs={"vocab_size": args.vocab_size, "seq_len": args.seq_len, "num_kv_pairs": pairs},
+        attention=kind,
+        d_model=args.d_model,
+        num_layers=args.layers,
+        num_heads=args.heads,
+        num_features=features or 32,
+        short_conv=args.short_conv,
+        read_steps=args.read_steps,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup=max(1, args.steps // 10),
+        eval_every=args.steps,
+        eval_batches=1,
+        checkpoint_every=0,
+        seed=seed,
+        run_dir=run_dir,
+    )
 
 
 def run_one(kind: str, pairs: int, features: int | None, seed: int, args, root: str) -> dict:
@@ -58,9 +72,17 @@ def run_one(kind: str, pairs: int, features: int | None, seed: int, args, root: 
     final = evaluate(result.model, task, batch_size=args.batch_size, num_batches=args.eval_batches, seed=10_000)
     records = [r for r in read_metrics(run_dir) if r["kind"] == "train"]
     rates = [r["tokens_per_s"] for r in records if r["tokens_per_s"] is not None]
-    return {"attention": kind, "num_kv_pairs": pairs, "num_features": features, "seed": seed,
-            "accuracy": final["accuracy"], "eval_loss": final["loss"], "last_train_loss": records[-1]["loss"],
-            "tokens_per_s": statistics.median(rates) if rates else None, "wall_s": wall}
+    return {
+        "attention": kind,
+        "num_kv_pairs": pairs,
+        "num_features": features,
+        "seed": seed,
+        "accuracy": final["accuracy"],
+        "eval_loss": final["loss"],
+        "last_train_loss": records[-1]["loss"],
+        "tokens_per_s": statistics.median(rates) if rates else None,
+        "wall_s": wall,
+    }
 
 
 def configurations(args) -> list[tuple[str, int, int | None, int]]:
@@ -92,15 +114,31 @@ def summarise(results: list[dict]) -> dict:
     groups: dict[tuple, list[float]] = {}
     for r in results:
         groups.setdefault((r["attention"], r["num_features"], r["num_kv_pairs"]), []).append(r["accuracy"])
-    table = [{"attention": k, "num_features": m, "num_kv_pairs": p, "mean": statistics.fmean(a), "min": min(a),
-              "max": max(a), "accuracies": a} for (k, m, p), a in sorted(groups.items(), key=str)]
+    table = [
+        {
+            "attention": k,
+            "num_features": m,
+            "num_kv_pairs": p,
+            "mean": statistics.fmean(a),
+            "min": min(a),
+            "max": max(a),
+            "accuracies": a,
+        }
+        for (k, m, p), a in sorted(groups.items(), key=str)
+    ]
     mean = {(row["attention"], row["num_features"], row["num_kv_pairs"]): row["mean"] for row in table}
     ode_vs_eq = []
     for (kind, m, p), value in mean.items():
         if kind == "na-ode" and ("na-equilibrium", m, p) in mean:
-            ode_vs_eq.append({"num_features": m, "num_kv_pairs": p, "na_ode": value,
-                              "na_equilibrium": mean[("na-equilibrium", m, p)],
-                              "difference": value - mean[("na-equilibrium", m, p)]})
+            ode_vs_eq.append(
+                {
+                    "num_features": m,
+                    "num_kv_pairs": p,
+                    "na_ode": value,
+                    "na_equilibrium": mean[("na-equilibrium", m, p)],
+                    "difference": value - mean[("na-equilibrium", m, p)],
+                }
+            )
     smallest = {}
     for kind in NA_KINDS:
         for p in sorted({p for (_, _, p) in mean}):
@@ -109,9 +147,11 @@ def summarise(results: list[dict]) -> dict:
                 continue
             ms = sorted(m for (k, m, q) in mean if k == kind and q == p)
             within = [m for m in ms if mean[(kind, m, p)] >= soft - 0.05]
-            smallest.setdefault(kind, {})[str(p)] = {"softmax": soft, "smallest_M_within_5_points":
-                                                     within[0] if within else None,
-                                                     "best": max((mean[(kind, m, p)] for m in ms), default=None)}
+            smallest.setdefault(kind, {})[str(p)] = {
+                "softmax": soft,
+                "smallest_M_within_5_points": within[0] if within else None,
+                "best": max((mean[(kind, m, p)] for m in ms), default=None),
+            }
     return {"table": table, "na_ode_vs_na_equilibrium": ode_vs_eq, "within_5_points_of_softmax": smallest}
 
 
@@ -122,8 +162,7 @@ def plot(results: list[dict], path: Path) -> None:
     series: dict[tuple, list[dict]] = {}
     for row in summary:
         series.setdefault((row["attention"], row["num_features"]), []).append(row)
-    styles = {"softmax": ("k", "-"), "linear": ("tab:gray", "--"), "na-equilibrium": (None, "-"),
-              "na-ode": (None, ":")}
+    styles = {"softmax": ("k", "-"), "linear": ("tab:gray", "--"), "na-equilibrium": (None, "-"), "na-ode": (None, ":")}
     cmap = plt.get_cmap("viridis")
     all_m = sorted({m for (_, m) in series if m is not None})
     for (kind, m), rows in sorted(series.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
@@ -132,14 +171,27 @@ def plot(results: list[dict], path: Path) -> None:
         color, ls = styles.get(kind, (None, "-"))
         if color is None:
             color = cmap(all_m.index(m) / max(1, len(all_m) - 1) * 0.9)
-        ax.errorbar(xs, [r["mean"] for r in rows],
-                    yerr=[[r["mean"] - r["min"] for r in rows], [r["max"] - r["mean"] for r in rows]],
-                    color=color, ls=ls, marker="o" if kind != "na-ode" else "s", ms=4, capsize=2,
-                    label=_label(kind, m))
-    ax.set(xscale="log", xlabel="key-value pairs", ylabel="MQAR eval accuracy", ylim=(0, 1.02),
-           title="Recall capacity (mean over seeds, bars: min-max)")
-    ax.set_xticks(sorted({r["num_kv_pairs"] for r in results}), [str(p) for p in
-                                                                 sorted({r["num_kv_pairs"] for r in results})])
+        ax.errorbar(
+            xs,
+            [r["mean"] for r in rows],
+            yerr=[[r["mean"] - r["min"] for r in rows], [r["max"] - r["mean"] for r in rows]],
+            color=color,
+            ls=ls,
+            marker="o" if kind != "na-ode" else "s",
+            ms=4,
+            capsize=2,
+            label=_label(kind, m),
+        )
+    ax.set(
+        xscale="log",
+        xlabel="key-value pairs",
+        ylabel="MQAR eval accuracy",
+        ylim=(0, 1.02),
+        title="Recall capacity (mean over seeds, bars: min-max)",
+    )
+    ax.set_xticks(
+        sorted({r["num_kv_pairs"] for r in results}), [str(p) for p in sorted({r["num_kv_pairs"] for r in results})]
+    )
     ax.minorticks_off()
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -150,8 +202,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="two tiny runs (softmax, na-equilibrium M=16)")
     parser.add_argument("--pairs", type=int, nargs="+", default=[4, 16])
-    parser.add_argument("--kinds", nargs="+", default=["softmax", "linear", "na-equilibrium", "na-ode"],
-                        choices=["softmax", "linear", "na-equilibrium", "na-ode"])
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        default=["softmax", "linear", "na-equilibrium", "na-ode"],
+        choices=["softmax", "linear", "na-equilibrium", "na-ode"],
+    )
     parser.add_argument("--features", type=int, nargs="+", default=[16, 64, 256], help="M for na-equilibrium")
     parser.add_argument("--ode-pairs", type=int, nargs="+", default=[4], help="pairs at which na-ode runs")
     parser.add_argument("--ode-features", type=int, nargs="+", default=[64, 256], help="M at which na-ode runs")
@@ -170,8 +226,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/recall[_quick].json)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.pairs, args.kinds, args.features, args.ode_pairs, args.seeds = [2], ["softmax", "na-equilibrium"], \
-            [16], [], 1
+        args.pairs, args.kinds, args.features, args.ode_pairs, args.seeds = (
+            [2],
+            ["softmax", "na-equilibrium"],
+            [16],
+            [],
+            1,
+        )
         args.seq_len, args.vocab_size, args.d_model, args.layers, args.heads = 16, 16, 32, 1, 2
         args.steps, args.batch_size = 200, 32
         args.eval_batches = 4
@@ -197,17 +258,21 @@ def main(argv=None) -> int:
                 continue
             r = run_one(kind, pairs, features, seed, args, root)
             results.append(r)
-            print(f"pairs {pairs:3d}  {_label(kind, features):22s} seed {seed}: accuracy {r['accuracy']:.3f}  "
-                  f"({r['wall_s']:.0f} s)", flush=True)
-            write_json({"machine": info, "config": settings, "results": results, "summary": summarise(results)},
-                       out)
+            print(
+                f"pairs {pairs:3d}  {_label(kind, features):22s} seed {seed}: accuracy {r['accuracy']:.3f}  "
+                f"({r['wall_s']:.0f} s)",
+                flush=True,
+            )
+            write_json({"machine": info, "config": settings, "results": results, "summary": summarise(results)}, out)
     data = {"machine": info, "config": settings, "results": results, "summary": summarise(results)}
     write_json(data, out)
     plot(results, out.with_suffix(".png"))
     for kind, per_pairs in data["summary"]["within_5_points_of_softmax"].items():
         for p, s in per_pairs.items():
-            print(f"{kind:15s} pairs {p:>3s}: softmax {s['softmax']:.3f}, best {s['best']}, smallest M within 5 "
-                  f"points: {s['smallest_M_within_5_points']}")
+            print(
+                f"{kind:15s} pairs {p:>3s}: softmax {s['softmax']:.3f}, best {s['best']}, smallest M within 5 "
+                f"points: {s['smallest_M_within_5_points']}"
+            )
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
 

@@ -31,8 +31,7 @@ def scan_read(phi_q, memory, params, N, *, causal, read_steps):
     if not causal:
         g = jnp.broadcast_to(g[-1], g.shape)
     p0 = phi_q * g
-    source = RelaxingCalcium(p0=p0, p_bar=jnp.mean(p0, -1, keepdims=True),
-                             kappa=N * M * params.t_read / params.tau_p)
+    source = RelaxingCalcium(p0=p0, p_bar=jnp.mean(p0, -1, keepdims=True), kappa=N * M * params.t_read / params.tau_p)
     field = ReducedReadField(phi_q=phi_q, source=source, params=params)
     grid = read_grid(params, N, M, read_steps, phi_q.dtype)
 
@@ -44,8 +43,19 @@ def scan_read(phi_q, memory, params, N, *, causal, read_steps):
 
 
 def diffrax_read(phi_q, memory, params, N, *, causal, read_steps):
-    return reduced_read(phi_q, memory, params, N, causal=causal, solver=None, stepsize_controller=None,
-                        adjoint=None, read_steps=read_steps, max_steps=read_steps, throw=False)
+    return reduced_read(
+        phi_q,
+        memory,
+        params,
+        N,
+        causal=causal,
+        solver=None,
+        stepsize_controller=None,
+        adjoint=None,
+        read_steps=read_steps,
+        max_steps=read_steps,
+        throw=False,
+    )
 
 
 def make_block(read, *, read_only, read_steps):
@@ -112,7 +122,9 @@ def main(argv=None):
     _plot(results, path.with_suffix(".png"))
     print(f"diffrax / scan (median of {repeats}, same steps, outputs differ by {same:.1e}):")
     for key, ratio in ratios.items():
-        print(f"  {key:<24} {ratio:5.2f}x   ({1e3 * results['cases'][key.replace('/', '/diffrax/', 1)]['median']:.1f} ms)")
+        print(
+            f"  {key:<24} {ratio:5.2f}x   ({1e3 * results['cases'][key.replace('/', '/diffrax/', 1)]['median']:.1f} ms)"
+        )
     print(f"wrote {path}")
     return results
 
@@ -123,8 +135,11 @@ def _plot(results, path):
     labels = [f"{scope}\n{kind}" for scope in ("read", "block") for kind in ("forward", "forward+backward")]
     fig, ax = plt.subplots(figsize=(7, 3.6))
     for offset, impl in ((-0.2, "diffrax"), (0.2, "scan")):
-        medians = [1e3 * cases[f"{scope}/{impl}/{kind}"]["median"] for scope in ("read", "block")
-                   for kind in ("forward", "forward+backward")]
+        medians = [
+            1e3 * cases[f"{scope}/{impl}/{kind}"]["median"]
+            for scope in ("read", "block")
+            for kind in ("forward", "forward+backward")
+        ]
         ax.bar([i + offset for i in range(4)], medians, 0.4, label=impl)
     ax.set_xticks(range(4), labels, fontsize=8)
     ax.set(ylabel="median time (ms)", title="the same Magnus2 steps: diffrax vs lax.scan")

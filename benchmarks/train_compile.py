@@ -51,11 +51,19 @@ def main(argv=None):
         config, compiled, call_args, compile_s, tokens = prepare(kind)
         jax.block_until_ready(compiled(*call_args))
         prepared[kind] = (compiled, call_args)
-        results["kinds"][kind] = {"compile_s": compile_s, "tokens_per_step": tokens,
-                                  "config": {"task": config.task, "d_model": config.d_model,
-                                             "num_layers": config.num_layers, "num_heads": config.num_heads,
-                                             "num_features": config.num_features, "read_steps": config.read_steps,
-                                             "batch_size": config.batch_size}}
+        results["kinds"][kind] = {
+            "compile_s": compile_s,
+            "tokens_per_step": tokens,
+            "config": {
+                "task": config.task,
+                "d_model": config.d_model,
+                "num_layers": config.num_layers,
+                "num_heads": config.num_heads,
+                "num_features": config.num_features,
+                "read_steps": config.read_steps,
+                "batch_size": config.batch_size,
+            },
+        }
         print(f"{kind}: compile {compile_s:.1f} s", file=sys.stderr, flush=True)
     times = {kind: [] for kind in prepared}
     for _ in range(args.repeats):
@@ -75,9 +83,11 @@ def main(argv=None):
             rec["compile_ratio_to_softmax"] = rec["compile_s"] / soft["compile_s"]
     path = write_json(results, args.out, "train_compile.json")
     for kind, rec in results["kinds"].items():
-        print(f"{kind:15s} compile {rec['compile_s']:6.1f} s  step {rec['step_median_s'] * 1e3:7.1f} ms  "
-              f"{rec['tokens_per_s']:8.0f} tokens/s  (throughput / softmax "
-              f"{rec.get('throughput_ratio_to_softmax', float('nan')):.2f})")
+        print(
+            f"{kind:15s} compile {rec['compile_s']:6.1f} s  step {rec['step_median_s'] * 1e3:7.1f} ms  "
+            f"{rec['tokens_per_s']:8.0f} tokens/s  (throughput / softmax "
+            f"{rec.get('throughput_ratio_to_softmax', float('nan')):.2f})"
+        )
     print(f"wrote {path}")
     return results
 

@@ -28,21 +28,43 @@ TASKS["charlm"] = {"seq_len": 64}
 
 
 def run(task: str, kind: str, steps: int, root: str) -> dict:
-    config = TrainConfig(task=task, task_kwargs=TASKS[task], attention=kind, d_model=32, num_layers=2,
-                         num_heads=2, num_features=16, read_steps=8, steps=steps, batch_size=16, lr=3e-3,
-                         warmup=max(1, steps // 10), eval_every=steps, eval_batches=4, checkpoint_every=0,
-                         run_dir=f"{root}/{task}-{kind}")
+    config = TrainConfig(
+        task=task,
+        task_kwargs=TASKS[task],
+        attention=kind,
+        d_model=32,
+        num_layers=2,
+        num_heads=2,
+        num_features=16,
+        read_steps=8,
+        steps=steps,
+        batch_size=16,
+        lr=3e-3,
+        warmup=max(1, steps // 10),
+        eval_every=steps,
+        eval_batches=4,
+        checkpoint_every=0,
+        run_dir=f"{root}/{task}-{kind}",
+    )
     start = time.perf_counter()
     result = train(config, progress=False)
     records = [r for r in read_metrics(result.run_dir) if r["kind"] == "train"]
     rates = [r["tokens_per_s"] for r in records if r["tokens_per_s"] is not None]
     metric = "bits_per_char" if task == "charlm" else "accuracy"
-    return {"task": task, "attention": kind, "steps": steps, "metric": metric,
-            "value": result.evals[-1][metric], "eval_loss": result.evals[-1]["loss"],
-            "first_loss": records[0]["loss"], "last_loss": records[-1]["loss"],
-            "tokens_per_s": statistics.median(rates) if rates else None,
-            "first_step_s": records[0]["seconds"], "skipped_steps": sum(bool(r.get("skipped")) for r in records),
-            "wall_s": time.perf_counter() - start}
+    return {
+        "task": task,
+        "attention": kind,
+        "steps": steps,
+        "metric": metric,
+        "value": result.evals[-1][metric],
+        "eval_loss": result.evals[-1]["loss"],
+        "first_loss": records[0]["loss"],
+        "last_loss": records[-1]["loss"],
+        "tokens_per_s": statistics.median(rates) if rates else None,
+        "first_step_s": records[0]["seconds"],
+        "skipped_steps": sum(bool(r.get("skipped")) for r in records),
+        "wall_s": time.perf_counter() - start,
+    }
 
 
 def plot(results: list[dict], path) -> None:
@@ -54,8 +76,10 @@ def plot(results: list[dict], path) -> None:
     width = 0.8 / len(kinds)
     for j, kind in enumerate(kinds):
         values = [next((r["value"] for r in results if r["task"] == t and r["attention"] == kind), 0) for t in tasks]
-        rates = [next((r["tokens_per_s"] or 0 for r in results if r["task"] == t and r["attention"] == kind), 0)
-                 for t in tasks]
+        rates = [
+            next((r["tokens_per_s"] or 0 for r in results if r["task"] == t and r["attention"] == kind), 0)
+            for t in tasks
+        ]
         xs = [i + j * width for i in range(len(tasks))]
         axes[0].bar(xs, values, width, label=kind)
         axes[1].bar(xs, rates, width, label=kind)
@@ -87,9 +111,12 @@ def main(argv=None) -> int:
             for kind in kinds:
                 r = run(task, kind, steps, root)
                 results.append(r)
-                print(f"{task:15s} {kind:15s} {r['metric']} {r['value']:.4f}  loss {r['first_loss']:.3f} -> "
-                      f"{r['last_loss']:.3f}  {r['tokens_per_s'] or 0:9,.0f} tok/s  first step "
-                      f"{r['first_step_s']:.1f} s", flush=True)
+                print(
+                    f"{task:15s} {kind:15s} {r['metric']} {r['value']:.4f}  loss {r['first_loss']:.3f} -> "
+                    f"{r['last_loss']:.3f}  {r['tokens_per_s'] or 0:9,.0f} tok/s  first step "
+                    f"{r['first_step_s']:.1f} s",
+                    flush=True,
+                )
     speed = {}
     for task in tasks:
         by_kind = {r["attention"]: r["tokens_per_s"] for r in results if r["task"] == task}
@@ -97,8 +124,11 @@ def main(argv=None) -> int:
             speed[task] = by_kind["na-ode"] / by_kind["softmax"]
             print(f"{task:15s} na-ode tokens/s relative to softmax: {speed[task]:.3f}")
     name = "train_tasks_quick" if args.quick else "train_tasks"
-    path = write_json({"machine": info, "steps": steps, "results": results,
-                       "na_ode_speed_relative_to_softmax": speed}, args.out, name=f"{name}.json")
+    path = write_json(
+        {"machine": info, "steps": steps, "results": results, "na_ode_speed_relative_to_softmax": speed},
+        args.out,
+        name=f"{name}.json",
+    )
     plot(results, path.with_suffix(".png"))
     print(f"wrote {path} and {path.with_suffix('.png')}")
     return 0

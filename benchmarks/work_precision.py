@@ -28,13 +28,27 @@ def configurations(quick: bool):
     rtols = (1e-3,) if quick else (1e-2, 1e-4, 1e-6)
     fixed = (16, 64) if quick else (16, 64, 256, 1024)
     out = [(f"Magnus2 StepTo({n})", dict(read_steps=n)) for n in steps]
-    out += [(f"Tsit5 PID rtol={r:g}", dict(solver=diffrax.Tsit5(),
-                                           stepsize_controller=diffrax.PIDController(rtol=r, atol=r * 1e-3),
-                                           max_steps=20_000)) for r in rtols]
+    out += [
+        (
+            f"Tsit5 PID rtol={r:g}",
+            dict(
+                solver=diffrax.Tsit5(),
+                stepsize_controller=diffrax.PIDController(rtol=r, atol=r * 1e-3),
+                max_steps=20_000,
+            ),
+        )
+        for r in rtols
+    ]
     # Explicit fixed steps, uniform in read time u = t / T_r in [0, 1] (the solves' time variable).
-    out += [(f"Heun StepTo({n})", dict(solver=diffrax.Heun(), max_steps=n,
-                                        stepsize_controller=diffrax.StepTo(ts=jnp.linspace(0.0, 1.0, n + 1))))
-            for n in fixed]
+    out += [
+        (
+            f"Heun StepTo({n})",
+            dict(
+                solver=diffrax.Heun(), max_steps=n, stepsize_controller=diffrax.StepTo(ts=jnp.linspace(0.0, 1.0, n + 1))
+            ),
+        )
+        for n in fixed
+    ]
     return out
 
 
@@ -60,8 +74,9 @@ def main(argv=None):
         head = lambda a, b, c: na_attention(a, b, c, params, **options)  # noqa: E731
         return jax.jit(jax.vmap(jax.vmap(head)))
 
-    reference = batched(solver=diffrax.Tsit5(), stepsize_controller=diffrax.PIDController(rtol=1e-12, atol=1e-14),
-                        max_steps=1_000_000)(phi_q, phi_k, v)
+    reference = batched(
+        solver=diffrax.Tsit5(), stepsize_controller=diffrax.PIDController(rtol=1e-12, atol=1e-14), max_steps=1_000_000
+    )(phi_q, phi_k, v)
     equilibrium = batched(mode="equilibrium")(phi_q, phi_k, v)
 
     def rel(a):
@@ -81,12 +96,18 @@ def main(argv=None):
             print(f"{name:<26} failed: {type(err).__name__}")
             continue
         finite = bool(jnp.all(jnp.isfinite(out)))
-        rows.append(dict(name=name, relative_error=error if finite else None, finite=finite,
-                         compile_s=compile_s, **timing))
+        rows.append(
+            dict(name=name, relative_error=error if finite else None, finite=finite, compile_s=compile_s, **timing)
+        )
         print(f"{name:<26} error {error:9.2e}   forward {1e3 * timing['median']:8.2f} ms")
-    results = dict(config=dict(B=B, H=H, L=L, head_dim=D, M=M, dtype="float32", reference="Tsit5 rtol=1e-12 float64",
-                               params=repr(params)),
-                   equilibrium_vs_reference=rel(equilibrium), machine=machine_info(), rows=rows)
+    results = dict(
+        config=dict(
+            B=B, H=H, L=L, head_dim=D, M=M, dtype="float32", reference="Tsit5 rtol=1e-12 float64", params=repr(params)
+        ),
+        equilibrium_vs_reference=rel(equilibrium),
+        machine=machine_info(),
+        rows=rows,
+    )
     path = write_json(results, args.out, "work_precision.json")
     _plot(rows, path.with_suffix(".png"))
     print(f"equilibrium vs finite-read reference: {results['equilibrium_vs_reference']:.2e}")
@@ -98,12 +119,18 @@ def _plot(rows, path):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for family, marker in (("Magnus2", "o"), ("Tsit5", "s"), ("Heun", "^")):
-        pts = [(r["median"], r["relative_error"]) for r in rows
-               if r["name"].startswith(family) and r.get("relative_error")]
+        pts = [
+            (r["median"], r["relative_error"]) for r in rows if r["name"].startswith(family) and r.get("relative_error")
+        ]
         if pts:
             ax.plot(*zip(*pts), marker=marker, label=family)
-    ax.set(xscale="log", yscale="log", xlabel="forward time (s)", ylabel="relative error vs float64 reference",
-           title="work–precision of the ODE block's read")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="forward time (s)",
+        ylabel="relative error vs float64 reference",
+        title="work–precision of the ODE block's read",
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -51,5 +51,8 @@ def small_head():
 
     L, M, N = SMALL_HEAD
     k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
-    return (jnp.exp(jax.random.normal(k1, (L, M))), jnp.exp(jax.random.normal(k2, (L, M))),
-            jax.random.normal(k3, (L, N)))
+    return (
+        jnp.exp(jax.random.normal(k1, (L, M))),
+        jnp.exp(jax.random.normal(k2, (L, M))),
+        jax.random.normal(k3, (L, N)),
+    )

@@ -73,8 +73,9 @@ def test_na_equilibrium_equals_linear_attention(x, causal):
         assert np.array_equal(getattr(na, name).weight, getattr(lin, name).weight)
     mask = jnp.asarray(MASK)
     call = eqx.filter_jit(lambda layer, xs, m: layer(xs, m))
-    np.testing.assert_allclose(np.asarray(call(na, x[0], mask)), np.asarray(call(lin, x[0], mask)),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(call(na, x[0], mask)), np.asarray(call(lin, x[0], mask)), rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("causal", [True, False])
@@ -82,8 +83,10 @@ def test_softmax_layer_equals_hand_written(x, causal):
     layer = _layer("softmax", causal)
     mask = jnp.asarray(MASK)
     xs = np.asarray(x[0], np.float64)
-    W = {n: (np.asarray(getattr(layer, n).weight, np.float64), np.asarray(getattr(layer, n).bias, np.float64))
-         for n in ("query", "key", "value", "output")}
+    W = {
+        n: (np.asarray(getattr(layer, n).weight, np.float64), np.asarray(getattr(layer, n).bias, np.float64))
+        for n in ("query", "key", "value", "output")
+    }
     proj = {n: xs @ w.T + b for n, (w, b) in W.items() if n != "output"}
     Dh = D_MODEL // HEADS
     heads = []
@@ -119,7 +122,7 @@ def test_features_estimate_exponential_kernel(x64, cls):
     k = 0.5 * jax.random.normal(kk, (5, D))
     terms = np.asarray(fm(q) * fm(k))  # (5, M)
     if cls is af.RandomFourierFeatures:
-        terms = terms[:, : M // 2] + terms[:, M // 2:]
+        terms = terms[:, : M // 2] + terms[:, M // 2 :]
     estimate = terms.sum(axis=1)
     stderr = terms.std(axis=1) * np.sqrt(terms.shape[1])
     exact = np.exp(np.sum(np.asarray(q) * np.asarray(k), axis=1))

@@ -18,8 +18,13 @@ pytestmark = pytest.mark.slow
 
 def run_quick(name: str, tmp_path: Path, *extra: str) -> dict:
     out = tmp_path / f"{name}.json"
-    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", "--quick", "--out", str(out), *extra],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{name}", "--quick", "--out", str(out), *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert out.exists() and out.with_suffix(".png").exists()
     with open(out) as f:
@@ -35,8 +40,12 @@ def finite_positive(x) -> bool:
 def test_solver_overhead_quick(tmp_path):
     data = run_quick("solver_overhead", tmp_path)
     assert data["max_abs_difference_diffrax_vs_scan"] < 1e-5  # the same steps give the same numbers
-    assert set(data["ratio_diffrax_over_scan"]) == {"read/forward", "read/forward+backward", "block/forward",
-                                                   "block/forward+backward"}
+    assert set(data["ratio_diffrax_over_scan"]) == {
+        "read/forward",
+        "read/forward+backward",
+        "block/forward",
+        "block/forward+backward",
+    }
     for case in data["cases"].values():
         assert all(finite_positive(t) for t in case["times"]) and case["median"] >= case["min"]
     assert all(finite_positive(r) for r in data["ratio_diffrax_over_scan"].values())
@@ -115,7 +124,9 @@ def test_recall_quick(tmp_path):
     within = data["summary"]["within_5_points_of_softmax"]["na-equilibrium"]["2"]
     assert within["softmax"] == pytest.approx(runs[("softmax", None)]["accuracy"])
     assert (within["smallest_M_within_5_points"] == 16) == (
-        runs[("na-equilibrium", 16)]["accuracy"] >= runs[("softmax", None)]["accuracy"] - 0.05)
+        runs[("na-equilibrium", 16)]["accuracy"] >= runs[("softmax", None)]["accuracy"] - 0.05
+    )
+
 
 def test_memory_quick(tmp_path):
     data = run_quick("memory", tmp_path)
@@ -128,21 +139,22 @@ def test_memory_quick(tmp_path):
             assert 0 < fwd["footprint"] <= fb["footprint"], (L, kind)
             measured = rec["forward_backward"]["measured"]  # run (tiny), in a fresh process
             assert measured["output_finite"] and finite_positive(measured["peak_total"]), (L, kind)
-    budget = cfg["budget_gib"] * 2 ** 30
+    budget = cfg["budget_gib"] * 2**30
     for kind, found in data["longest"]["layer"].items():
         assert found["footprint_longest"] <= budget < found["footprint_first_too_long"], kind
         assert found["longest"] < found["first_too_long"]
-    model_budget = cfg["model_budget_gib"] * 2 ** 30
+    model_budget = cfg["model_budget_gib"] * 2**30
     for kind, found in data["longest"]["model"].items():
         assert found["footprint_longest"] <= model_budget < found["footprint_first_too_long"], kind
     # softmax's L×L scores: within the same budget it reaches a shorter L than the equilibrium block
-    assert data["longest"]["layer"]["softmax-batched"]["longest"] < data["longest"]["layer"]["na-equilibrium"][
-        "longest"]
+    assert (
+        data["longest"]["layer"]["softmax-batched"]["longest"] < data["longest"]["layer"]["na-equilibrium"]["longest"]
+    )
 
 
 def test_long_context_quick(tmp_path):
     data = run_quick("long_context", tmp_path)
-    budget = data["budget_mib"] * 2 ** 20
+    budget = data["budget_mib"] * 2**20
     assert data["L_long"] == data["factor"] * data["L_softmax"]
     assert data["softmax_search"]["footprint_longest"] <= budget
     assert data["at_L_long"]["softmax"]["footprint"] > budget  # softmax does not fit the long context

@@ -19,8 +19,14 @@ KINDS = ("softmax", "softmax-batched", "linear", "na-equilibrium", "na-ode")
 def quick_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "attention_speed.json"
     env = dict(os.environ, MPLBACKEND="Agg")
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.attention_speed", "--quick", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.attention_speed", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out) as f:
         return json.load(f), out

@@ -87,8 +87,10 @@ def test_ode_matches_equilibrium(settle_data, causal):
 def test_ode_error_shrinks_with_read_time(settle_data, causal):
     phi_q, phi_k, v = settle_data
     x_eq = af.na_attention(phi_q, phi_k, v, af.NAParams(), causal=causal, mode="equilibrium")
-    errs = [_relerr(_ode(phi_q, phi_k, v, af.NAParams(tau_n=1e-4, tau_s=1e-2, t_read=t), causal), x_eq)
-            for t in (0.05, 0.1, 0.2)]
+    errs = [
+        _relerr(_ode(phi_q, phi_k, v, af.NAParams(tau_n=1e-4, tau_s=1e-2, t_read=t), causal), x_eq)
+        for t in (0.05, 0.1, 0.2)
+    ]
     assert errs[0] > errs[1] > errs[2], errs
     assert errs[2] < 0.5 * errs[0], errs
 
@@ -97,8 +99,10 @@ def test_ode_error_shrinks_with_read_time(settle_data, causal):
 def test_ode_error_shrinks_with_fast_neurons(settle_data, causal):
     phi_q, phi_k, v = settle_data
     x_eq = af.na_attention(phi_q, phi_k, v, af.NAParams(), causal=causal, mode="equilibrium")
-    errs = [_relerr(_ode(phi_q, phi_k, v, af.NAParams(tau_n=tau_n, tau_s=1e-3, t_read=1.0), causal), x_eq)
-            for tau_n in (1e-2, 1e-3, 1e-4)]
+    errs = [
+        _relerr(_ode(phi_q, phi_k, v, af.NAParams(tau_n=tau_n, tau_s=1e-3, t_read=1.0), causal), x_eq)
+        for tau_n in (1e-2, 1e-3, 1e-4)
+    ]
     assert errs[0] > errs[1] > errs[2], errs
     # The write error is first order in tau_n / T_w: a decade in tau_n buys about a decade in error.
     ratios = np.array(errs[:-1]) / np.array(errs[1:])
@@ -118,8 +122,12 @@ def test_equilibrium_with_forgetting_is_decayed_attention(causal):
     L = len(m)
     for t in range(L):
         end = t if causal else L - 1
-        w = np.array([F ** m[tau + 1:end + 1].sum() * (pq[t] @ pk[tau]) if (m[tau] and tau <= end) else 0.0
-                      for tau in range(L)])
+        w = np.array(
+            [
+                F ** m[tau + 1 : end + 1].sum() * (pq[t] @ pk[tau]) if (m[tau] and tau <= end) else 0.0
+                for tau in range(L)
+            ]
+        )
         np.testing.assert_allclose(np.asarray(got[t]), w @ vv / w.sum(), rtol=1e-12)
 
 
@@ -191,8 +199,9 @@ def _reduced_magnus(phi_q, phi_k, v, params, mask, causal, read_steps=16):
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
-@pytest.mark.parametrize("tau_f, causal", [(None, True), (2.0, True), (2.0, False)],
-                         ids=["noforget-causal", "forget-causal", "forget-bidir"])
+@pytest.mark.parametrize(
+    "tau_f, causal", [(None, True), (2.0, True), (2.0, False)], ids=["noforget-causal", "forget-causal", "forget-bidir"]
+)
 def test_full_state_equals_reduced_state(small_data, tau_f, causal, masked):
     phi_q, phi_k, v = small_data
     mask = jnp.asarray(MASK if masked else np.ones(L_, bool))
@@ -228,8 +237,7 @@ def test_calcium_conserved_and_synchronises(small_data):
     phi_q, phi_k, v = small_data
     tau_p = 36.0  # N M / tau_p = 0.5 per unit time: slow enough to follow over the read
     params = af.NAParams(tau_n=0.05, tau_s=0.05, tau_p=tau_p, t_write=1.0, t_read=10.0)
-    traj = af.read_trajectory(phi_q, phi_k, v, params, index=2, state="full", num_points=64,
-                              solver=diffrax.Tsit5())
+    traj = af.read_trajectory(phi_q, phi_k, v, params, index=2, state="full", num_points=64, solver=diffrax.Tsit5())
     p = np.asarray(traj.p).reshape(len(traj.t), -1)
     total = p.sum(axis=1)
     assert total[0] > 1.0
@@ -277,8 +285,8 @@ def test_causality(small_data, kind, causal):
         return _full(*data, params, mask, causal)
 
     before, after = np.asarray(run(small_data)), np.asarray(run(other))
-    assert np.max(np.abs(before[t0 + 1:] - after[t0 + 1:])) > 1e-3  # the perturbation matters
-    change = np.max(np.abs(before[:t0 + 1] - after[:t0 + 1]))
+    assert np.max(np.abs(before[t0 + 1 :] - after[t0 + 1 :])) > 1e-3  # the perturbation matters
+    change = np.max(np.abs(before[: t0 + 1] - after[: t0 + 1]))
     if causal:
         assert change < 1e-12
     else:

@@ -36,9 +36,7 @@ pytestmark = pytest.mark.usefixtures("x64_module")
 
 
 def _param_names(model: AbstractCalciumModel) -> list[str]:
-    return [
-        f.name for f in dataclasses.fields(model) if not f.metadata.get("static", False)
-    ]
+    return [f.name for f in dataclasses.fields(model) if not f.metadata.get("static", False)]
 
 
 # --------------------------------------------------------------------------------------
@@ -52,10 +50,7 @@ def reference():
 
 
 def _reference_errors(reference, out):
-    return {
-        key: float(np.max(np.abs(np.asarray(out[key]) - reference[key])))
-        for key in ("C", "I", "h")
-    }
+    return {key: float(np.max(np.abs(np.asarray(out[key]) - reference[key]))) for key in ("C", "I", "h")}
 
 
 def test_gchi_reproduces_brian2_reference(reference):
@@ -63,9 +58,7 @@ def test_gchi_reproduces_brian2_reference(reference):
     # RK4 at 0.1 ms and an independent LSODA solve agree to 2e-4 µM (C) and 6e-4 µM (I),
     # so a correct implementation lands near those numbers: measured 1.5e-4 (C) and
     # 5.4e-4 (I).
-    drive = pulse_train(
-        reference["pulse_times"], reference["amplitude_mM"], reference["clearance"]
-    )
+    drive = pulse_train(reference["pulse_times"], reference["amplitude_mM"], reference["clearance"])
     out = simulate(GChI(), drive, reference["t"])
     assert out["C"].dtype == jnp.float64
     np.testing.assert_array_equal(np.asarray(out["t"]), reference["t"])
@@ -82,9 +75,7 @@ def test_gchi_reference_float32_defaults(reference):
     with jax.enable_x64(False):
         model = GChI()
         assert model.dtype == jnp.float32
-        drive = pulse_train(
-            reference["pulse_times"], reference["amplitude_mM"], reference["clearance"]
-        )
+        drive = pulse_train(reference["pulse_times"], reference["amplitude_mM"], reference["clearance"])
         out = simulate(model, drive, reference["t"])
         assert out["C"].dtype == jnp.float32
         errors = _reference_errors(reference, out)
@@ -178,9 +169,7 @@ def test_li_rinzel_against_numpy_rk4_and_conservation():
 
 # Tight tolerances so that the discretisation error (which also moves with the
 # parameters) is far below the finite-difference resolution.
-TIGHT = dict(
-    stepsize_controller=diffrax.PIDController(rtol=1e-11, atol=1e-13), max_steps=4096
-)
+TIGHT = dict(stepsize_controller=diffrax.PIDController(rtol=1e-11, atol=1e-13), max_steps=4096)
 SHORT_TS = np.linspace(0.0, 3.0, 31)
 PULSES = np.array([0.5, 1.5, 2.5])
 
@@ -235,10 +224,7 @@ def _check_grad_against_fd(params, loss, wheres, eps=1e-5):
 
 
 def _model_wheres(model, prefix=lambda p: p):
-    return {
-        name: (lambda p, name=name: getattr(prefix(p), name))
-        for name in _param_names(model)
-    }
+    return {name: (lambda p, name=name: getattr(prefix(p), name)) for name in _param_names(model)}
 
 
 def test_gchi_grad_matches_finite_differences(gchi_forward):
@@ -281,9 +267,7 @@ def test_gchi_vmap_over_amplitudes_equals_loop(gchi_forward):
 
     @eqx.filter_jit
     def batched(amplitudes):
-        return jax.vmap(
-            lambda a: simulate(model, pulse_train(PULSES, a, 40.0), SHORT_TS, **TIGHT)
-        )(amplitudes)
+        return jax.vmap(lambda a: simulate(model, pulse_train(PULSES, a, 40.0), SHORT_TS, **TIGHT))(amplitudes)
 
     out = batched(amplitudes)
     assert out["C"].shape == (3, len(SHORT_TS))
@@ -310,9 +294,7 @@ def test_diffusive_processes_closed_form():
     out = simulate(model, lambda t: 0.4, ts, y0={"p": p0})
     assert out["p"].shape == (11, 3)
     mean = 1.0 + 0.5 * 0.4 * ts
-    expected = mean[:, None] + (np.asarray(p0) - 1.0)[None, :] * np.exp(
-        -3 * ts / 2.0
-    )[:, None]
+    expected = mean[:, None] + (np.asarray(p0) - 1.0)[None, :] * np.exp(-3 * ts / 2.0)[:, None]
     np.testing.assert_allclose(out["p"], expected, rtol=1e-6, atol=1e-8)
     np.testing.assert_array_equal(model.calcium(out), out["p"])
 

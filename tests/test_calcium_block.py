@@ -99,12 +99,13 @@ def test_finite_jit_equals_eager_vmap_equals_loop(setup):
     for out in eager:
         assert out.shape == (L, N)
         assert np.all(np.isfinite(np.asarray(out)))
-    np.testing.assert_allclose(np.asarray(jitted(*batch[0], coupling, model)), np.asarray(eager[0]), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(jitted(*batch[0], coupling, model)), np.asarray(eager[0]), rtol=1e-10, atol=1e-12
+    )
     stacked = [jnp.stack(arrays) for arrays in zip(*batch)]
     vmapped = eqx.filter_jit(jax.vmap(forward, in_axes=(0, 0, 0, None, None)))(*stacked, coupling, model)
     # Adaptive steps are chosen per batch element inside vmap, so the loop is reproduced to round-off.
-    np.testing.assert_allclose(np.asarray(vmapped), np.stack([np.asarray(e) for e in eager]), rtol=1e-9,
-                               atol=1e-11)
+    np.testing.assert_allclose(np.asarray(vmapped), np.stack([np.asarray(e) for e in eager]), rtol=1e-9, atol=1e-11)
 
 
 def test_gradient_matches_finite_differences(problem, setup):
@@ -119,9 +120,17 @@ def test_gradient_matches_finite_differences(problem, setup):
         gain, value = theta
         cp = eqx.tree_at(lambda c: c.gain, coupling, gain)
         md = eqx.tree_at(lambda m: getattr(m, pname), model, value)
-        out = na_attention_calcium(phi_q, phi_k, v, params, md, coupling=cp,
-                                   stepsize_controller=diffrax.ConstantStepSize(), dt0=1.0 / n_steps,
-                                   max_steps=n_steps)
+        out = na_attention_calcium(
+            phi_q,
+            phi_k,
+            v,
+            params,
+            md,
+            coupling=cp,
+            stepsize_controller=diffrax.ConstantStepSize(),
+            dt0=1.0 / n_steps,
+            max_steps=n_steps,
+        )
         return jnp.sum(weights * out)
 
     theta = (coupling.gain, getattr(model, pname))
@@ -150,8 +159,17 @@ def test_reduction_equals_literal_network(problem, setup):
     name, model, coupling, params, _, _ = setup
     phi_q, phi_k, v = problem
     t = 3
-    out = na_attention_calcium(phi_q, phi_k, v, params, model, coupling=coupling, read_steps=256,
-                               solver=diffrax.Tsit5(), stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-12))
+    out = na_attention_calcium(
+        phi_q,
+        phi_k,
+        v,
+        params,
+        model,
+        coupling=coupling,
+        read_steps=256,
+        solver=diffrax.Tsit5(),
+        stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-12),
+    )
     memory = write_reduced(phi_k, v, params, jnp.ones(L, bool))
     c = memory.hebbian_trace(t)
     g = memory.astrocyte_weights()[t]
@@ -180,10 +198,17 @@ def test_reduction_equals_literal_network(problem, setup):
 
     y_init = np.concatenate([np.zeros(M + N)] + [np.full(N * M, float(y0[n])) for n in names] + [np.zeros(N * M)])
     jac = jax.jit(jax.jacfwd(rhs))
-    sol = solve_ivp(lambda _, y: np.asarray(rhs(y)), (0.0, float(params.t_read)), y_init, method="Radau",
-                    rtol=1e-10, atol=1e-12, jac=lambda _, y: np.asarray(jac(y)))
+    sol = solve_ivp(
+        lambda _, y: np.asarray(rhs(y)),
+        (0.0, float(params.t_read)),
+        y_init,
+        method="Radau",
+        rtol=1e-10,
+        atol=1e-12,
+        jac=lambda _, y: np.asarray(jac(y)),
+    )
     assert sol.success
-    x_literal = sol.y[M:M + N, -1]
+    x_literal = sol.y[M : M + N, -1]
     err = np.max(np.abs(np.asarray(out[t]) - x_literal)) / np.max(np.abs(x_literal))
     print(f"{name}: reduced vs literal N×M read, relative error {err:.2e}")
     # Magnus2 with 511 steps: global error O(Δu²) ~ 1e-6 relative; a wrong drive, diffusion scale or rate
@@ -197,8 +222,16 @@ def test_default_ros2_solve_matches_tight_explicit_solve(problem, setup):
     name, model, coupling, params, forward, jitted = setup
     phi_q, phi_k, v = problem
     out = jitted(phi_q, phi_k, v, coupling, model)
-    ref = na_attention_calcium(phi_q, phi_k, v, params, model, coupling=coupling, solver=diffrax.Tsit5(),
-                               stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-12))
+    ref = na_attention_calcium(
+        phi_q,
+        phi_k,
+        v,
+        params,
+        model,
+        coupling=coupling,
+        solver=diffrax.Tsit5(),
+        stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-12),
+    )
     err = float(jnp.max(jnp.abs(out - ref)) / jnp.max(jnp.abs(ref)))
     print(f"{name}: default Ros2 (rtol 1e-6) vs Tsit5 (rtol 1e-10), relative error {err:.2e}")
     assert err < 1e-4
@@ -209,8 +242,16 @@ def test_fixed_calcium_steps_converge_to_adaptive_solve(problem, setup):
     order; bad values are refused."""
     name, model, coupling, params, forward, jitted = setup
     phi_q, phi_k, v = problem
-    ref = na_attention_calcium(phi_q, phi_k, v, params, model, coupling=coupling, solver=diffrax.Tsit5(),
-                               stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-12))
+    ref = na_attention_calcium(
+        phi_q,
+        phi_k,
+        v,
+        params,
+        model,
+        coupling=coupling,
+        solver=diffrax.Tsit5(),
+        stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-12),
+    )
     errors = []
     for steps in (32, 64, 128):
         out = na_attention_calcium(phi_q, phi_k, v, params, model, coupling=coupling, calcium_steps=steps)
@@ -222,8 +263,16 @@ def test_fixed_calcium_steps_converge_to_adaptive_solve(problem, setup):
     with pytest.raises(ValueError, match="calcium_steps"):
         na_attention_calcium(phi_q, phi_k, v, params, model, coupling=coupling, calcium_steps=3)
     with pytest.raises(ValueError, match="calcium_steps"):
-        na_attention_calcium(phi_q, phi_k, v, params, model, coupling=coupling, calcium_steps=16,
-                             stepsize_controller=diffrax.PIDController(rtol=1e-3, atol=1e-6))
+        na_attention_calcium(
+            phi_q,
+            phi_k,
+            v,
+            params,
+            model,
+            coupling=coupling,
+            calcium_steps=16,
+            stepsize_controller=diffrax.PIDController(rtol=1e-3, atol=1e-6),
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -254,8 +303,17 @@ D_MODEL, HEADS, M_LAYER = 4, 2, 3
 @pytest.fixture(scope="module")
 def calcium_layer():
     coupling = CalciumCoupling(**COUPLING["GChI"])
-    layer = af.make_attention("na-ode", D_MODEL, HEADS, num_features=M_LAYER, params=af.NAParams(**PARAMS),
-                              calcium=GChI(), coupling=coupling, read_steps=8, key=jax.random.PRNGKey(3))
+    layer = af.make_attention(
+        "na-ode",
+        D_MODEL,
+        HEADS,
+        num_features=M_LAYER,
+        params=af.NAParams(**PARAMS),
+        calcium=GChI(),
+        coupling=coupling,
+        read_steps=8,
+        key=jax.random.PRNGKey(3),
+    )
     x = jax.random.normal(jax.random.PRNGKey(4), (L, D_MODEL))
     mask = jnp.array([True, True, False, True, True])
     return layer, x, mask
@@ -277,10 +335,19 @@ def test_layer_with_calcium_equals_heads_by_hand(calcium_layer):
     for h in range(HEADS):
         cols = slice(h * Dh, (h + 1) * Dh)
         params = jax.tree.map(lambda a: a[h], layer.params)
-        heads.append(na_attention_calcium(layer.feature_map(jnp.asarray(q[:, cols]) * Dh**-0.25),
-                                          layer.feature_map(jnp.asarray(k[:, cols]) * Dh**-0.25),
-                                          jnp.asarray(v[:, cols]), params, GChI(), coupling=af.unwrap(layer.coupling),
-                                          causal=True, mask=mask, read_steps=8))
+        heads.append(
+            na_attention_calcium(
+                layer.feature_map(jnp.asarray(q[:, cols]) * Dh**-0.25),
+                layer.feature_map(jnp.asarray(k[:, cols]) * Dh**-0.25),
+                jnp.asarray(v[:, cols]),
+                params,
+                GChI(),
+                coupling=af.unwrap(layer.coupling),
+                causal=True,
+                mask=mask,
+                read_steps=8,
+            )
+        )
     ref = dense(layer.output, np.concatenate([np.asarray(o) for o in heads], axis=1))
     assert out.shape == (L, D_MODEL)
     np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-9, atol=1e-11)
@@ -300,8 +367,11 @@ def test_layer_with_calcium_gradients(calcium_layer):
 
     g = grad(layer)
     # The calcium and coupling parameters are stored in log coordinates: the gradient is on `raw`.
-    for name, value in [("coupling.gain", g.coupling.gain.raw), ("calcium.O_beta", g.calcium.O_beta.raw),
-                        ("query.weight", g.query.weight)]:
+    for name, value in [
+        ("coupling.gain", g.coupling.gain.raw),
+        ("calcium.O_beta", g.calcium.O_beta.raw),
+        ("query.weight", g.query.weight),
+    ]:
         value = np.asarray(value)
         print(f"d/d{name}: {value.ravel()[:3]}")
         assert np.all(np.isfinite(value)), name
@@ -315,8 +385,10 @@ def test_layer_with_calcium_gradients(calcium_layer):
     theta = af.unwrap((stepped.calcium, stepped.coupling))
     before = af.unwrap((layer.calcium, layer.coupling))
     assert all(np.all(np.asarray(a) > 0) and np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(theta))
-    moved = [float(np.abs(np.log(np.asarray(a) / np.asarray(b))).max())
-             for a, b in zip(jax.tree.leaves(theta), jax.tree.leaves(before))]
+    moved = [
+        float(np.abs(np.log(np.asarray(a) / np.asarray(b))).max())
+        for a, b in zip(jax.tree.leaves(theta), jax.tree.leaves(before))
+    ]
     assert max(moved) > 1.0  # the step did move them, by more than a factor e
 
 
@@ -355,8 +427,9 @@ def test_diverged_calcium_solve_raises_and_ros2_stays_stable():
     q, k, v = (jax.random.normal(kk, (L, D)) for kk in ks[1:])
     params = af.NAParams(tau_s=0.01 / M)
     with pytest.raises(Exception, match="calcium solve diverged"):
-        jax.block_until_ready(af.na_attention_calcium(fm(q), fm(k), v, params, GChI(), solver=diffrax.Tsit5(),
-                                                      calcium_steps=64))
+        jax.block_until_ready(
+            af.na_attention_calcium(fm(q), fm(k), v, params, GChI(), solver=diffrax.Tsit5(), calcium_steps=64)
+        )
 
     def loss(v):
         return jnp.sum(af.na_attention_calcium(fm(q), fm(k), v, params, GChI(), calcium_steps=64) ** 2)

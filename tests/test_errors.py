@@ -36,13 +36,16 @@ def _call(inputs, **changes):
     return af.na_attention(args["phi_q"], args["phi_k"], args["v"], params, **changes)
 
 
-@pytest.mark.parametrize("name, change, match", [
-    ("phi_k", lambda x: x[:3], r"phi_k: expected 4 rows"),
-    ("phi_k", lambda x: x[:, :4], r"phi_k: expected 5 columns"),
-    ("v", lambda x: x[:3], r"v: expected 4 rows"),
-    ("phi_q", lambda x: x[None], r"phi_q: expected a 2-D array"),
-    ("phi_q", lambda x: x[:, :4], r"phi_k: expected 4 columns"),  # the keys no longer match the queries
-])
+@pytest.mark.parametrize(
+    "name, change, match",
+    [
+        ("phi_k", lambda x: x[:3], r"phi_k: expected 4 rows"),
+        ("phi_k", lambda x: x[:, :4], r"phi_k: expected 5 columns"),
+        ("v", lambda x: x[:3], r"v: expected 4 rows"),
+        ("phi_q", lambda x: x[None], r"phi_q: expected a 2-D array"),
+        ("phi_q", lambda x: x[:, :4], r"phi_k: expected 4 columns"),  # the keys no longer match the queries
+    ],
+)
 def test_mismatched_shapes(inputs, name, change, match):
     x = dict(zip(("phi_q", "phi_k", "v"), inputs))[name]
     with pytest.raises(ValueError, match=match):
@@ -54,8 +57,7 @@ def test_integer_dtype(inputs):
         _call(inputs, phi_q=inputs[0].astype(jnp.int32))
 
 
-@pytest.mark.parametrize("mask", [jnp.ones(3, bool), jnp.ones((1, L), bool), jnp.ones(L)],
-                         ids=["short", "2d", "float"])
+@pytest.mark.parametrize("mask", [jnp.ones(3, bool), jnp.ones((1, L), bool), jnp.ones(L)], ids=["short", "2d", "float"])
 def test_bad_mask(inputs, mask):
     with pytest.raises(ValueError, match=r"mask: expected a boolean array of shape \(4,\)"):
         _call(inputs, mask=mask)
@@ -72,20 +74,32 @@ def test_params_type(inputs):
         _call(inputs, params={"tau_n": 1.0})
 
 
-@pytest.mark.parametrize("field, value", [("tau_n", 0), ("tau_s", -1), ("t_read", float("nan")),
-                                          ("t_write", float("inf")), ("tau_p", -1e-3), ("tau_f", 0.0)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("tau_n", 0),
+        ("tau_s", -1),
+        ("t_read", float("nan")),
+        ("t_write", float("inf")),
+        ("tau_p", -1e-3),
+        ("tau_f", 0.0),
+    ],
+)
 def test_bad_time_constants(field, value):
     with pytest.raises(ValueError, match=rf"NAParams.{field}: expected a positive, finite time constant"):
         af.NAParams(**{field: value})
 
 
-@pytest.mark.parametrize("name, bad, match", [
-    ("phi_q", lambda x: x.at[1, 2].set(jnp.nan), r"phi_q: expected finite values"),
-    ("phi_k", lambda x: x.at[0, 0].set(jnp.inf), r"phi_k: expected finite values"),
-    ("v", lambda x: x.at[3, 1].set(-jnp.inf), r"v: expected finite values"),
-    ("phi_k", lambda x: x.at[2, 0].set(-0.5), r"phi_k: expected non-negative firing rates"),
-    ("phi_q", lambda x: x.at[0, 4].set(-1e-3), r"phi_q: expected non-negative firing rates"),
-])
+@pytest.mark.parametrize(
+    "name, bad, match",
+    [
+        ("phi_q", lambda x: x.at[1, 2].set(jnp.nan), r"phi_q: expected finite values"),
+        ("phi_k", lambda x: x.at[0, 0].set(jnp.inf), r"phi_k: expected finite values"),
+        ("v", lambda x: x.at[3, 1].set(-jnp.inf), r"v: expected finite values"),
+        ("phi_k", lambda x: x.at[2, 0].set(-0.5), r"phi_k: expected non-negative firing rates"),
+        ("phi_q", lambda x: x.at[0, 4].set(-1e-3), r"phi_q: expected non-negative firing rates"),
+    ],
+)
 @pytest.mark.parametrize("how", ["eager", "filter_jit", "jit"])
 def test_bad_values_raise_at_runtime(inputs, name, bad, match, how):
     x = dict(zip(("phi_q", "phi_k", "v"), inputs))[name]
@@ -166,11 +180,15 @@ def adversarial():
     return phi_q, phi_k, v
 
 
-@pytest.mark.parametrize("params", [
-    af.NAParams(),
-    af.NAParams(tau_p=1e-6),  # N M / tau_p ~ 3e10: calcium synchronises in ~1e-11
-    af.NAParams(tau_n=1e-6, tau_s=1e-7, tau_p=1e-9),
-], ids=["default", "tau_p-tiny", "all-tiny"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        af.NAParams(),
+        af.NAParams(tau_p=1e-6),  # N M / tau_p ~ 3e10: calcium synchronises in ~1e-11
+        af.NAParams(tau_n=1e-6, tau_s=1e-7, tau_p=1e-9),
+    ],
+    ids=["default", "tau_p-tiny", "all-tiny"],
+)
 def test_adversarial_inputs_finite(adversarial, params):
     phi_q, phi_k, v = adversarial
     p_bar_first = float(jnp.mean(phi_q[0] * phi_k[0]))
@@ -204,8 +222,13 @@ def test_special_functions_have_finite_gradients_for_any_stiffness(x):
 
     x = jnp.float32(x)
     y = jnp.float32(0.5)
-    for f in (psi, lambda a: exp_mean2(a, y), lambda a: exp_mean3(a, y),
-              lambda a: magnus_exponentials(a, y)[3], lambda a: magnus_exponentials(y, a)[2]):
+    for f in (
+        psi,
+        lambda a: exp_mean2(a, y),
+        lambda a: exp_mean3(a, y),
+        lambda a: magnus_exponentials(a, y)[3],
+        lambda a: magnus_exponentials(y, a)[2],
+    ):
         value, grad = jax.value_and_grad(f)(x)
         assert jnp.isfinite(value) and jnp.isfinite(grad)
     # psi'(x) = (e^{-x}(1 + x) - 1) / x^2 -> -1/x^2 for large x.

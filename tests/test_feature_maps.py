@@ -22,8 +22,7 @@ RANDOM_MAPS = {
     "orthogonal": lambda D, M, key: af.PositiveRandomFeatures(D, M, orthogonal=True, key=key),
     "oprf": lambda D, M, key: af.OptimalPositiveRandomFeatures(D, M, s=4.0, key=key),
     "oprf-positive-A": lambda D, M, key: af.OptimalPositiveRandomFeatures(D, M, A=0.05, key=key),
-    "orthogonal-oprf": lambda D, M, key: af.OptimalPositiveRandomFeatures(D, M, A=-0.3, orthogonal=True,
-                                                                         key=key),
+    "orthogonal-oprf": lambda D, M, key: af.OptimalPositiveRandomFeatures(D, M, A=-0.3, orthogonal=True, key=key),
 }
 
 
@@ -109,8 +108,10 @@ def test_variance_ordering_prf_orthogonal_oprf_on_sharp_inputs():
         "orthogonal": RANDOM_MAPS["orthogonal"],
         "oprf": lambda D, M, key: af.OptimalPositiveRandomFeatures(D, M, s=s, key=key),
     }
-    ratio = {name: np.asarray(jax.jit(lambda make=make: _estimates(make, x, x, M, 1000))()) / exact
-             for name, make in makers.items()}
+    ratio = {
+        name: np.asarray(jax.jit(lambda make=make: _estimates(make, x, x, M, 1000))()) / exact
+        for name, make in makers.items()
+    }
     med = {name: float(np.median(np.abs(np.log(r)))) for name, r in ratio.items()}
     assert med["prf"] > med["orthogonal"] > med["oprf"], med
     # Closed forms of the relative variance, (R - 1)/M: FAVOR+ (e^s - 1)/M against OPRF's; the measured variances
@@ -193,12 +194,32 @@ def test_distill_writes_a_run_that_eval_loads(tmp_path):
     from astroformer.training.cli import register  # noqa: F401  (the CLI route exists)
 
     src = tmp_path / "softmax"
-    config = TrainConfig(task="induction", task_kwargs={"vocab_size": 8, "seq_len": 16}, attention="softmax",
-                         d_model=16, num_layers=1, num_heads=2, steps=3, warmup=1, batch_size=4, eval_every=3,
-                         eval_batches=1, checkpoint_every=0, run_dir=str(src))
+    config = TrainConfig(
+        task="induction",
+        task_kwargs={"vocab_size": 8, "seq_len": 16},
+        attention="softmax",
+        d_model=16,
+        num_layers=1,
+        num_heads=2,
+        steps=3,
+        warmup=1,
+        batch_size=4,
+        eval_every=3,
+        eval_batches=1,
+        checkpoint_every=0,
+        run_dir=str(src),
+    )
     train(config, progress=False)
-    new_config, model, record = distill(src, tmp_path / "na", num_features=8, attention="na-equilibrium",
-                                        steps=20, batches=1, evaluate_model=False, log=lambda *_: None)
+    new_config, model, record = distill(
+        src,
+        tmp_path / "na",
+        num_features=8,
+        attention="na-equilibrium",
+        steps=20,
+        batches=1,
+        evaluate_model=False,
+        log=lambda *_: None,
+    )
     assert new_config.feature_map == "learned" and new_config.attention == "na-equilibrium"
     ce = record["layers"][0]
     assert all(b < a for a, b in zip(ce["cross_entropy_initial"], ce["cross_entropy_final"]))

@@ -25,9 +25,11 @@ TRUE = dict(tau_n=0.05, tau_s=0.2, tau_p=2.0)
 # t_read and t_write are not fitted: traces at fixed real times do not depend on T_r at all (the dynamics are
 # autonomous in real time, T_r only says where the block stops), and with tau_n << T_w the stored memory
 # depends on T_w only at O(tau_n / T_w) ~ e^{-T_w/tau_n}, i.e. not measurably.
-STARTS = [dict(tau_n=0.1, tau_s=0.4, tau_p=4.0),   # every parameter 2x too large
-          dict(tau_n=0.025, tau_s=0.1, tau_p=1.0),  # 2x too small
-          dict(tau_n=0.1, tau_s=0.1, tau_p=4.0)]    # mixed
+STARTS = [
+    dict(tau_n=0.1, tau_s=0.4, tau_p=4.0),  # every parameter 2x too large
+    dict(tau_n=0.025, tau_s=0.1, tau_p=1.0),  # 2x too small
+    dict(tau_n=0.1, tau_s=0.1, tau_p=4.0),
+]  # mixed
 NOISE = 0.02  # noise std, relative to each variable's rms
 DRAWS = 5
 
@@ -61,16 +63,19 @@ def recovery():
         def noisy(key):
             kx, kp = jax.random.split(key)
             rms = lambda a: jnp.sqrt(jnp.mean(a**2))  # noqa: E731
-            return (clean.x + NOISE * rms(clean.x) * jax.random.normal(kx, clean.x.shape),
-                    clean.p + NOISE * rms(clean.p) * jax.random.normal(kp, clean.p.shape))
+            return (
+                clean.x + NOISE * rms(clean.x) * jax.random.normal(kx, clean.x.shape),
+                clean.p + NOISE * rms(clean.p) * jax.random.normal(kp, clean.p.shape),
+            )
 
         draws = [noisy(key) for key in keys]
         data = [(clean.x, clean.p)] * 3 + draws + [draws[0]] * 2
         starts = STARTS + [STARTS[0]] * DRAWS + STARTS[1:]
         xs = jnp.stack([d[0] for d in data])
         ps = jnp.stack([d[1] for d in data])
-        models = jax.tree.map(lambda *a: jnp.stack([jnp.asarray(b, jnp.float64) for b in a]),
-                              *[_model(fm, **s) for s in starts])
+        models = jax.tree.map(
+            lambda *a: jnp.stack([jnp.asarray(b, jnp.float64) for b in a]), *[_model(fm, **s) for s in starts]
+        )
         # Partially observed: the synapses s are hidden, and x is seen only at every other time point.
         mask_x = (np.arange(len(ts)) % 2 == 0)[:, None, None]
 
@@ -80,8 +85,12 @@ def recovery():
 
         result = eqx.filter_vmap(one)(models, xs, ps)
         estimates = {name: np.asarray(result.params[name]) for name in FREE}
-        return dict(estimates=estimates, loss=np.asarray(result.loss_history),
-                    grad_norm=np.asarray(result.grad_norm), history=result.param_history)
+        return dict(
+            estimates=estimates,
+            loss=np.asarray(result.loss_history),
+            grad_norm=np.asarray(result.grad_norm),
+            history=result.param_history,
+        )
     finally:
         jax.config.update("jax_enable_x64", previous)
 
@@ -103,18 +112,17 @@ def test_recovers_time_constants_from_clean_traces(recovery, x64):
 def test_noisy_fits_lie_within_noise_spread(recovery, x64):
     for name in FREE:
         est = recovery["estimates"][name]
-        draws = est[3:3 + DRAWS]
+        draws = est[3 : 3 + DRAWS]
         mean, std = draws.mean(), draws.std(ddof=1)
         assert 0 < std < 0.05 * TRUE[name], (name, std)  # noise moves the fit, but only a little
         # the truth lies within the spread of the repeated draws (no bias beyond the noise)
         assert abs(mean - TRUE[name]) < 3 * std, (name, mean, std)
         # multi-start on draw 0: every start reaches the same minimum, far inside the spread
-        multi = np.concatenate([draws[:1], est[3 + DRAWS:]])
+        multi = np.concatenate([draws[:1], est[3 + DRAWS :]])
         assert np.ptp(multi) < 0.05 * std, (name, multi, std)
 
 
-GRAD_FREE = {"tau_n": Positive(), "tau_s": Positive("softplus"), "tau_p": Bounded(0.1, 10.0),
-             "qk_gain": Identity()}
+GRAD_FREE = {"tau_n": Positive(), "tau_s": Positive("softplus"), "tau_p": Bounded(0.1, 10.0), "qk_gain": Identity()}
 GRAD_AT = (STARTS[2]["tau_n"], STARTS[2]["tau_s"], STARTS[2]["tau_p"], 1.3)
 
 
@@ -138,15 +146,17 @@ def finite_differences():
 
         u0 = jnp.array([t.inverse(jnp.asarray(x, jnp.float64)) for t, x in zip(transforms, GRAD_AT)])
         eps = 1e-5
-        fd = [float((loss_at(u0.at[i].add(eps)) - loss_at(u0.at[i].add(-eps))) / (2 * eps))
-              for i in range(len(u0))]
+        fd = [float((loss_at(u0.at[i].add(eps)) - loss_at(u0.at[i].add(-eps))) / (2 * eps)) for i in range(len(u0))]
         return dict(target=target, fm=fm, loss=float(loss_at(u0)), fd=dict(zip(GRAD_FREE, fd)))
     finally:
         jax.config.update("jax_enable_x64", previous)
 
 
-@pytest.mark.parametrize("adjoint", [diffrax.RecursiveCheckpointAdjoint(), diffrax.DirectAdjoint(),
-                                     diffrax.ForwardMode()], ids=["recursive", "direct", "forward"])
+@pytest.mark.parametrize(
+    "adjoint",
+    [diffrax.RecursiveCheckpointAdjoint(), diffrax.DirectAdjoint(), diffrax.ForwardMode()],
+    ids=["recursive", "direct", "forward"],
+)
 def test_gradient_matches_finite_differences(adjoint, finite_differences, x64):
     ref = finite_differences
     model = NAModel(params=af.NAParams(**STARTS[2]), feature_map=ref["fm"], qk_gain=1.3, adjoint=adjoint)
@@ -164,11 +174,12 @@ def test_fit_to_softmax_head_beats_untuned_network(getkey, x64):
     v = jax.random.normal(getkey(), (L, N))
     target = AttentionTarget(q, k, v, causal=True)
     # A finite read window that leaves the synapses short of equilibrium (p_bar T_r / tau_s ~ 1).
-    untuned = NAModel(params=af.NAParams(tau_s=0.05, t_read=0.05),
-                      feature_map=af.PositiveRandomFeatures(D, M, trainable=True, key=getkey()))
+    untuned = NAModel(
+        params=af.NAParams(tau_s=0.05, t_read=0.05),
+        feature_map=af.PositiveRandomFeatures(D, M, trainable=True, key=getkey()),
+    )
     before = float(target(untuned))
-    result = fit(untuned, target, ["tau_s", "qk_gain", "v_gain", "feature_map.W"], steps=100,
-                 learning_rate=0.05)
+    result = fit(untuned, target, ["tau_s", "qk_gain", "v_gain", "feature_map.W"], steps=100, learning_rate=0.05)
     after = float(target(result.model))
     np.testing.assert_allclose(after, result.loss_history[-1], rtol=1e-10)
     assert np.isfinite(after) and after < 0.5 * before, (before, after)
@@ -193,11 +204,11 @@ def test_free_parameters_and_errors(getkey):
     with pytest.raises(ValueError, match="steps"):
         fit(model, target, ["tau_s"], steps=0)
     with pytest.raises(ValueError, match="strictly increasing"):
-        TraceTarget(q=jnp.ones((2, 3)), k=jnp.ones((2, 3)), v=jnp.ones((2, 2)), ts=[0.2, 0.1],
-                    x=jnp.ones((2, 2, 2)))
+        TraceTarget(q=jnp.ones((2, 3)), k=jnp.ones((2, 3)), v=jnp.ones((2, 2)), ts=[0.2, 0.1], x=jnp.ones((2, 2, 2)))
     with pytest.raises(ValueError, match="time points"):
-        TraceTarget(q=jnp.ones((2, 3)), k=jnp.ones((2, 3)), v=jnp.ones((2, 2)), ts=[0.1, 0.2, 0.3],
-                    x=jnp.ones((2, 2, 2)))
+        TraceTarget(
+            q=jnp.ones((2, 3)), k=jnp.ones((2, 3)), v=jnp.ones((2, 2)), ts=[0.1, 0.2, 0.3], x=jnp.ones((2, 2, 2))
+        )
 
 
 def test_transforms_round_trip(x64):
@@ -224,17 +235,22 @@ def test_traces_match_na_attention_at_end_of_read(x64):
     # calcium is conserved (its mean over processes is p_bar at every time) and has synchronised by t = 2
     p_mean = traces.p.mean(axis=-1)
     np.testing.assert_allclose(p_mean, jnp.broadcast_to(p_mean[-1], p_mean.shape), rtol=1e-12)
-    np.testing.assert_allclose(traces.p[-1], jnp.broadcast_to(p_mean[-1][:, None], traces.p[-1].shape),
-                               rtol=1e-3)  # e^{-NM t/tau_p} = e^{-8}
+    np.testing.assert_allclose(
+        traces.p[-1], jnp.broadcast_to(p_mean[-1][:, None], traces.p[-1].shape), rtol=1e-3
+    )  # e^{-NM t/tau_p} = e^{-8}
 
 
 def test_cli_rejects_malformed_config(tmp_path, capsys):
     from astroformer.fit.cli import main
 
-    cases = {"{\"free\": [": "not valid JSON", "[1, 2]": "JSON object", "{\"steps\": 3}": "missing 'free'",
-             "{\"free\": [\"tau_s\"], \"steps\": 0}": "steps: expected a positive integer",
-             "{\"free\": [\"tau_s\"], \"bogus\": 1}": "unknown keys",
-             "{\"free\": [\"tau_s\"], \"target\": {\"kind\": \"video\"}}": "target.kind"}
+    cases = {
+        '{"free": [': "not valid JSON",
+        "[1, 2]": "JSON object",
+        '{"steps": 3}': "missing 'free'",
+        '{"free": ["tau_s"], "steps": 0}': "steps: expected a positive integer",
+        '{"free": ["tau_s"], "bogus": 1}': "unknown keys",
+        '{"free": ["tau_s"], "target": {"kind": "video"}}': "target.kind",
+    }
     for text, message in cases.items():
         path = tmp_path / "fit.json"
         path.write_text(text)

@@ -6,7 +6,6 @@ the ratio approach 4 and fails; softmax attention, which does materialise one, i
 can fail. Also the longest-L search of `benchmarks/memory.py` against closed-form footprints.
 """
 
-
 import jax
 import jax.numpy as jnp
 import pytest
@@ -51,12 +50,12 @@ def test_softmax_temporary_memory_superlinear_in_L():
 def test_longest_length_matches_closed_form(power, scale):
     from benchmarks.memory import longest_length
 
-    budget = 2.0 ** 30
+    budget = 2.0**30
     calls = []
 
     def footprint(L):
         calls.append(L)
-        return int(1e6 + scale * L ** power), 0.0
+        return int(1e6 + scale * L**power), 0.0
 
     found = longest_length(footprint, budget, start=256, multiple=64)
     exact = ((budget - 1e6) / scale) ** (1 / power)  # footprint(exact) = budget
@@ -72,5 +71,5 @@ def test_longest_length_start_too_long_and_nothing_fits():
 
     found = longest_length(lambda L: (L * 1000, 0.0), 500_000, start=4096, multiple=64)
     assert found["longest"] <= 500 < found["first_too_long"]
-    found = longest_length(lambda L: (10 ** 12, 0.0), 1.0, start=256, multiple=64)
+    found = longest_length(lambda L: (10**12, 0.0), 1.0, start=256, multiple=64)
     assert found["longest"] is None and found["first_too_long"] == 64

@@ -22,8 +22,14 @@ def _inputs():
     v = jax.random.normal(kv, (L, N), jnp.float64)
     w = jax.random.normal(kw, (L, N), jnp.float64)
     # tau_p / (N M) < tau_n: the first grid step follows tau_p; a short read that has not settled, and forgetting.
-    params = af.NAParams(tau_n=jnp.asarray(0.05), tau_s=jnp.asarray(0.02), tau_p=jnp.asarray(0.3),
-                         t_write=jnp.asarray(1.0), t_read=jnp.asarray(0.4), tau_f=jnp.asarray(5.0))
+    params = af.NAParams(
+        tau_n=jnp.asarray(0.05),
+        tau_s=jnp.asarray(0.02),
+        tau_p=jnp.asarray(0.3),
+        t_write=jnp.asarray(1.0),
+        t_read=jnp.asarray(0.4),
+        tau_f=jnp.asarray(5.0),
+    )
     return phi_q, phi_k, v, w, params
 
 
@@ -57,23 +63,39 @@ def test_custom_vjp_matches_diffrax_adjoint_and_finite_differences():
     for name in ("tau_n", "tau_s", "tau_p", "t_write", "t_read", "tau_f"):
         value0 = getattr(params, name)
         step = eps * value0
-        fd = (loss(phi_q, phi_k, v, _replace(params, name, value0 + step), w)
-              - loss(phi_q, phi_k, v, _replace(params, name, value0 - step), w)) / (2 * step)
+        fd = (
+            loss(phi_q, phi_k, v, _replace(params, name, value0 + step), w)
+            - loss(phi_q, phi_k, v, _replace(params, name, value0 - step), w)
+        ) / (2 * step)
         np.testing.assert_allclose(getattr(grads[3], name), fd, rtol=1e-5, atol=1e-10, err_msg=name)
 
 
 def _replace(params, name, value):
-    return af.NAParams(**{n: (value if n == name else getattr(params, n))
-                          for n in ("tau_n", "tau_s", "tau_p", "t_write", "t_read", "tau_f")})
+    return af.NAParams(
+        **{
+            n: (value if n == name else getattr(params, n))
+            for n in ("tau_n", "tau_s", "tau_p", "t_write", "t_read", "tau_f")
+        }
+    )
 
 
 def test_vmap_over_heads_with_their_own_parameters():
     """vmapped over heads with per-head parameters (as `NeuronAstrocyteAttention` calls it): each head equals its
     own unbatched call, values and gradients."""
     phi_q, phi_k, v, w, params = _inputs()
-    heads = af.NAParams.stack([params, af.NAParams(tau_n=jnp.asarray(0.01), tau_s=jnp.asarray(0.05),
-                                                   tau_p=jnp.asarray(2.0), t_write=jnp.asarray(1.0),
-                                                   t_read=jnp.asarray(1.0), tau_f=jnp.asarray(3.0))])
+    heads = af.NAParams.stack(
+        [
+            params,
+            af.NAParams(
+                tau_n=jnp.asarray(0.01),
+                tau_s=jnp.asarray(0.05),
+                tau_p=jnp.asarray(2.0),
+                t_write=jnp.asarray(1.0),
+                t_read=jnp.asarray(1.0),
+                tau_f=jnp.asarray(3.0),
+            ),
+        ]
+    )
     stack = lambda a: jnp.stack([a, a[::-1]])  # noqa: E731
     loss = _loss()
     grad = jax.jit(jax.grad(loss, argnums=(0, 3)))
@@ -99,9 +121,19 @@ def test_chunked_read_matches_diffrax_adjoint_over_many_queries():
     v = jax.random.normal(kv, (H, Lq, N), jnp.float64)
     w = jax.random.normal(kw, (H, Lq, N), jnp.float64)
     _, _, _, _, params = _inputs()
-    heads = af.NAParams.stack([params, af.NAParams(tau_n=jnp.asarray(0.01), tau_s=jnp.asarray(0.05),
-                                                   tau_p=jnp.asarray(2.0), t_write=jnp.asarray(1.0),
-                                                   t_read=jnp.asarray(1.0), tau_f=jnp.asarray(3.0))])
+    heads = af.NAParams.stack(
+        [
+            params,
+            af.NAParams(
+                tau_n=jnp.asarray(0.01),
+                tau_s=jnp.asarray(0.05),
+                tau_p=jnp.asarray(2.0),
+                t_write=jnp.asarray(1.0),
+                t_read=jnp.asarray(1.0),
+                tau_f=jnp.asarray(3.0),
+            ),
+        ]
+    )
 
     def total(adjoint):
         one = jax.value_and_grad(_loss(adjoint), argnums=(0, 1, 2, 3))

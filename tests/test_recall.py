@@ -28,8 +28,7 @@ def test_causal_conv_matches_a_loop(getkey):
 def test_short_conv_model_is_causal(getkey):
     # Changing token t changes the logits at t and t+1 (the convolution reaches one token back) but never
     # before t.
-    model = Transformer(13, 10, attention="softmax", d_model=16, num_layers=1, num_heads=2, short_conv=2,
-                        key=getkey())
+    model = Transformer(13, 10, attention="softmax", d_model=16, num_layers=1, num_heads=2, short_conv=2, key=getkey())
     tokens = jax.random.randint(getkey(), (10,), 0, 13)
     call = eqx.filter_jit(lambda m, t: m(t))
     base = call(model, tokens)
@@ -57,12 +56,15 @@ def test_presets_are_valid_configs():
         preset_config("nope")
 
 
-@pytest.mark.parametrize("arg, message", [
-    ("num_kv_pairs", "--task-arg: expected KEY=VALUE"),
-    ("colour=3", r"got unexpected argument\(s\) \['colour'\]"),
-    ("num_kv_pairs=40", "`seq_len` must be at least 4 \\* num_kv_pairs = 160"),
-    ("power_a=-1", "`power_a` must be a finite float > 0"),
-])
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        ("num_kv_pairs", "--task-arg: expected KEY=VALUE"),
+        ("colour=3", r"got unexpected argument\(s\) \['colour'\]"),
+        ("num_kv_pairs=40", "`seq_len` must be at least 4 \\* num_kv_pairs = 160"),
+        ("power_a=-1", "`power_a` must be a finite float > 0"),
+    ],
+)
 def test_cli_task_arg_errors(tmp_path, capsys, arg, message):
     run_dir = tmp_path / "run"
     rc = cli_main(["train", "--task", "mqar", "--task-arg", arg, "--run-dir", str(run_dir), "--no-progress"])
@@ -75,9 +77,21 @@ def test_softmax_learns_tiny_mqar(tmp_path):
     # The regression test of learning itself: 2 key-value pairs, 16 tokens. With the short convolution a
     # softmax transformer of one layer gets there in well under 200 steps (without it, recall needs a
     # previous-token head learnt from absolute positions, and 1,000 steps were not enough for 0.9).
-    config = TrainConfig(task="mqar", task_kwargs={"vocab_size": 16, "seq_len": 16, "num_kv_pairs": 2},
-                         attention="softmax", d_model=32, num_layers=1, num_heads=2, batch_size=32, steps=150,
-                         lr=3e-3, warmup=15, eval_every=150, eval_batches=4, checkpoint_every=0,
-                         run_dir=str(tmp_path / "run"))
+    config = TrainConfig(
+        task="mqar",
+        task_kwargs={"vocab_size": 16, "seq_len": 16, "num_kv_pairs": 2},
+        attention="softmax",
+        d_model=32,
+        num_layers=1,
+        num_heads=2,
+        batch_size=32,
+        steps=150,
+        lr=3e-3,
+        warmup=15,
+        eval_every=150,
+        eval_batches=4,
+        checkpoint_every=0,
+        run_dir=str(tmp_path / "run"),
+    )
     result = train(config, progress=False)
     assert result.evals[-1]["accuracy"] >= 0.9, result.evals

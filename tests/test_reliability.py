@@ -30,9 +30,23 @@ from astroformer.training._rundir import PREVIOUS, check_run_dir
 from astroformer.training._signals import Interrupted
 from conftest import SMALL_HEAD
 
-TINY = dict(task="mqar", task_kwargs={"seq_len": 16, "num_kv_pairs": 2, "vocab_size": 16}, attention="softmax",
-            d_model=16, num_layers=1, num_heads=2, num_features=8, read_steps=4, batch_size=8, lr=1e-2, warmup=1,
-            eval_batches=1, steps=6, eval_every=3, checkpoint_every=3)
+TINY = dict(
+    task="mqar",
+    task_kwargs={"seq_len": 16, "num_kv_pairs": 2, "vocab_size": 16},
+    attention="softmax",
+    d_model=16,
+    num_layers=1,
+    num_heads=2,
+    num_features=8,
+    read_steps=4,
+    batch_size=8,
+    lr=1e-2,
+    warmup=1,
+    eval_batches=1,
+    steps=6,
+    eval_every=3,
+    checkpoint_every=3,
+)
 
 
 def tiny_config(**changes) -> TrainConfig:
@@ -53,8 +67,11 @@ def shared_steps():
     eval step) instead of compiling their own: `make_optimizer` returns one object per setting, and the steps
     are cached by that object (by the task's repr for the eval step)."""
     optimizers, steps = {}, {}
-    make_optimizer, make_train_step, make_eval_step = (train_module.make_optimizer, train_module.make_train_step,
-                                                       train_module.make_eval_step)
+    make_optimizer, make_train_step, make_eval_step = (
+        train_module.make_optimizer,
+        train_module.make_train_step,
+        train_module.make_eval_step,
+    )
 
     def optimizer(config):
         key = (config.lr, config.warmup, config.steps, config.min_lr_ratio, config.weight_decay, config.grad_clip)
@@ -85,8 +102,7 @@ def shared_steps():
 def full_run(tmp_path_factory):
     """An uninterrupted 6-step run (checkpoints at 3 and 6): the reference for resumption and the run that
     misuses try to damage."""
-    return train(tiny_config(run_dir=str(tmp_path_factory.mktemp("runs") / "full")), progress=False,
-                 max_traces=None)
+    return train(tiny_config(run_dir=str(tmp_path_factory.mktemp("runs") / "full")), progress=False, max_traces=None)
 
 
 @pytest.fixture
@@ -103,8 +119,9 @@ def old_run(full_run, tmp_path):
 def test_overwrite_with_bad_data_keeps_the_old_run(old_run, capsys):
     before = _files(old_run)
     for text in ("missing.txt", str(old_run)):  # a file that does not exist; a directory
-        rc = cli_main(["train", "--overwrite", "--run-dir", str(old_run), "--task", "charlm", "--text", text,
-                       "--no-progress"])
+        rc = cli_main(
+            ["train", "--overwrite", "--run-dir", str(old_run), "--task", "charlm", "--text", text, "--no-progress"]
+        )
         err = capsys.readouterr().err
         assert rc == 2 and err.count("\n") == 1 and "text:" in err and text in err
         assert _files(old_run) == before
@@ -178,8 +195,15 @@ def test_edited_checkpoint_header_is_refused(old_run):
         load_run(old_run)
 
 
-@pytest.mark.parametrize("field, value", [("attention", "linear"), ("seed", 1), ("num_features", 4),
-                                          ("task_kwargs", {"seq_len": 16, "num_kv_pairs": 3, "vocab_size": 16})])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("attention", "linear"),
+        ("seed", 1),
+        ("num_features", 4),
+        ("task_kwargs", {"seq_len": 16, "num_kv_pairs": 3, "vocab_size": 16}),
+    ],
+)
 def test_checkpoint_of_another_run_is_refused(old_run, field, value, capsys):
     config = json.loads((old_run / "config.json").read_text())
     config[field] = value
@@ -248,8 +272,9 @@ def _signal_at(monkeypatch, signals: dict):
 
 # SIGTERM while step 1 is drawn (the step then compiles): the run stops after it. Two SIGINTs at once: the
 # second only repeats that the checkpoint is coming.
-@pytest.mark.parametrize("signals", [{0: [signal.SIGTERM]}, {2: [signal.SIGINT, signal.SIGINT]}],
-                         ids=["sigterm-first-step", "sigint-twice"])
+@pytest.mark.parametrize(
+    "signals", [{0: [signal.SIGTERM]}, {2: [signal.SIGINT, signal.SIGINT]}], ids=["sigterm-first-step", "sigint-twice"]
+)
 def test_signal_writes_a_checkpoint_and_resume_is_bit_exact(full_run, tmp_path, monkeypatch, capfd, signals):
     config = full_run.config.replace(run_dir=str(tmp_path / "split"), checkpoint_every=0)
     _signal_at(monkeypatch, signals)
@@ -274,10 +299,39 @@ def test_cli_signal_then_resume_is_bit_exact(tmp_path, signum, every):
     """The real command line, stopped by SIGTERM (a final checkpoint) or SIGKILL (the last periodic one of
     --checkpoint-every), then resumed: the losses equal those of an uninterrupted run."""
     run_dir = tmp_path / "cli"
-    args = [sys.executable, "-m", "astroformer.cli", "train", "--task", "mqar", "--attention", "softmax",
-            "--run-dir", str(run_dir), "--no-progress", "--checkpoint-every", str(every), "--steps", "400",
-            "--d-model", "16", "--layers", "1", "--heads", "2", "--batch-size", "8", "--seq-len", "16",
-            "--eval-every", "400", "--eval-batches", "1", "--warmup", "1"]
+    args = [
+        sys.executable,
+        "-m",
+        "astroformer.cli",
+        "train",
+        "--task",
+        "mqar",
+        "--attention",
+        "softmax",
+        "--run-dir",
+        str(run_dir),
+        "--no-progress",
+        "--checkpoint-every",
+        str(every),
+        "--steps",
+        "400",
+        "--d-model",
+        "16",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--batch-size",
+        "8",
+        "--seq-len",
+        "16",
+        "--eval-every",
+        "400",
+        "--eval-batches",
+        "1",
+        "--warmup",
+        "1",
+    ]
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     metrics = run_dir / "metrics.jsonl"
@@ -292,8 +346,7 @@ def test_cli_signal_then_resume_is_bit_exact(tmp_path, signum, every):
     stopped = json.loads((run_dir / "checkpoint.eqx").read_bytes().split(b"\n")[1])["step"]
     assert (3 <= stopped < 400) if signum == signal.SIGTERM else (2 <= stopped < 400 and stopped % 2 == 0)
     config = TrainConfig.load(run_dir / "config.json")
-    reference = train(config.replace(run_dir=str(tmp_path / "ref"), steps=400), stop_at=stopped + 3,
-                      progress=False)
+    reference = train(config.replace(run_dir=str(tmp_path / "ref"), steps=400), stop_at=stopped + 3, progress=False)
     resume_run(run_dir, stop_at=stopped + 3, progress=False)
     losses = [r["loss"] for r in read_metrics(run_dir) if r["kind"] == "train"]
     assert losses == [loss for _, loss in reference.losses]
@@ -307,8 +360,7 @@ def test_checkpoint_every_and_grad_clip_flags_reach_the_config(tmp_path, monkeyp
         raise ValueError("stop here")
 
     monkeypatch.setattr(train_module, "train", fake_train)
-    assert cli_main(["train", "--checkpoint-every", "7", "--grad-clip", "0.5", "--run-dir",
-                     str(tmp_path / "r")]) == 2
+    assert cli_main(["train", "--checkpoint-every", "7", "--grad-clip", "0.5", "--run-dir", str(tmp_path / "r")]) == 2
     assert seen["config"].checkpoint_every == 7 and seen["config"].grad_clip == 0.5
 
 
@@ -331,13 +383,16 @@ JIT_ERRORS = (RuntimeError, ValueError)
 @pytest.fixture(scope="module")
 def jitted_heads():
     """`na_attention(q, k, v, params)` under `jax.jit` (everything traced), per mode: compiled once each."""
-    return {mode: jax.jit(lambda q, k, v, p, mode=mode: af.na_attention(q, k, v, p, mode=mode))
-            for mode in ("equilibrium", "ode")}
+    return {
+        mode: jax.jit(lambda q, k, v, p, mode=mode: af.na_attention(q, k, v, p, mode=mode))
+        for mode in ("equilibrium", "ode")
+    }
 
 
 @pytest.mark.parametrize("mode", ["equilibrium", "ode"])
-@pytest.mark.parametrize("field, value", [("tau_f", 0.0), ("tau_f", -0.1), ("tau_s", -1.0), ("tau_s", 1e-50),
-                                          ("tau_n", np.nan)])
+@pytest.mark.parametrize(
+    "field, value", [("tau_f", 0.0), ("tau_f", -0.1), ("tau_s", -1.0), ("tau_s", 1e-50), ("tau_n", np.nan)]
+)
 def test_traced_bad_time_constant_raises_in_every_mode(head, jitted_heads, mode, field, value):
     # Every parameter set has the same structure (tau_f set), so each mode compiles once.
     params = eqx.tree_at(lambda p: getattr(p, field), _params_f32(), jnp.float32(value))
@@ -391,18 +446,28 @@ def test_calcium_simulate_rejects_bad_drive_and_initial_state():
 # ---------------------------------------------------------------------------------------- error style
 
 
-@pytest.mark.parametrize("change, match", [
-    (lambda q, k, v: (q[:0], k[:0], v[:0]), "phi_q: expected at least one of its tokens"),
-    (lambda q, k, v: (q[:, :0], k[:, :0], v), "phi_q: expected at least one of its features"),
-    (lambda q, k, v: (q, k, v[:, :0]), "v: expected at least one of its value dimensions"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda q, k, v: (q[:0], k[:0], v[:0]), "phi_q: expected at least one of its tokens"),
+        (lambda q, k, v: (q[:, :0], k[:, :0], v), "phi_q: expected at least one of its features"),
+        (lambda q, k, v: (q, k, v[:, :0]), "v: expected at least one of its value dimensions"),
+    ],
+)
 def test_zero_sizes(head, change, match):
     with pytest.raises(ValueError, match=match):
         af.na_attention(*change(*head), af.NAParams())
 
 
-@pytest.mark.parametrize("option, value, error", [("read_steps", 0, ValueError), ("read_steps", 2.5, ValueError),
-                                                  ("chunk_size", 0, ValueError), ("causal", "no", TypeError)])
+@pytest.mark.parametrize(
+    "option, value, error",
+    [
+        ("read_steps", 0, ValueError),
+        ("read_steps", 2.5, ValueError),
+        ("chunk_size", 0, ValueError),
+        ("causal", "no", TypeError),
+    ],
+)
 def test_bad_options(head, option, value, error):
     with pytest.raises(error, match=f"{option}: expected"):
         af.na_attention(*head, af.NAParams(), **{option: value})
@@ -410,13 +475,19 @@ def test_bad_options(head, option, value, error):
         af.NeuronAstrocyteAttention(8, 2, key=jax.random.PRNGKey(0), **{option: value})
 
 
-@pytest.mark.parametrize("kwargs, match", [(dict(num_features=0), "num_features"), (dict(num_heads=0), "num_heads"),
-                                           (dict(mode="exact"), "mode"), (dict(params=1.0), "params")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_features=0), "num_features"),
+        (dict(num_heads=0), "num_heads"),
+        (dict(mode="exact"), "mode"),
+        (dict(params=1.0), "params"),
+    ],
+)
 def test_layer_validates_at_construction(kwargs, match):
     kwargs = {"d_model": 8, "num_heads": 2, **kwargs}
     with pytest.raises((ValueError, TypeError), match=f"{match}: expected"):
-        af.NeuronAstrocyteAttention(kwargs.pop("d_model"), kwargs.pop("num_heads"), key=jax.random.PRNGKey(0),
-                                    **kwargs)
+        af.NeuronAstrocyteAttention(kwargs.pop("d_model"), kwargs.pop("num_heads"), key=jax.random.PRNGKey(0), **kwargs)
 
 
 def test_trace_target_checks_every_field():
@@ -433,27 +504,37 @@ def test_trace_target_checks_every_field():
         TraceTarget(q=q, k=k, v=v, ts=ts, p=jnp.ones((2, 3, 5)), h=jnp.ones((2, 3, 6)))
 
 
-@pytest.mark.parametrize("change, match", [
-    ({"free": ["tau_x"]}, "free: 'tau_x' is not a leaf"),
-    ({"target": {"kind": "traces", "ts": [0.2, 0.1], "params": {}}}, "ts: expected finite, non-negative, "
-                                                                      "strictly increasing"),
-    ({"target": {"kind": "traces", "ts": [0.1, 0.2], "data": {"x": [[[1.0, 2.0]], [[1.0]]]}}},
-     "target.data.x: expected a rectangular numeric array"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"free": ["tau_x"]}, "free: 'tau_x' is not a leaf"),
+        (
+            {"target": {"kind": "traces", "ts": [0.2, 0.1], "params": {}}},
+            "ts: expected finite, non-negative, strictly increasing",
+        ),
+        (
+            {"target": {"kind": "traces", "ts": [0.1, 0.2], "data": {"x": [[[1.0, 2.0]], [[1.0]]]}}},
+            "target.data.x: expected a rectangular numeric array",
+        ),
+    ],
+)
 def test_fit_cli_errors_are_one_line(tmp_path, capsys, change, match):
     config = tmp_path / "fit.json"
-    config.write_text(json.dumps({"free": ["tau_s"], "steps": 1, "dtype": "float32",
-                                  "target": {"kind": "softmax"}, **change}))
+    config.write_text(
+        json.dumps({"free": ["tau_s"], "steps": 1, "dtype": "float32", "target": {"kind": "softmax"}, **change})
+    )
     assert cli_main(["fit", "--config", str(config), "--output", str(tmp_path / "out.json")]) == 2
     err = capsys.readouterr().err
     assert match in err and "Traceback" not in err
 
 
 def test_cli_user_errors_are_one_line(full_run, tmp_path, capsys):
-    for argv, match in ((["train", "--lr", "1e30", "--layers", "0"], "num_layers"),
-                        (["train", "--read-steps", "0"], "read_steps"),
-                        (["eval", "--run-dir", str(tmp_path / "none")], "does not exist"),
-                        (["train", "--resume", "--run-dir", str(tmp_path / "none")], "cannot resume")):
+    for argv, match in (
+        (["train", "--lr", "1e30", "--layers", "0"], "num_layers"),
+        (["train", "--read-steps", "0"], "read_steps"),
+        (["eval", "--run-dir", str(tmp_path / "none")], "does not exist"),
+        (["train", "--resume", "--run-dir", str(tmp_path / "none")], "cannot resume"),
+    ):
         assert cli_main(argv) == 2, argv
         err = capsys.readouterr().err
         assert match in err and err.count("\n") == 1, err

@@ -55,8 +55,16 @@ def test_second_order_convergence():
     exact = 1.0 / (1.0 + (1.0 / y0 - 1.0) * np.exp(-(t1 + np.sin(t1))))
     errors = []
     for n in (20, 40, 80, 160):
-        sol = diffrax.diffeqsolve(diffrax.ODETerm(_logistic), Ros2(), 0.0, t1, t1 / n, {"y": y0},
-                                  stepsize_controller=diffrax.ConstantStepSize(), max_steps=n)
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(_logistic),
+            Ros2(),
+            0.0,
+            t1,
+            t1 / n,
+            {"y": y0},
+            stepsize_controller=diffrax.ConstantStepSize(),
+            max_steps=n,
+        )
         errors.append(float(jnp.max(jnp.abs(sol.ys["y"][-1] - exact))))
     ratios = np.asarray(errors[:-1]) / np.asarray(errors[1:])
     print(f"Ros2 global errors {errors}, ratios {ratios}")
@@ -75,13 +83,29 @@ def test_l_stable_on_prothero_robinson():
     y0 = {"y": jnp.array([1.0, 2.0])}
     ts = jnp.linspace(0.0, 2.0, 11)
     for dt in (0.2, 0.1, 0.05):
-        sol = diffrax.diffeqsolve(diffrax.ODETerm(_prothero_robinson), Ros2(), 0.0, 2.0, dt, y0,
-                                  saveat=diffrax.SaveAt(ts=ts), stepsize_controller=diffrax.ConstantStepSize())
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(_prothero_robinson),
+            Ros2(),
+            0.0,
+            2.0,
+            dt,
+            y0,
+            saveat=diffrax.SaveAt(ts=ts),
+            stepsize_controller=diffrax.ConstantStepSize(),
+        )
         err = np.max(np.abs(np.asarray(sol.ys["y"][1:]) - np.cos(np.asarray(ts[1:]))[:, None]))
         print(f"Ros2 on Prothero–Robinson (lambda = -1e6), step {dt}: max error {err:.1e}")  # 4e-6, 5e-8, 2e-8
         assert err < 1e-4
-    explicit = diffrax.diffeqsolve(diffrax.ODETerm(_prothero_robinson), diffrax.Tsit5(), 0.0, 2.0, 0.1, y0,
-                                   stepsize_controller=diffrax.ConstantStepSize(), throw=False)
+    explicit = diffrax.diffeqsolve(
+        diffrax.ODETerm(_prothero_robinson),
+        diffrax.Tsit5(),
+        0.0,
+        2.0,
+        0.1,
+        y0,
+        stepsize_controller=diffrax.ConstantStepSize(),
+        throw=False,
+    )
     assert not np.all(np.abs(np.asarray(explicit.ys["y"])) < 10.0)  # the problem is stiff: explicit fails
 
 
@@ -89,8 +113,9 @@ def test_gchi_reference_protocol_with_ros2():
     with np.load(REFERENCE) as data:
         reference = {key: np.asarray(data[key]) for key in data.files}
     drive = pulse_train(reference["pulse_times"], reference["amplitude_mM"], reference["clearance"])
-    out = simulate(GChI(), drive, reference["t"], solver=Ros2(),
-                   stepsize_controller=diffrax.PIDController(rtol=1e-4, atol=1e-7))
+    out = simulate(
+        GChI(), drive, reference["t"], solver=Ros2(), stepsize_controller=diffrax.PIDController(rtol=1e-4, atol=1e-7)
+    )
     errors = {key: float(np.max(np.abs(np.asarray(out[key]) - reference[key]))) for key in ("C", "I", "h")}
     print(f"G-ChI with Ros2 vs Brian 2, max abs error (µM): {errors}")  # measured 2.2e-4, 6.1e-4, 2.0e-5
     assert errors["C"] < 1e-2 and errors["I"] < 1e-2 and errors["h"] < 1e-2

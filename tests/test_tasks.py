@@ -135,7 +135,7 @@ def test_induction_repeat_labels_brute_force():
         batch = task.batch("train", NUM_EXAMPLES, seed=0)
         n = seq_len // 2
         for inputs, targets, mask in zip(batch.inputs.tolist(), batch.targets.tolist(), batch.mask.tolist()):
-            assert len(set(inputs[:n])) == n and inputs[n:2 * n] == inputs[:n]
+            assert len(set(inputs[:n])) == n and inputs[n : 2 * n] == inputs[:n]
             scored = [t for t in range(seq_len) if mask[t]]
             assert scored == list(range(n, 2 * n - 1))
             for t in scored:

@@ -37,14 +37,25 @@ from astroformer.training import (
     trainable_filter,
 )
 
-TINY = dict(task="mqar", task_kwargs={"seq_len": 16, "num_kv_pairs": 2, "vocab_size": 16}, d_model=16,
-            num_layers=1, num_heads=2, num_features=8, read_steps=4, batch_size=8, lr=1e-2, warmup=1,
-            eval_batches=1)
+TINY = dict(
+    task="mqar",
+    task_kwargs={"seq_len": 16, "num_kv_pairs": 2, "vocab_size": 16},
+    d_model=16,
+    num_layers=1,
+    num_heads=2,
+    num_features=8,
+    read_steps=4,
+    batch_size=8,
+    lr=1e-2,
+    warmup=1,
+    eval_batches=1,
+)
 
 
 def tiny_config(**changes) -> TrainConfig:
-    return TrainConfig(**{**TINY, "attention": "softmax", "steps": 6, "eval_every": 3, "checkpoint_every": 3,
-                          **changes})
+    return TrainConfig(
+        **{**TINY, "attention": "softmax", "steps": 6, "eval_every": 3, "checkpoint_every": 3, **changes}
+    )
 
 
 # ------------------------------------------------------------------------------------------- model
@@ -55,7 +66,9 @@ def test_batched_equals_vmap_and_padding_is_ignored(getkey):
     tokens = jax.random.randint(getkey(), (3, 8), 0, 11)
     batched = eqx.filter_jit(Transformer.batched)(model, tokens)
     assert batched.shape == (3, 8, 11)
-    np.testing.assert_allclose(batched, eqx.filter_jit(lambda m, t: jax.vmap(m)(t))(model, tokens), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        batched, eqx.filter_jit(lambda m, t: jax.vmap(m)(t))(model, tokens), rtol=1e-5, atol=1e-5
+    )
     # Padded positions (mask False) must not influence the others, whatever tokens they hold.
     call = eqx.filter_jit(lambda m, t, mask: m(t, mask))
     mask = jnp.arange(8) != 2
@@ -116,8 +129,9 @@ def test_train_step_compiles_once():
         batch = jax.tree.map(jnp.asarray, task.batch("train", 8, seed=seed))
         trainable, opt_state, _, _ = step(trainable, frozen, opt_state, batch)
     # A non-finite gradient skips the update: parameters and optimiser state come back unchanged.
-    poisoned = eqx.tree_at(lambda t: t.blocks[0].mlp_out.bias, trainable,
-                           trainable.blocks[0].mlp_out.bias.at[0].set(jnp.nan))
+    poisoned = eqx.tree_at(
+        lambda t: t.blocks[0].mlp_out.bias, trainable, trainable.blocks[0].mlp_out.bias.at[0].set(jnp.nan)
+    )
     after, after_state, loss, skipped = step(poisoned, frozen, opt_state, batch)
     assert bool(skipped) and not np.isfinite(float(loss))
     for a, b in zip(jax.tree.leaves((after, after_state)), jax.tree.leaves((poisoned, opt_state))):
@@ -155,8 +169,10 @@ def test_resume_equals_uninterrupted(full_run, tmp_path):
     losses = [r["loss"] for r in read_metrics(config.run_dir) if r["kind"] == "train"]
     expected = [loss for _, loss in full_run.losses]
     assert losses == expected  # bit-identical, not merely close
-    for a, b in zip(jax.tree.leaves(eqx.filter(second.model, eqx.is_array)),
-                    jax.tree.leaves(eqx.filter(full_run.model, eqx.is_array))):
+    for a, b in zip(
+        jax.tree.leaves(eqx.filter(second.model, eqx.is_array)),
+        jax.tree.leaves(eqx.filter(full_run.model, eqx.is_array)),
+    ):
         np.testing.assert_array_equal(a, b)
 
 
@@ -197,8 +213,9 @@ def test_damaged_checkpoint_gives_clear_error(full_run, tmp_path, damage, capsys
 def test_checkpoint_round_trip_and_eval(full_run, capsys):
     config, task, model, metadata = load_run(full_run.run_dir)
     assert metadata["step"] == 6 and config == full_run.config
-    for a, b in zip(jax.tree.leaves(eqx.filter(model, eqx.is_array)),
-                    jax.tree.leaves(eqx.filter(full_run.model, eqx.is_array))):
+    for a, b in zip(
+        jax.tree.leaves(eqx.filter(model, eqx.is_array)), jax.tree.leaves(eqx.filter(full_run.model, eqx.is_array))
+    ):
         np.testing.assert_array_equal(a, b)
     assert cli_main(["eval", "--run-dir", full_run.run_dir]) == 0
     out = capsys.readouterr().out
@@ -247,8 +264,13 @@ def test_sharded_training_equals_single_device(tmp_path):
     (only the order of float32 sums differs)."""
     config = tiny_config(steps=3, eval_every=3, batch_size=8)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", _PARALLEL_SCRIPT, config.to_json(), str(tmp_path)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _PARALLEL_SCRIPT, config.to_json(), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["param_devices"] == 4 and result["replicated"]
@@ -262,8 +284,9 @@ def test_sharded_training_equals_single_device(tmp_path):
 @pytest.fixture(scope="module")
 def char_model():
     corpus = CharCorpus.from_text("the quick brown fox jumps over the lazy dog\n" * 4)
-    model = Transformer(corpus.vocab_size, 8, attention="softmax", d_model=16, num_layers=1, num_heads=2,
-                        key=jax.random.PRNGKey(3))
+    model = Transformer(
+        corpus.vocab_size, 8, attention="softmax", d_model=16, num_layers=1, num_heads=2, key=jax.random.PRNGKey(3)
+    )
     return corpus, model
 
 
@@ -289,4 +312,4 @@ def test_greedy_sampling_matches_a_python_loop(char_model):
     context = list(prompt)
     for _ in range(12):
         context.append(int(jnp.argmax(call(model, jnp.asarray(context[-8:], jnp.int32))[-1])))
-    assert drawn.tolist() == context[len(prompt):]
+    assert drawn.tolist() == context[len(prompt) :]

@@ -4,7 +4,6 @@
 Runs in float64 (module-scoped fixture), where central differences are accurate to about 1e-9.
 """
 
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -25,8 +24,11 @@ FIELDS = ("tau_n", "tau_s", "tau_p", "t_write", "t_read", "tau_f")
 def _data(key):
     kq, kk, kv = jax.random.split(key, 3)
     fm = af.PositiveRandomFeatures(D, M, key=jax.random.PRNGKey(99))
-    return (fm(0.5 * jax.random.normal(kq, (L, D))), fm(0.5 * jax.random.normal(kk, (L, D))),
-            jax.random.normal(kv, (L, N)))
+    return (
+        fm(0.5 * jax.random.normal(kq, (L, D))),
+        fm(0.5 * jax.random.normal(kk, (L, D))),
+        jax.random.normal(kv, (L, N)),
+    )
 
 
 def _params():

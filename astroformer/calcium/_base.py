@@ -41,9 +41,7 @@ def check_positive_finite(name: str, value: Any, owner: str) -> None:
     arr = np.asarray(value)
     if not (np.all(np.isfinite(arr)) and np.all(arr > 0)):
         shown = arr.item() if arr.size == 1 else arr
-        raise ValueError(
-            f"{owner}.{name} must be positive and finite, but got {shown!r}."
-        )
+        raise ValueError(f"{owner}.{name} must be positive and finite, but got {shown!r}.")
 
 
 class AbstractCalciumModel(eqx.Module):
@@ -80,9 +78,7 @@ class AbstractCalciumModel(eqx.Module):
     @property
     def dtype(self) -> jnp.dtype:
         """The floating dtype of the model's parameters."""
-        leaves = [
-            leaf for leaf in jax.tree_util.tree_leaves(self) if eqx.is_array(leaf)
-        ]
+        leaves = [leaf for leaf in jax.tree_util.tree_leaves(self) if eqx.is_array(leaf)]
         if not leaves:
             return jnp.result_type(float)
         return jnp.result_type(*leaves)
@@ -132,4 +128,3 @@ class AbstractCalciumModel(eqx.Module):
 
         The calcium variable, with the shape of the corresponding leaf of `y`.
         """
-

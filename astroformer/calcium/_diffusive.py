@@ -61,8 +61,7 @@ class DiffusiveProcesses(AbstractCalciumModel):
     def __check_init__(self):
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
             raise ValueError(
-                f"DiffusiveProcesses.n must be a positive integer (the number of "
-                f"processes), but got {self.n!r}."
+                f"DiffusiveProcesses.n must be a positive integer (the number of processes), but got {self.n!r}."
             )
 
     def default_y0(self) -> dict[str, Float[Array, " n"]]:

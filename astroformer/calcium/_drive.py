@@ -34,8 +34,7 @@ class PulseTrain(eqx.Module):
     def __check_init__(self):
         if self.times.ndim != 1:
             raise ValueError(
-                "pulse_train: `times` must be a 1-D array of pulse times, but got shape "
-                f"{self.times.shape}."
+                f"pulse_train: `times` must be a 1-D array of pulse times, but got shape {self.times.shape}."
             )
         if self.amplitude.ndim > 1 or self.amplitude.shape not in (
             (),
@@ -46,17 +45,11 @@ class PulseTrain(eqx.Module):
                 f"{self.times.shape}, but got shape {self.amplitude.shape}."
             )
         if self.decay.ndim != 0:
-            raise ValueError(
-                f"pulse_train: `decay` must be a scalar, but got shape {self.decay.shape}."
-            )
+            raise ValueError(f"pulse_train: `decay` must be a scalar, but got shape {self.decay.shape}.")
         for name in ("times", "amplitude"):
             value = getattr(self, name)
-            if not isinstance(value, jax.core.Tracer) and not np.all(
-                np.isfinite(np.asarray(value))
-            ):
-                raise ValueError(
-                    f"pulse_train: `{name}` must be finite, but got {np.asarray(value)!r}."
-                )
+            if not isinstance(value, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(value))):
+                raise ValueError(f"pulse_train: `{name}` must be finite, but got {np.asarray(value)!r}.")
         check_positive_finite("decay", self.decay, "pulse_train")
 
     def __call__(self, t: Float[ArrayLike, ""]) -> Float[Array, ""]:

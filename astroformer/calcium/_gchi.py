@@ -142,24 +142,18 @@ class GChI(AbstractCalciumModel):
         gamma_a, ip3, c, h = y["Gamma_A"], y["I"], y["C"], y["h"]
         y_s = drive_value * _UM_PER_MM  # mM -> µM, to match the units of O_N.
 
-        d_gamma_a = self.O_N * y_s * (1 - gamma_a) - self.Omega_N * (
-            1 + self.zeta * c / (c + self.K_KC)
-        ) * gamma_a
+        d_gamma_a = self.O_N * y_s * (1 - gamma_a) - self.Omega_N * (1 + self.zeta * c / (c + self.K_KC)) * gamma_a
 
         c2 = c**2
         c4 = c2**2
         j_beta = self.O_beta * gamma_a
-        j_delta = (
-            self.O_delta / (1 + ip3 / self.kappa_delta) * c2 / (c2 + self.K_delta**2)
-        )
+        j_delta = self.O_delta / (1 + ip3 / self.kappa_delta) * c2 / (c2 + self.K_delta**2)
         j_3k = self.O_3K * c4 / (c4 + self.K_D**4) * ip3 / (ip3 + self.K_3K)
         j_5p = self.Omega_5P * ip3
         d_ip3 = j_beta + j_delta - j_3k - j_5p
 
         m_inf = ip3 / (ip3 + self.d_1) * c / (c + self.d_5)
-        j_r = (self.Omega_C * m_inf**3 * h**3 + self.Omega_L) * (
-            self.C_T - (1 + self.rho_A) * c
-        )
+        j_r = (self.Omega_C * m_inf**3 * h**3 + self.Omega_L) * (self.C_T - (1 + self.rho_A) * c)
         j_p = self.O_P * c2 / (c2 + self.K_P**2)
         d_c = j_r - j_p
 

@@ -56,10 +56,7 @@ def _check_ts(ts: Any, dtype: Any) -> Float[Array, " times"]:
     if not jnp.issubdtype(ts.dtype, jnp.floating) or ts.dtype != dtype:
         ts = ts.astype(dtype)
     if ts.ndim != 1:
-        raise ValueError(
-            "simulate: `ts` must be a 1-D array of output times, but got an array of "
-            f"shape {ts.shape}."
-        )
+        raise ValueError(f"simulate: `ts` must be a 1-D array of output times, but got an array of shape {ts.shape}.")
     if ts.shape[0] < 2:
         raise ValueError(
             "simulate: `ts` must hold at least two times (the first is the initial "
@@ -75,10 +72,7 @@ def _check_ts(ts: Any, dtype: Any) -> Float[Array, " times"]:
         values = np.asarray(ts)
         if not np.all(np.isfinite(values)):
             bad = np.flatnonzero(~np.isfinite(values))
-            raise ValueError(
-                "simulate: `ts` must be finite, but got non-finite values at indices "
-                f"{bad.tolist()}."
-            )
+            raise ValueError(f"simulate: `ts` must be finite, but got non-finite values at indices {bad.tolist()}.")
         steps = np.diff(values)
         if np.any(steps <= 0):
             i = int(np.flatnonzero(steps <= 0)[0])
@@ -89,9 +83,7 @@ def _check_ts(ts: Any, dtype: Any) -> Float[Array, " times"]:
     return ts
 
 
-def _initial_state(
-    model: AbstractCalciumModel, y0: Mapping[str, ArrayLike] | None
-) -> dict[str, Array]:
+def _initial_state(model: AbstractCalciumModel, y0: Mapping[str, ArrayLike] | None) -> dict[str, Array]:
     state = dict(model.default_y0())
     if y0 is None:
         return state
@@ -117,9 +109,7 @@ def _initial_state(
                 f"broadcast to it), but got shape {value.shape}."
             ) from None
         if not _is_traced(value) and not np.all(np.isfinite(np.asarray(value))):
-            raise ValueError(
-                f"simulate: `y0[{name!r}]` must be finite, but got {np.asarray(value)!r}."
-            )
+            raise ValueError(f"simulate: `y0[{name!r}]` must be finite, but got {np.asarray(value)!r}.")
         if not _is_traced(value):
             low, high = _STATE_RANGES.get(name, (0.0, None))
             arr = np.asarray(value)
@@ -153,8 +143,10 @@ def _check_drive(drive, ts, jump_ts, dtype):
         values = jax.vmap(lambda t: jnp.asarray(drive(t)))(t)
     except Exception:  # noqa: BLE001 - a drive that cannot be vmapped is checked by the solve only
         return None
-    message = ("simulate: `drive` must return finite, non-negative values (a concentration), but returned "
-               "NaN/inf or a negative value")
+    message = (
+        "simulate: `drive` must return finite, non-negative values (a concentration), but returned "
+        "NaN/inf or a negative value"
+    )
     if _is_traced(values):
         return ~jnp.all(jnp.isfinite(values)) | jnp.any(values < 0), message
     values, t = np.asarray(values), np.asarray(t)
@@ -264,18 +256,14 @@ def simulate(
     """
     if not isinstance(model, AbstractCalciumModel):
         raise TypeError(
-            "simulate: `model` must be an astroformer.calcium.AbstractCalciumModel, "
-            f"but got {type(model).__name__}."
+            f"simulate: `model` must be an astroformer.calcium.AbstractCalciumModel, but got {type(model).__name__}."
         )
     if not callable(drive):
         raise TypeError(
-            "simulate: `drive` must be a function of time returning a scalar, but got "
-            f"{type(drive).__name__}."
+            f"simulate: `drive` must be a function of time returning a scalar, but got {type(drive).__name__}."
         )
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(
-            f"simulate: `max_steps` must be a positive integer, but got {max_steps!r}."
-        )
+        raise ValueError(f"simulate: `max_steps` must be a positive integer, but got {max_steps!r}.")
     state = _initial_state(model, y0)
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(state))
     ts = _check_ts(ts, dtype)
@@ -284,9 +272,7 @@ def simulate(
         solver = diffrax.Tsit5()
     if stepsize_controller is None:
         stepsize_controller = default_stepsize_controller(dtype)
-    adaptive = isinstance(
-        stepsize_controller, diffrax.AbstractAdaptiveStepSizeController
-    )
+    adaptive = isinstance(stepsize_controller, diffrax.AbstractAdaptiveStepSizeController)
     if jump_ts is None and isinstance(drive, PulseTrain) and adaptive:
         jump_ts = drive.times
     if jump_ts is not None:
@@ -300,12 +286,8 @@ def simulate(
         # own dependence on its pulse times is differentiated via the vector field).
         jump_ts = jax.lax.stop_gradient(jnp.asarray(jump_ts).astype(ts.dtype))
         if jump_ts.ndim != 1:
-            raise ValueError(
-                f"simulate: `jump_ts` must be 1-D, but got shape {jump_ts.shape}."
-            )
-        stepsize_controller = diffrax.ClipStepSizeController(
-            stepsize_controller, jump_ts=jump_ts
-        )
+            raise ValueError(f"simulate: `jump_ts` must be 1-D, but got shape {jump_ts.shape}.")
+        stepsize_controller = diffrax.ClipStepSizeController(stepsize_controller, jump_ts=jump_ts)
     if adjoint is None:
         adjoint = diffrax.RecursiveCheckpointAdjoint()
     drive_check = _check_drive(drive, ts, jump_ts, dtype)

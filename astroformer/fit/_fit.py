@@ -55,8 +55,9 @@ def resolve_free(model: eqx.Module, free) -> dict[str, AbstractTransform]:
     elif isinstance(free, Sequence):
         items = [(name, None) for name in free]
     else:
-        raise TypeError(f"free: expected a name, a list of names or a dict name -> transform, "
-                        f"got {type(free).__name__}")
+        raise TypeError(
+            f"free: expected a name, a list of names or a dict name -> transform, got {type(free).__name__}"
+        )
     if not items:
         raise ValueError("free: expected at least one free parameter, got none")
     out = {}
@@ -65,20 +66,26 @@ def resolve_free(model: eqx.Module, free) -> dict[str, AbstractTransform]:
         try:
             value = _getter(full)(model)
         except AttributeError:
-            raise ValueError(f"free: {name!r} is not a leaf of the model (expected e.g. 'tau_s', 'params.tau_p', "
-                             f"'feature_map.W', 'qk_gain', 'v_gain')") from None
+            raise ValueError(
+                f"free: {name!r} is not a leaf of the model (expected e.g. 'tau_s', 'params.tau_p', "
+                f"'feature_map.W', 'qk_gain', 'v_gain')"
+            ) from None
         if value is None:
             raise ValueError(f"free: {name!r} is None in the model; give it a value before fitting it")
         if not (eqx.is_array(value) or isinstance(value, float | int)) or isinstance(value, bool):
             raise ValueError(f"free: {name!r} must be a number or a floating array, got {type(value).__name__}")
         if full == "feature_map.W" and getattr(model.feature_map, "trainable", True) is False:
-            raise ValueError("free: 'feature_map.W' is frozen by the feature map itself (trainable=False); "
-                             "build it with trainable=True to fit its tuning")
+            raise ValueError(
+                "free: 'feature_map.W' is frozen by the feature map itself (trainable=False); "
+                "build it with trainable=True to fit its tuning"
+            )
         if transform is None:
             transform = Positive() if full.startswith("params.") else Identity()
         if not isinstance(transform, AbstractTransform):
-            raise TypeError(f"free[{name!r}]: expected an AbstractTransform (Positive(), Bounded(lo, hi), "
-                            f"Identity()), got {type(transform).__name__}")
+            raise TypeError(
+                f"free[{name!r}]: expected an AbstractTransform (Positive(), Bounded(lo, hi), "
+                f"Identity()), got {type(transform).__name__}"
+            )
         if full in out:
             raise ValueError(f"free: {full!r} given twice")
         out[full] = transform
@@ -200,10 +207,19 @@ def _adam(learning_rate: float):
     return optax.adam(learning_rate)
 
 
-def fit(model: eqx.Module, target, free, *, optimiser: optax.GradientTransformation | None = None,
-        learning_rate: float = 0.05, steps: int = 200, adjoint: diffrax.AbstractAdjoint | None = None,
-        gradient: Literal["forward", "reverse"] | None = None, dtype=None,
-        progress: Callable[[Array, Array], None] | None = None) -> FitResult:
+def fit(
+    model: eqx.Module,
+    target,
+    free,
+    *,
+    optimiser: optax.GradientTransformation | None = None,
+    learning_rate: float = 0.05,
+    steps: int = 200,
+    adjoint: diffrax.AbstractAdjoint | None = None,
+    gradient: Literal["forward", "reverse"] | None = None,
+    dtype=None,
+    progress: Callable[[Array, Array], None] | None = None,
+) -> FitResult:
     r"""Fit the free parameters of `model` to `target` by gradient descent in unconstrained coordinates.
 
     **Arguments:**
@@ -248,9 +264,16 @@ def fit(model: eqx.Module, target, free, *, optimiser: optax.GradientTransformat
             raise TypeError(f"adjoint: only an NAModel carries an adjoint, got a {type(model).__name__}")
         if not isinstance(adjoint, diffrax.AbstractAdjoint):
             raise TypeError(f"adjoint: expected a diffrax adjoint, got {type(adjoint).__name__}")
-        model = NAModel(params=model.params, feature_map=model.feature_map, qk_gain=model.qk_gain,
-                        v_gain=model.v_gain, causal=model.causal, adjoint=adjoint, read_steps=model.read_steps,
-                        substeps=model.substeps)
+        model = NAModel(
+            params=model.params,
+            feature_map=model.feature_map,
+            qk_gain=model.qk_gain,
+            v_gain=model.v_gain,
+            causal=model.causal,
+            adjoint=adjoint,
+            read_steps=model.read_steps,
+            substeps=model.substeps,
+        )
     if optimiser is None:
         if not learning_rate > 0:
             raise ValueError(f"learning_rate: expected a positive number, got {learning_rate!r}")
@@ -265,12 +288,19 @@ def fit(model: eqx.Module, target, free, *, optimiser: optax.GradientTransformat
     u0, frozen = param.split(model, dtype)
     fitted, losses, gnorm, norms, history = _run(u0, frozen, target, param, optimiser, steps, mode, progress)
     history = {label: history[name] for label, name in zip(_labels(free), param.names) if name in history}
-    return FitResult(model=fitted, loss_history=losses, grad_norm=gnorm, grad_norm_history=norms,
-                     param_history=history, free=param.names)
+    return FitResult(
+        model=fitted,
+        loss_history=losses,
+        grad_norm=gnorm,
+        grad_norm_history=norms,
+        param_history=history,
+        free=param.names,
+    )
 
 
-def value_and_grad(model: eqx.Module, target, free, *, gradient: Literal["forward", "reverse"] | None = None,
-                   dtype=None) -> tuple[Float[Array, ""], dict[str, Array]]:
+def value_and_grad(
+    model: eqx.Module, target, free, *, gradient: Literal["forward", "reverse"] | None = None, dtype=None
+) -> tuple[Float[Array, ""], dict[str, Array]]:
     """The loss and its gradient with respect to the *unconstrained* free parameters, exactly as `fit` uses
     them (same parameterisation, adjoint and differentiation mode).
 
@@ -282,7 +312,8 @@ def value_and_grad(model: eqx.Module, target, free, *, gradient: Literal["forwar
     param = _Parameterisation(names=tuple(transforms), transforms=tuple(transforms.values()))
     u0, frozen = param.split(model, jnp.result_type(float) if dtype is None else dtype)
     value, grad = eqx.filter_jit(lambda u, f, t: _value_and_grad(lambda w: t(param.model(w, f)), u, mode))(
-        u0, frozen, target)
+        u0, frozen, target
+    )
     return value, {label: c.raw for label, c in zip(_labels(free), param._where(grad))}
 
 

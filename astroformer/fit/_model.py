@@ -46,11 +46,15 @@ class NAModel(eqx.Module):
             raise TypeError(f"NAModel.params: expected an astroformer.NAParams, got {type(self.params).__name__}")
         if self.feature_map is not None:
             if not isinstance(self.feature_map, AbstractFeatureMap):
-                raise TypeError(f"NAModel.feature_map: expected an AbstractFeatureMap or None, "
-                                f"got {type(self.feature_map).__name__}")
+                raise TypeError(
+                    f"NAModel.feature_map: expected an AbstractFeatureMap or None, "
+                    f"got {type(self.feature_map).__name__}"
+                )
             if not self.feature_map.nonnegative:
-                raise ValueError(f"NAModel.feature_map: expected a non-negative feature map (firing rates), "
-                                 f"got {type(self.feature_map).__name__}")
+                raise ValueError(
+                    f"NAModel.feature_map: expected a non-negative feature map (firing rates), "
+                    f"got {type(self.feature_map).__name__}"
+                )
 
     def features(self, q: Float[Array, "L D"], k: Float[Array, "L D"], v: Float[Array, "L N"]):
         """The network's inputs $(\\phi(aq), \\phi(ak), bv)$."""
@@ -60,19 +64,52 @@ class NAModel(eqx.Module):
             phi_q, phi_k = self.feature_map(self.qk_gain * q), self.feature_map(self.qk_gain * k)
         return phi_q, phi_k, self.v_gain * v
 
-    def __call__(self, q: Float[Array, "L D"], k: Float[Array, "L D"], v: Float[Array, "L N"], *,
-                 mask: Bool[Array, " L"] | None = None) -> Float[Array, "L N"]:
+    def __call__(
+        self,
+        q: Float[Array, "L D"],
+        k: Float[Array, "L D"],
+        v: Float[Array, "L N"],
+        *,
+        mask: Bool[Array, " L"] | None = None,
+    ) -> Float[Array, "L N"]:
         """Outputs $x(T_r)$ of every read, (L, N)."""
         phi_q, phi_k, v = self.features(q, k, v)
-        return na_attention(phi_q, phi_k, v, self.params, causal=self.causal, mode="ode", mask=mask,
-                            adjoint=self.adjoint, read_steps=self.read_steps)
+        return na_attention(
+            phi_q,
+            phi_k,
+            v,
+            self.params,
+            causal=self.causal,
+            mode="ode",
+            mask=mask,
+            adjoint=self.adjoint,
+            read_steps=self.read_steps,
+        )
 
-    def traces(self, q: Float[Array, "L D"], k: Float[Array, "L D"], v: Float[Array, "L N"], ts, *,
-               variables: tuple[str, ...] = ("x", "p", "s"), mask: Bool[Array, " L"] | None = None) -> Traces:
+    def traces(
+        self,
+        q: Float[Array, "L D"],
+        k: Float[Array, "L D"],
+        v: Float[Array, "L N"],
+        ts,
+        *,
+        variables: tuple[str, ...] = ("x", "p", "s"),
+        mask: Bool[Array, " L"] | None = None,
+    ) -> Traces:
         """Time courses of every read at the real times `ts` (see `read_traces`)."""
         phi_q, phi_k, v = self.features(q, k, v)
-        return read_traces(phi_q, phi_k, v, self.params, ts, causal=self.causal, mask=mask, variables=variables,
-                           adjoint=self.adjoint, substeps=self.substeps)
+        return read_traces(
+            phi_q,
+            phi_k,
+            v,
+            self.params,
+            ts,
+            causal=self.causal,
+            mask=mask,
+            variables=variables,
+            adjoint=self.adjoint,
+            substeps=self.substeps,
+        )
 
 
 __all__ = ["NAModel"]

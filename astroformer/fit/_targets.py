@@ -21,8 +21,7 @@ class AbstractTarget(eqx.Module):
     """A loss $\\mathcal{L}(\\text{model})$ to minimise."""
 
     @abc.abstractmethod
-    def __call__(self, model: NAModel) -> Float[Array, ""]:
-        ...
+    def __call__(self, model: NAModel) -> Float[Array, ""]: ...
 
 
 def _masked_mse(pred, data, mask):
@@ -92,8 +91,10 @@ class TraceTarget(AbstractTarget):
         for name in ("q", "k", "v"):
             x = getattr(self, name)
             if not hasattr(x, "shape") or x.ndim != 2:
-                raise ValueError(f"TraceTarget.{name}: expected a 2-D array (L, {'N' if name == 'v' else 'D'}), "
-                                 f"got {getattr(x, 'shape', type(x).__name__)}")
+                raise ValueError(
+                    f"TraceTarget.{name}: expected a 2-D array (L, {'N' if name == 'v' else 'D'}), "
+                    f"got {getattr(x, 'shape', type(x).__name__)}"
+                )
         L, N = self.q.shape[0], self.v.shape[1]
         M = None
         for name in VARIABLES:
@@ -104,11 +105,14 @@ class TraceTarget(AbstractTarget):
                 continue
             expected = _TRACE_SHAPES[name]
             if not hasattr(data, "shape") or data.ndim != len(expected):
-                raise ValueError(f"TraceTarget.{name}: expected shape {_shape_text(expected)}, got "
-                                 f"{tuple(getattr(data, 'shape', ()))}")
+                raise ValueError(
+                    f"TraceTarget.{name}: expected shape {_shape_text(expected)}, got "
+                    f"{tuple(getattr(data, 'shape', ()))}"
+                )
             if data.shape[0] != T:
-                raise ValueError(f"TraceTarget.{name}: expected {T} time points (len(ts)) on axis 0, "
-                                 f"got shape {tuple(data.shape)}")
+                raise ValueError(
+                    f"TraceTarget.{name}: expected {T} time points (len(ts)) on axis 0, got shape {tuple(data.shape)}"
+                )
             sizes = {"T": T, "L": L, "N": N, "M": M}
             for axis, symbol in enumerate(expected):
                 if symbol == "M" and M is None:
@@ -117,13 +121,16 @@ class TraceTarget(AbstractTarget):
                     raise ValueError(
                         f"TraceTarget.{name}: expected shape {_shape_text(expected)} = "
                         f"{tuple(sizes[s] if sizes[s] is not None else s for s in expected)} (L from q, N from v"
-                        f"{', M from the other traces' if symbol == 'M' else ''}), got {tuple(data.shape)}")
+                        f"{', M from the other traces' if symbol == 'M' else ''}), got {tuple(data.shape)}"
+                    )
             if mask is not None:
                 try:
                     np.broadcast_shapes(mask.shape, data.shape)
                 except ValueError:
-                    raise ValueError(f"TraceTarget.mask_{name}: expected a shape broadcastable to "
-                                     f"{tuple(data.shape)}, got {tuple(mask.shape)}") from None
+                    raise ValueError(
+                        f"TraceTarget.mask_{name}: expected a shape broadcastable to "
+                        f"{tuple(data.shape)}, got {tuple(mask.shape)}"
+                    ) from None
 
     @classmethod
     def from_traces(cls, traces: Traces, q, k, v, *, masks: dict | None = None, token_mask=None):
@@ -141,15 +148,18 @@ class TraceTarget(AbstractTarget):
         return tuple(name for name in VARIABLES if getattr(self, name) is not None)
 
     def __call__(self, model: NAModel) -> Float[Array, ""]:
-        pred = model.traces(self.q, self.k, self.v, np.asarray(self.ts), variables=self.variables,
-                            mask=self.token_mask)
+        pred = model.traces(self.q, self.k, self.v, np.asarray(self.ts), variables=self.variables, mask=self.token_mask)
         for name in self.variables:
             got, expected = getattr(self, name).shape, getattr(pred, name).shape
             if got != expected:
-                raise ValueError(f"TraceTarget.{name}: expected shape {_shape_text(_TRACE_SHAPES[name])} = "
-                                 f"{expected} for this model (M = its number of features), got {got}")
-        return sum(_masked_mse(getattr(pred, name), getattr(self, name), getattr(self, "mask_" + name))
-                   for name in self.variables)
+                raise ValueError(
+                    f"TraceTarget.{name}: expected shape {_shape_text(_TRACE_SHAPES[name])} = "
+                    f"{expected} for this model (M = its number of features), got {got}"
+                )
+        return sum(
+            _masked_mse(getattr(pred, name), getattr(self, name), getattr(self, "mask_" + name))
+            for name in self.variables
+        )
 
 
 class AttentionTarget(AbstractTarget):
@@ -206,8 +216,9 @@ def as_target(target) -> AbstractTarget:
         return target
     if callable(target):
         return LossTarget(target)
-    raise TypeError(f"target: expected an AbstractTarget or a callable loss(model) -> scalar, "
-                    f"got {type(target).__name__}")
+    raise TypeError(
+        f"target: expected an AbstractTarget or a callable loss(model) -> scalar, got {type(target).__name__}"
+    )
 
 
 __all__ = ["AbstractTarget", "AttentionTarget", "LossTarget", "TraceTarget"]

@@ -52,8 +52,9 @@ def check_times(ts) -> np.ndarray:
     try:
         arr = np.asarray(ts, dtype=float)
     except Exception:  # a tracer or an unconvertible object
-        raise TypeError(f"ts: expected a concrete 1-D array of observation times (not traced), "
-                        f"got {type(ts).__name__}") from None
+        raise TypeError(
+            f"ts: expected a concrete 1-D array of observation times (not traced), got {type(ts).__name__}"
+        ) from None
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"ts: expected a non-empty 1-D array of times, got shape {arr.shape}")
     if not (np.all(np.isfinite(arr)) and np.all(arr >= 0) and np.all(np.diff(arr) > 0) and arr[-1] > 0):
@@ -80,10 +81,19 @@ def step_grid(ts: np.ndarray, substeps: int) -> tuple[np.ndarray, np.ndarray]:
     return grid, save
 
 
-def read_traces(phi_q: Float[Array, "L M"], phi_k: Float[Array, "L M"], v: Float[Array, "L N"],
-                params: NAParams, ts, *, causal: bool = True, mask: Bool[Array, " L"] | None = None,
-                variables: tuple[str, ...] = ("x", "p", "s"), adjoint: diffrax.AbstractAdjoint | None = None,
-                substeps: int = 4) -> Traces:
+def read_traces(
+    phi_q: Float[Array, "L M"],
+    phi_k: Float[Array, "L M"],
+    v: Float[Array, "L N"],
+    params: NAParams,
+    ts,
+    *,
+    causal: bool = True,
+    mask: Bool[Array, " L"] | None = None,
+    variables: tuple[str, ...] = ("x", "p", "s"),
+    adjoint: diffrax.AbstractAdjoint | None = None,
+    substeps: int = 4,
+) -> Traces:
     r"""Simulate the read of every query and sample it at the real times `ts`.
 
     **Arguments:**
@@ -121,23 +131,35 @@ def read_traces(phi_q: Float[Array, "L M"], phi_k: Float[Array, "L M"], v: Float
 
     memory = write_reduced(phi_k, v, params, present)
     adjoint = diffrax.RecursiveCheckpointAdjoint(checkpoints=len(grid) - 1) if adjoint is None else adjoint
-    sol = reduced_read(phi_q, memory, read_params, N, causal=causal, solver=None,
-                       stepsize_controller=diffrax.StepTo(ts=jnp.asarray(grid, dtype)), adjoint=adjoint,
-                       read_steps=len(grid) - 1, max_steps=len(grid) - 1, throw=True,
-                       saveat=diffrax.SaveAt(ts=jnp.asarray(save, dtype)))
+    sol = reduced_read(
+        phi_q,
+        memory,
+        read_params,
+        N,
+        causal=causal,
+        solver=None,
+        stepsize_controller=diffrax.StepTo(ts=jnp.asarray(grid, dtype)),
+        adjoint=adjoint,
+        read_steps=len(grid) - 1,
+        max_steps=len(grid) - 1,
+        throw=True,
+        saveat=diffrax.SaveAt(ts=jnp.asarray(save, dtype)),
+    )
     sigma, z = sol.ys  # (T, L, M) each
     t = jnp.asarray(ts, dtype)[:, None, None]
 
     out = {}
     if "x" in variables:
-        out["x"] = jax.vmap(lambda zt: linear_attention_state(zt, memory.keys, memory.values, memory.log_decay,
-                                                              causal=causal))(z)
+        out["x"] = jax.vmap(
+            lambda zt: linear_attention_state(zt, memory.keys, memory.values, memory.log_decay, causal=causal)
+        )(z)
     if "p" in variables:
         g = memory.astrocyte_weights()
         if not causal:
             g = jnp.broadcast_to(g[-1], g.shape)
-        out["p"] = relaxing_calcium(calcium_initial(phi_q, g), calcium_mean(phi_q, g)[..., None],
-                                    N * M / params.tau_p, t)
+        out["p"] = relaxing_calcium(
+            calcium_initial(phi_q, g), calcium_mean(phi_q, g)[..., None], N * M / params.tau_p, t
+        )
     if "s" in variables:
         index = jnp.arange(L) if causal else jnp.full(L, L - 1)
         c = jax.vmap(memory.hebbian_trace)(index)  # (L, N, M)

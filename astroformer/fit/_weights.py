@@ -40,8 +40,9 @@ class AttentionWeightsTarget(AbstractTarget):
     def __init__(self, q, k, *, mask=None, causal: bool = True, normaliser_weight: float = 0.0):
         q, k = jnp.asarray(q), jnp.asarray(k)
         if q.ndim not in (2, 3) or q.shape != k.shape:
-            raise ValueError(f"q, k: expected two (B, L, D) or (L, D) arrays of one shape, got "
-                             f"{tuple(q.shape)} and {tuple(k.shape)}")
+            raise ValueError(
+                f"q, k: expected two (B, L, D) or (L, D) arrays of one shape, got {tuple(q.shape)} and {tuple(k.shape)}"
+            )
         if mask is not None and tuple(mask.shape) != tuple(q.shape[:-1]):
             raise ValueError(f"mask: expected shape {tuple(q.shape[:-1])}, got {tuple(mask.shape)}")
         if not (isinstance(normaliser_weight, (int, float)) and normaliser_weight >= 0):
@@ -65,8 +66,9 @@ class AttentionWeightsTarget(AbstractTarget):
             phi_q, phi_k = phi(qb), phi(kb)
             loss = weights_cross_entropy(phi_q, phi_k, qb, kb, causal=self.causal, mask=mb)
             if self.normaliser_weight:
-                loss = loss + self.normaliser_weight * log_normaliser_mse(phi_q, phi_k, qb, kb, causal=self.causal,
-                                                                          mask=mb)
+                loss = loss + self.normaliser_weight * log_normaliser_mse(
+                    phi_q, phi_k, qb, kb, causal=self.causal, mask=mb
+                )
             return loss
 
         if mask is None:

@@ -51,11 +51,14 @@ def _transform(name, spec):
         return Identity()
     if isinstance(spec, dict) and set(spec) == {"bounded"}:
         b = spec["bounded"]
-        _need(isinstance(b, list) and len(b) == 2 and all(isinstance(x, int | float) for x in b),
-              f"free.{name}.bounded: expected [lo, hi], got {b!r}")
+        _need(
+            isinstance(b, list) and len(b) == 2 and all(isinstance(x, int | float) for x in b),
+            f"free.{name}.bounded: expected [lo, hi], got {b!r}",
+        )
         return Bounded(float(b[0]), float(b[1]))
-    raise ConfigError(f"free.{name}: expected 'positive', 'softplus', 'identity' or {{'bounded': [lo, hi]}}, "
-                      f"got {spec!r}")
+    raise ConfigError(
+        f"free.{name}: expected 'positive', 'softplus', 'identity' or {{'bounded': [lo, hi]}}, got {spec!r}"
+    )
 
 
 def _times(ts):
@@ -76,22 +79,28 @@ def load_config(path) -> dict:
     except FileNotFoundError:
         raise ConfigError(f"--config: no such file {str(path)!r}") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"--config: expected a readable JSON file, got {str(path)!r} "
-                          f"({getattr(err, 'strerror', None) or err})") from None
+        raise ConfigError(
+            f"--config: expected a readable JSON file, got {str(path)!r} ({getattr(err, 'strerror', None) or err})"
+        ) from None
     except json.JSONDecodeError as err:
-        raise ConfigError(f"--config {path}: not valid JSON ({err.msg} at line {err.lineno}, "
-                          f"column {err.colno})") from None
+        raise ConfigError(
+            f"--config {path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
+        ) from None
     _need(isinstance(cfg, dict), f"--config {path}: expected a JSON object at the top level, got {type(cfg).__name__}")
     unknown = set(cfg) - _TOP_KEYS
     _need(not unknown, f"--config {path}: unknown keys {sorted(unknown)}; expected among {sorted(_TOP_KEYS)}")
     _need("free" in cfg, f"--config {path}: missing 'free' (the parameters to fit)")
     target = cfg.setdefault("target", {"kind": "traces"})
-    _need(isinstance(target, dict) and target.get("kind", "traces") in ("traces", "softmax"),
-          f"target.kind: expected 'traces' or 'softmax', got {target!r}")
+    _need(
+        isinstance(target, dict) and target.get("kind", "traces") in ("traces", "softmax"),
+        f"target.kind: expected 'traces' or 'softmax', got {target!r}",
+    )
     steps = cfg.setdefault("steps", 300)
     _need(isinstance(steps, int) and steps > 0, f"steps: expected a positive integer, got {steps!r}")
-    _need(cfg.setdefault("dtype", "float64") in ("float32", "float64"),
-          f"dtype: expected 'float32' or 'float64', got {cfg['dtype']!r}")
+    _need(
+        cfg.setdefault("dtype", "float64") in ("float32", "float64"),
+        f"dtype: expected 'float32' or 'float64', got {cfg['dtype']!r}",
+    )
     return cfg
 
 
@@ -125,8 +134,9 @@ def run(cfg: dict, *, progress=None) -> dict:
     try:
         start = NAParams(**cfg.get("start", {}))
     except TypeError as err:
-        raise ConfigError(f"start: expected NAParams fields (tau_n, tau_s, tau_p, t_write, t_read, tau_f); {err}"
-                          ) from None
+        raise ConfigError(
+            f"start: expected NAParams fields (tau_n, tau_s, tau_p, t_write, t_read, tau_f); {err}"
+        ) from None
     model = NAModel(params=start, feature_map=feature_map, causal=bool(target_cfg.get("causal", True)))
 
     if softmax:
@@ -136,15 +146,19 @@ def run(cfg: dict, *, progress=None) -> dict:
         ts = _times(target_cfg["ts"])
         variables = tuple(target_cfg.get("variables", ["x", "p"]))
         if "data" in target_cfg:
-            _need(isinstance(target_cfg["data"], dict),
-                  f"target.data: expected an object of recorded traces, got {target_cfg['data']!r}")
+            _need(
+                isinstance(target_cfg["data"], dict),
+                f"target.data: expected an object of recorded traces, got {target_cfg['data']!r}",
+            )
             data = {}
             for n, a in target_cfg["data"].items():
                 try:
                     data[n] = jnp.asarray(np.asarray(a, dtype=float), dtype)
                 except (TypeError, ValueError):
-                    raise ConfigError(f"target.data.{n}: expected a rectangular numeric array (T, L, ...), got "
-                                      "ragged or non-numeric nested lists") from None
+                    raise ConfigError(
+                        f"target.data.{n}: expected a rectangular numeric array (T, L, ...), got "
+                        "ragged or non-numeric nested lists"
+                    ) from None
         else:
             _need("params" in target_cfg, "target: expected 'data' (recorded traces) or 'params' (to simulate)")
             truth = NAModel(params=NAParams(**target_cfg["params"]), feature_map=feature_map)
@@ -163,14 +177,24 @@ def run(cfg: dict, *, progress=None) -> dict:
     if isinstance(free, dict):
         free = {name: _transform(name, spec) for name, spec in free.items()}
     opt_cfg = {"name": "adam", "learning_rate": 0.05, **cfg.get("optimiser", {})}
-    makers = {"adam": lambda: optax.adam(opt_cfg["learning_rate"]), "sgd": lambda: optax.sgd(opt_cfg["learning_rate"]),
-              "lbfgs": lambda: optax.lbfgs()}
+    makers = {
+        "adam": lambda: optax.adam(opt_cfg["learning_rate"]),
+        "sgd": lambda: optax.sgd(opt_cfg["learning_rate"]),
+        "lbfgs": lambda: optax.lbfgs(),
+    }
     _need(opt_cfg["name"] in makers, f"optimiser.name: expected one of {sorted(makers)}, got {opt_cfg['name']!r}")
     result = fit(model, target, free, optimiser=makers[opt_cfg["name"]](), steps=cfg["steps"], progress=progress)
-    fitted = {name: np.asarray(value).tolist() for name, value in
-              zip(result.free, (eval_name(result.model, n) for n in result.free))}
-    return {"fitted": fitted, "loss_history": np.asarray(result.loss_history).tolist(),
-            "final_loss": float(result.loss), "grad_norm": float(result.grad_norm), "steps": cfg["steps"]}
+    fitted = {
+        name: np.asarray(value).tolist()
+        for name, value in zip(result.free, (eval_name(result.model, n) for n in result.free))
+    }
+    return {
+        "fitted": fitted,
+        "loss_history": np.asarray(result.loss_history).tolist(),
+        "final_loss": float(result.loss),
+        "grad_norm": float(result.grad_norm),
+        "steps": cfg["steps"],
+    }
 
 
 def eval_name(model, name: str):
@@ -187,8 +211,10 @@ def _output_path(args, cfg) -> Path:
     flag = "--output" if args.output else "output"
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise ConfigError(f"{flag}: expected a file in an existing directory, got {str(path)!r} "
-                          f"({str(parent)!r} {'is not a directory' if parent.exists() else 'does not exist'})")
+        raise ConfigError(
+            f"{flag}: expected a file in an existing directory, got {str(path)!r} "
+            f"({str(parent)!r} {'is not a directory' if parent.exists() else 'does not exist'})"
+        )
     if path.is_dir():
         raise ConfigError(f"{flag}: expected a file path, got {str(path)!r}, which is a directory")
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
@@ -237,8 +263,11 @@ def _main(args) -> int:
 
 def register(subparsers) -> None:
     """Add the `fit` subcommand to the `astroformer` command line."""
-    p = subparsers.add_parser("fit", help="fit time constants, gains or feature tuning by gradient descent",
-                              description=__doc__.split("\n\n")[0])
+    p = subparsers.add_parser(
+        "fit",
+        help="fit time constants, gains or feature tuning by gradient descent",
+        description=__doc__.split("\n\n")[0],
+    )
     p.add_argument("--config", required=True, help="JSON file describing the target and the free parameters")
     p.add_argument("--output", default=None, help="where to write the fitted parameters (JSON)")
     p.set_defaults(func=_main)

@@ -170,8 +170,7 @@ class CharCorpus:
             return ""
         if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
             raise ValueError(
-                f"CharCorpus.decode: `ids` must be a 1-D integer array, got shape {ids.shape} and dtype "
-                f"{ids.dtype}."
+                f"CharCorpus.decode: `ids` must be a 1-D integer array, got shape {ids.shape} and dtype {ids.dtype}."
             )
         if ids.min() < 0 or ids.max() >= self.vocab_size:
             raise ValueError(

@@ -91,6 +91,6 @@ class InductionHeads(AbstractTask):
         inputs = np.concatenate([segment, segment, noise], axis=1)
         targets = np.zeros_like(inputs)
         mask = np.zeros(inputs.shape, dtype=bool)
-        targets[:, n:2 * n - 1] = segment[:, 1:]  # at the repeat's i-th token, the first copy's (i+1)-th
-        mask[:, n:2 * n - 1] = True
+        targets[:, n : 2 * n - 1] = segment[:, 1:]  # at the repeat's i-th token, the first copy's (i+1)-th
+        mask[:, n : 2 * n - 1] = True
         return Batch(inputs=inputs, targets=targets, mask=mask)

@@ -16,9 +16,7 @@ def _check_batch(batch, owner: str) -> None:
         raise TypeError(f"{owner}: `batch` must be a Batch, got {type(batch).__name__}.")
 
 
-def accuracy(
-    outputs: Float[Array, "batch seq vocab"] | Int[Array, "batch seq"], batch: Batch
-) -> Shaped[Array, ""]:
+def accuracy(outputs: Float[Array, "batch seq vocab"] | Int[Array, "batch seq"], batch: Batch) -> Shaped[Array, ""]:
     """The fraction of scored positions whose target is predicted exactly.
 
     Only positions where `batch.mask` is True count: whatever the outputs are elsewhere, the result is the
@@ -50,9 +48,7 @@ def accuracy(
                 f"got dtype {outputs.dtype}; pass logits of shape {expected + ('vocab',)} instead."
             )
         if tuple(outputs.shape) != expected:
-            raise ValueError(
-                f"accuracy: predictions `outputs` must have shape {expected}, got {tuple(outputs.shape)}."
-            )
+            raise ValueError(f"accuracy: predictions `outputs` must have shape {expected}, got {tuple(outputs.shape)}.")
         predictions = outputs
     else:
         raise ValueError(
@@ -85,9 +81,7 @@ def bits_per_char(logits: Float[Array, "batch seq vocab"], batch: Batch) -> Shap
     logits = jnp.asarray(logits)
     expected = tuple(batch.targets.shape)
     if logits.ndim != 3 or tuple(logits.shape[:2]) != expected:
-        raise ValueError(
-            f"bits_per_char: `logits` must have shape {expected + ('vocab',)}, got {tuple(logits.shape)}."
-        )
+        raise ValueError(f"bits_per_char: `logits` must have shape {expected + ('vocab',)}, got {tuple(logits.shape)}.")
     if not jnp.issubdtype(logits.dtype, jnp.floating):
         raise TypeError(f"bits_per_char: `logits` must be floating point, got dtype {logits.dtype}.")
     log_probs = jax.nn.log_softmax(logits, axis=-1)

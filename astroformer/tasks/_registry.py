@@ -45,7 +45,6 @@ def get_task(name: str, **kwargs) -> AbstractTask:
     unexpected = sorted(set(kwargs) - set(accepted))
     if unexpected:
         raise TypeError(
-            f"get_task: task {name!r} ({cls.__name__}) got unexpected argument(s) {unexpected}; "
-            f"it accepts {accepted}."
+            f"get_task: task {name!r} ({cls.__name__}) got unexpected argument(s) {unexpected}; it accepts {accepted}."
         )
     return cls(**kwargs)

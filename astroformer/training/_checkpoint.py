@@ -94,7 +94,8 @@ def load_checkpoint(path: str | os.PathLike, template, *, check=None) -> tuple[A
     except Exception as error:  # noqa: BLE001 - re-raised with the file's name
         raise CheckpointError(
             f"checkpoint {os.fspath(path)!r} does not fit the model built from its config "
-            f"({type(error).__name__}: {error})") from error
+            f"({type(error).__name__}: {error})"
+        ) from error
     return tree, metadata
 
 
@@ -111,32 +112,37 @@ def _read(path, *, verify: bool):
         raise CheckpointError(f"checkpoint {path!r} cannot be read ({error.strerror})") from None
     version = 1 if raw.startswith(_MAGIC_V1) else 2
     if not raw.startswith(_MAGIC) and version == 2:
-        raise CheckpointError(f"checkpoint {path!r} is not an astroformer checkpoint (bad header; file "
-                              f"truncated or overwritten?)")
+        raise CheckpointError(
+            f"checkpoint {path!r} is not an astroformer checkpoint (bad header; file truncated or overwritten?)"
+        )
     end = raw.find(b"\n", len(_MAGIC))
     try:
         if end < 0:
             raise ValueError("no end of header line")
-        metadata = json.loads(raw[len(_MAGIC):end])
+        metadata = json.loads(raw[len(_MAGIC) : end])
         expected, checksum = int(metadata["payload_bytes"]), str(metadata["sha256"])
     except (ValueError, KeyError, TypeError) as error:
-        raise CheckpointError(f"checkpoint {path!r} has a damaged header ({error}); the file is truncated "
-                              "or corrupted") from None
-    payload = raw[end + 1:]
+        raise CheckpointError(
+            f"checkpoint {path!r} has a damaged header ({error}); the file is truncated or corrupted"
+        ) from None
+    payload = raw[end + 1 :]
     if verify:
         if len(payload) != expected:
-            raise CheckpointError(f"checkpoint {path!r} is truncated or padded: its header promises "
-                                  f"{expected} bytes of arrays, the file holds {len(payload)}")
+            raise CheckpointError(
+                f"checkpoint {path!r} is truncated or padded: its header promises "
+                f"{expected} bytes of arrays, the file holds {len(payload)}"
+            )
         actual = hashlib.sha256(payload).hexdigest() if version == 1 else _digest(metadata, payload)
         if actual != checksum:
-            raise CheckpointError(f"checkpoint {path!r} is corrupted or was edited: SHA-256 of its "
-                                  f"{'arrays' if version == 1 else 'header and arrays'} is {actual}, the header "
-                                  f"recorded {checksum}")
+            raise CheckpointError(
+                f"checkpoint {path!r} is corrupted or was edited: SHA-256 of its "
+                f"{'arrays' if version == 1 else 'header and arrays'} is {actual}, the header "
+                f"recorded {checksum}"
+            )
     return metadata, payload
 
 
-def check_metadata(path: str | os.PathLike, metadata: dict[str, Any], expected: dict[str, Any], *,
-                   source: str) -> None:
+def check_metadata(path: str | os.PathLike, metadata: dict[str, Any], expected: dict[str, Any], *, source: str) -> None:
     """Raise `CheckpointError` naming the first field where the checkpoint's header `metadata` differs from
     `expected` (what the run loading it says it is; `source` names where that comes from, e.g. its
     config.json). Fields absent from the header (older checkpoints) are not compared."""
@@ -144,4 +150,5 @@ def check_metadata(path: str | os.PathLike, metadata: dict[str, Any], expected: 
         if name in metadata and metadata[name] != value:
             raise CheckpointError(
                 f"checkpoint {os.fspath(path)!r} does not belong to this run: it was written with "
-                f"{name}={metadata[name]!r}, {source} says {name}={value!r}")
+                f"{name}={metadata[name]!r}, {source} says {name}={value!r}"
+            )

@@ -94,8 +94,18 @@ class TrainConfig:
             fail("attention", f"one of {', '.join(ATTENTION_KINDS)}")
         if self.feature_map not in FEATURE_MAPS:
             fail("feature_map", f"one of {', '.join(FEATURE_MAPS)}")
-        for name in ("d_model", "num_layers", "num_heads", "num_features", "mlp_ratio", "read_steps", "steps",
-                     "batch_size", "eval_every", "eval_batches"):
+        for name in (
+            "d_model",
+            "num_layers",
+            "num_heads",
+            "num_features",
+            "mlp_ratio",
+            "read_steps",
+            "steps",
+            "batch_size",
+            "eval_every",
+            "eval_batches",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 fail(name, "a positive int")
@@ -104,13 +114,22 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 fail(name, "a non-negative int")
         if self.d_model % self.num_heads:
-            raise ValueError(f"TrainConfig: `d_model` must be a multiple of num_heads={self.num_heads}, "
-                             f"got {self.d_model}")
-        for name, low, low_ok in (("lr", 0.0, False), ("weight_decay", 0.0, True), ("grad_clip", 0.0, False),
-                                  ("min_lr_ratio", 0.0, True)):
+            raise ValueError(
+                f"TrainConfig: `d_model` must be a multiple of num_heads={self.num_heads}, got {self.d_model}"
+            )
+        for name, low, low_ok in (
+            ("lr", 0.0, False),
+            ("weight_decay", 0.0, True),
+            ("grad_clip", 0.0, False),
+            ("min_lr_ratio", 0.0, True),
+        ):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
-                    value < low or (value == low and not low_ok)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or (value < low or (value == low and not low_ok))
+            ):
                 fail(name, f"a finite number {'>=' if low_ok else '>'} {low}")
         if self.min_lr_ratio > 1:
             fail("min_lr_ratio", "at most 1")

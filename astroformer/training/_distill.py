@@ -52,8 +52,9 @@ def layer_qkv(model: Transformer, tokens: Int[Array, "B L"]) -> list[tuple[Array
             return a.reshape(B, L, H, D).transpose(2, 0, 1, 3)
 
         scale = D**-0.25
-        out.append((split(_dense(attn.query, h)) * scale, split(_dense(attn.key, h)) * scale,
-                    split(_dense(attn.value, h))))
+        out.append(
+            (split(_dense(attn.query, h)) * scale, split(_dense(attn.key, h)) * scale, split(_dense(attn.value, h)))
+        )
         x = block(x, None)
     return out
 
@@ -66,6 +67,7 @@ def replace_attention(model: Transformer, layer: int, attention) -> Transformer:
 def transfer(softmax_model: Transformer, target: Transformer) -> Transformer:
     """`target` (a neuron–astrocyte `Transformer` of the same sizes) with every weight of `softmax_model` except its
     feature neurons and time constants: embeddings, positions, norms, MLPs and the attention projections."""
+
     def shared(m):
         leaves = [m.embedding, m.positions, m.norm, m.head]
         for b in m.blocks:
@@ -76,16 +78,26 @@ def transfer(softmax_model: Transformer, target: Transformer) -> Transformer:
     return eqx.tree_at(shared, target, shared(softmax_model), is_leaf=lambda x: x is None)
 
 
-def distill_heads(q: Float[Array, "H B L D"], k: Float[Array, "H B L D"], num_features: int, *, steps: int,
-                  learning_rate: float, key, normaliser_weight: float = 0.0, orthogonal: bool = False) -> tuple[HeadwiseFeatures, Array, Array]:
+def distill_heads(
+    q: Float[Array, "H B L D"],
+    k: Float[Array, "H B L D"],
+    num_features: int,
+    *,
+    steps: int,
+    learning_rate: float,
+    key,
+    normaliser_weight: float = 0.0,
+    orthogonal: bool = False,
+) -> tuple[HeadwiseFeatures, Array, Array]:
     """Fit `LearnedFeatures` to every head's softmax weights (one `astroformer.fit` per head, vmapped).
 
     **Returns:** `(maps, initial_loss, final_loss)`, the losses per head (H,)."""
     from ..fit import AttentionWeightsTarget, fit
 
     H, _, _, D = q.shape
-    maps = HeadwiseFeatures.build(lambda k_: LearnedFeatures(D, num_features, orthogonal=orthogonal, key=k_),
-                                  H, key=key)
+    maps = HeadwiseFeatures.build(
+        lambda k_: LearnedFeatures(D, num_features, orthogonal=orthogonal, key=k_), H, key=key
+    )
 
     def one(m, qh, kh):
         target = AttentionWeightsTarget(qh, kh, normaliser_weight=normaliser_weight)
@@ -96,11 +108,24 @@ def distill_heads(q: Float[Array, "H B L D"], k: Float[Array, "H B L D"], num_fe
     return HeadwiseFeatures(fitted, H), first, last
 
 
-def distill(run_dir: str | os.PathLike, out: str | os.PathLike, *, num_features: int = 64,
-            attention: str = "na-ode", steps: int = 600, learning_rate: float = 0.05, batches: int = 8,
-            batch_size: int | None = None, normaliser_weight: float = 0.0, finetune_steps: int = 0,
-            finetune_lr: float = 3e-3, seed: int = 0, evaluate_model: bool = True, overwrite: bool = False,
-            log=print):
+def distill(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    num_features: int = 64,
+    attention: str = "na-ode",
+    steps: int = 600,
+    learning_rate: float = 0.05,
+    batches: int = 8,
+    batch_size: int | None = None,
+    normaliser_weight: float = 0.0,
+    finetune_steps: int = 0,
+    finetune_lr: float = 3e-3,
+    seed: int = 0,
+    evaluate_model: bool = True,
+    overwrite: bool = False,
+    log=print,
+):
     r"""Distil the softmax run in `run_dir` into a neuron–astrocyte run in `out` (learned feature neurons).
 
     **Arguments:**
@@ -139,8 +164,9 @@ def distill(run_dir: str | os.PathLike, out: str | os.PathLike, *, num_features:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: expected a positive int, got {value!r}")
     if num_features % 2:
-        raise ValueError(f"num_features: expected an even M (learned features come in mirrored pairs), "
-                         f"got {num_features}")
+        raise ValueError(
+            f"num_features: expected an even M (learned features come in mirrored pairs), got {num_features}"
+        )
     out = Path(out)
     if (out / CONFIG).exists() and not overwrite:
         raise FileExistsError(f"out: {str(out)!r} already holds a run; pass overwrite=True (--overwrite)")
@@ -148,32 +174,56 @@ def distill(run_dir: str | os.PathLike, out: str | os.PathLike, *, num_features:
     if config.attention != "softmax":
         raise ValueError(f"run_dir: expected a softmax run to distil, got attention={config.attention!r}")
     batch_size = config.batch_size if batch_size is None else batch_size
-    tokens = jnp.concatenate([jnp.asarray(task.batch("train", batch_size, seed=10_000 + seed * 1000 + i).inputs)
-                              for i in range(batches)])
-    new_config = config.replace(attention=attention, feature_map="learned", num_features=num_features,
-                                run_dir=str(out))
+    tokens = jnp.concatenate(
+        [jnp.asarray(task.batch("train", batch_size, seed=10_000 + seed * 1000 + i).inputs) for i in range(batches)]
+    )
+    new_config = config.replace(attention=attention, feature_map="learned", num_features=num_features, run_dir=str(out))
     # Distil on a copy read at equilibrium (exact kernel attention: the inputs of the next layer, cheaply).
     student = transfer(teacher, build_model(new_config.replace(attention="na-equilibrium"), task))
     key = jax.random.PRNGKey(seed)
-    record = {"kind": "distill", "source": str(run_dir), "num_features": num_features, "steps": steps,
-              "learning_rate": learning_rate, "normaliser_weight": normaliser_weight, "sequences": int(tokens.shape[0]), "layers": []}
+    record = {
+        "kind": "distill",
+        "source": str(run_dir),
+        "num_features": num_features,
+        "steps": steps,
+        "learning_rate": learning_rate,
+        "normaliser_weight": normaliser_weight,
+        "sequences": int(tokens.shape[0]),
+        "layers": [],
+    }
     start = time.perf_counter()
     for layer in range(len(student.blocks)):
         # Inputs of this layer in the student with the layers before it already distilled.
         q, k, _ = jax.jit(layer_qkv)(student, tokens)[layer]
-        maps, first, last = distill_heads(q, k, num_features, steps=steps, learning_rate=learning_rate,
-                                          normaliser_weight=normaliser_weight, key=jax.random.fold_in(key, layer))
+        maps, first, last = distill_heads(
+            q,
+            k,
+            num_features,
+            steps=steps,
+            learning_rate=learning_rate,
+            normaliser_weight=normaliser_weight,
+            key=jax.random.fold_in(key, layer),
+        )
         student = eqx.tree_at(lambda m, i=layer: m.blocks[i].attention.feature_map, student, maps)
-        record["layers"].append({"cross_entropy_initial": np.asarray(first).tolist(),
-                                 "cross_entropy_final": np.asarray(last).tolist()})
-        log(f"layer {layer}: attention-weight cross-entropy per head {np.round(np.asarray(first), 3).tolist()} "
-            f"-> {np.round(np.asarray(last), 3).tolist()}")
+        record["layers"].append(
+            {"cross_entropy_initial": np.asarray(first).tolist(), "cross_entropy_final": np.asarray(last).tolist()}
+        )
+        log(
+            f"layer {layer}: attention-weight cross-entropy per head {np.round(np.asarray(first), 3).tolist()} "
+            f"-> {np.round(np.asarray(last), 3).tolist()}"
+        )
     if finetune_steps:
         student, losses = _finetune_features(student, task, finetune_steps, finetune_lr, batch_size, seed)
-        record["finetune"] = {"steps": finetune_steps, "learning_rate": finetune_lr, "loss_first": losses[0],
-                              "loss_last": losses[-1]}
-        log(f"fine-tuned the feature neurons for {finetune_steps} steps: next-token loss {losses[0]:.4f} -> "
-            f"{losses[-1]:.4f} nats")
+        record["finetune"] = {
+            "steps": finetune_steps,
+            "learning_rate": finetune_lr,
+            "loss_first": losses[0],
+            "loss_last": losses[-1],
+        }
+        log(
+            f"fine-tuned the feature neurons for {finetune_steps} steps: next-token loss {losses[0]:.4f} -> "
+            f"{losses[-1]:.4f} nats"
+        )
     record["seconds"] = time.perf_counter() - start
     if attention != "na-equilibrium":
         maps = [b.attention.feature_map for b in student.blocks]
@@ -182,16 +232,27 @@ def distill(run_dir: str | os.PathLike, out: str | os.PathLike, *, num_features:
     out.mkdir(parents=True, exist_ok=True)
     new_config.save(out / CONFIG)
     opt_state = make_optimizer(new_config).init(eqx.filter(student, trainable_filter(student)))
-    save_checkpoint(out / CHECKPOINT, (student, opt_state), {
-        "step": 0, "data_seed": new_config.seed, "next_data_step": 0, "task": new_config.task,
-        "attention": new_config.attention, "distilled_from": str(run_dir),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    save_checkpoint(
+        out / CHECKPOINT,
+        (student, opt_state),
+        {
+            "step": 0,
+            "data_seed": new_config.seed,
+            "next_data_step": 0,
+            "task": new_config.task,
+            "attention": new_config.attention,
+            "distilled_from": str(run_dir),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        },
+    )
     if evaluate_model:
         kw = {"batch_size": config.batch_size, "num_batches": config.eval_batches, "seed": config.seed}
         record["eval"] = evaluate(student, task, **kw)
         record["eval_softmax"] = evaluate(teacher, task, **kw)
-        log(f"{task.metric_name}: distilled {record['eval'][task.metric_name]:.4f}, softmax "
-            f"{record['eval_softmax'][task.metric_name]:.4f}")
+        log(
+            f"{task.metric_name}: distilled {record['eval'][task.metric_name]:.4f}, softmax "
+            f"{record['eval_softmax'][task.metric_name]:.4f}"
+        )
     atomic_write(out / METRICS, (json.dumps(record) + "\n").encode())
     return new_config, student, record
 
@@ -203,8 +264,11 @@ def _finetune_features(model: Transformer, task, steps: int, learning_rate: floa
     from ._train import loss_fn
 
     spec = jax.tree.map(lambda _: False, model)
-    spec = eqx.tree_at(lambda m: [b.attention.feature_map for b in m.blocks], spec,
-                       [jax.tree.map(eqx.is_inexact_array, b.attention.feature_map) for b in model.blocks])
+    spec = eqx.tree_at(
+        lambda m: [b.attention.feature_map for b in m.blocks],
+        spec,
+        [jax.tree.map(eqx.is_inexact_array, b.attention.feature_map) for b in model.blocks],
+    )
     free, frozen = eqx.partition(model, spec)
     optimiser = optax.adam(learning_rate)
     state = optimiser.init(free)
@@ -228,21 +292,35 @@ def _finetune_features(model: Transformer, task, steps: int, learning_rate: floa
 def register(subparsers) -> None:
     """Add `astroformer distill` to an argparse `subparsers` object."""
     p = subparsers.add_parser(
-        "distill", help="distil a trained softmax run into neuron-astrocyte heads with learned feature neurons",
+        "distill",
+        help="distil a trained softmax run into neuron-astrocyte heads with learned feature neurons",
         description="Fit learned feature neurons (Hedgehog) to every head's softmax attention weights on "
-                    "training text and write a neuron-astrocyte run directory (astroformer eval/sample load it).")
+        "training text and write a neuron-astrocyte run directory (astroformer eval/sample load it).",
+    )
     p.add_argument("--run-dir", required=True, help="the run directory of a trained softmax model")
     p.add_argument("--out", required=True, help="the new run directory")
     p.add_argument("--features", type=int, default=64, help="learned feature neurons M per head (default 64)")
-    p.add_argument("--attention", choices=["na-ode", "na-equilibrium"], default="na-ode",
-                   help="attention kind of the new run (default na-ode)")
+    p.add_argument(
+        "--attention",
+        choices=["na-ode", "na-equilibrium"],
+        default="na-ode",
+        help="attention kind of the new run (default na-ode)",
+    )
     p.add_argument("--steps", type=int, default=600, help="Adam steps per head (default 600)")
     p.add_argument("--lr", type=float, default=0.05, help="learning rate of the fits (default 0.05)")
     p.add_argument("--batches", type=int, default=8, help="training batches used for the fit (default 8)")
-    p.add_argument("--normaliser-weight", type=float, default=0.0,
-                   help="also fit the astrocyte response to the softmax normaliser with this weight (default 0)")
-    p.add_argument("--finetune-steps", type=int, default=0,
-                   help="then train the feature neurons only on the next-token loss for so many steps (default 0)")
+    p.add_argument(
+        "--normaliser-weight",
+        type=float,
+        default=0.0,
+        help="also fit the astrocyte response to the softmax normaliser with this weight (default 0)",
+    )
+    p.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=0,
+        help="then train the feature neurons only on the next-token loss for so many steps (default 0)",
+    )
     p.add_argument("--finetune-lr", type=float, default=3e-3, help="learning rate of the fine-tuning (default 3e-3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-eval", action="store_true", help="do not evaluate the distilled model")
@@ -254,9 +332,21 @@ def _distill_command(args) -> int:
     from ._checkpoint import CheckpointError
 
     try:
-        distill(args.run_dir, args.out, num_features=args.features, attention=args.attention, steps=args.steps,
-                learning_rate=args.lr, batches=args.batches, normaliser_weight=args.normaliser_weight,
-                finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr, seed=args.seed, evaluate_model=not args.no_eval, overwrite=args.overwrite)
+        distill(
+            args.run_dir,
+            args.out,
+            num_features=args.features,
+            attention=args.attention,
+            steps=args.steps,
+            learning_rate=args.lr,
+            batches=args.batches,
+            normaliser_weight=args.normaliser_weight,
+            finetune_steps=args.finetune_steps,
+            finetune_lr=args.finetune_lr,
+            seed=args.seed,
+            evaluate_model=not args.no_eval,
+            overwrite=args.overwrite,
+        )
     except (ValueError, TypeError, FileExistsError, FileNotFoundError, CheckpointError) as error:
         print(f"astroformer distill: error: {error}", file=sys.stderr)
         return 2

@@ -61,8 +61,14 @@ def estimate_memory(config, task) -> MemoryEstimate:
     t2, f2 = _counts(config, task, 2)
     n = config.num_layers
     trainable, frozen = t1 + (n - 1) * (t2 - t1), f1 + (n - 1) * (f2 - f1)
-    B, L, d, r, H, M = (config.batch_size, task.seq_len, config.d_model, config.mlp_ratio, config.num_heads,
-                        config.num_features)
+    B, L, d, r, H, M = (
+        config.batch_size,
+        task.seq_len,
+        config.d_model,
+        config.mlp_ratio,
+        config.num_heads,
+        config.num_features,
+    )
     if config.attention == "softmax":
         attention = 2 * L
     elif config.attention == "linear":
@@ -71,9 +77,12 @@ def estimate_memory(config, task) -> MemoryEstimate:
         attention = M * (4 + 2 * config.read_steps)
     activations = B * L * (n * (d * (10 + 3 * r) + H * attention) + 3 * task.vocab_size)
     itemsize = 4
-    return MemoryEstimate(trainable=trainable, frozen=frozen,
-                          parameter_bytes=itemsize * (4 * trainable + frozen),
-                          activation_bytes=itemsize * activations)
+    return MemoryEstimate(
+        trainable=trainable,
+        frozen=frozen,
+        parameter_bytes=itemsize * (4 * trainable + frozen),
+        activation_bytes=itemsize * activations,
+    )
 
 
 def available_memory() -> tuple[int | None, str]:
@@ -116,5 +125,6 @@ def check_memory(config, task, *, available: int | None = None) -> MemoryEstimat
             f"{_gb(estimate.parameter_bytes)} with gradients and Adam moments; activations "
             f"{_gb(estimate.activation_bytes)}) for --layers {config.num_layers}, --d-model {config.d_model}, "
             f"--features {config.num_features}, --batch-size {config.batch_size}, sequence length "
-            f"{task.seq_len}; make the model or the batch smaller")
+            f"{task.seq_len}; make the model or the batch smaller"
+        )
     return estimate

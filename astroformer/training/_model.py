@@ -113,20 +113,37 @@ class Transformer(eqx.Module):
     d_model: int = eqx.field(static=True)
     attention_kind: str = eqx.field(static=True)
 
-    def __init__(self, vocab_size: int, max_len: int, *, attention: str = "softmax", d_model: int = 64,
-                 num_layers: int = 2, num_heads: int = 4, num_features: int = 32, mlp_ratio: int = 4,
-                 tie_embeddings: bool = True, attention_kwargs: dict | None = None, short_conv: int = 0,
-                 key: PRNGKeyArray):
-        for name, value in (("vocab_size", vocab_size), ("max_len", max_len), ("d_model", d_model),
-                            ("num_layers", num_layers), ("num_heads", num_heads),
-                            ("num_features", num_features), ("mlp_ratio", mlp_ratio)):
+    def __init__(
+        self,
+        vocab_size: int,
+        max_len: int,
+        *,
+        attention: str = "softmax",
+        d_model: int = 64,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        num_features: int = 32,
+        mlp_ratio: int = 4,
+        tie_embeddings: bool = True,
+        attention_kwargs: dict | None = None,
+        short_conv: int = 0,
+        key: PRNGKeyArray,
+    ):
+        for name, value in (
+            ("vocab_size", vocab_size),
+            ("max_len", max_len),
+            ("d_model", d_model),
+            ("num_layers", num_layers),
+            ("num_heads", num_heads),
+            ("num_features", num_features),
+            ("mlp_ratio", mlp_ratio),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Transformer: `{name}` must be a positive int, got {value!r}")
         if isinstance(short_conv, bool) or not isinstance(short_conv, int) or short_conv < 0:
             raise ValueError(f"Transformer: `short_conv` must be a non-negative int (0: none), got {short_conv!r}")
         if attention not in ATTENTION_KINDS:
-            raise ValueError(f"Transformer: `attention` must be one of {', '.join(ATTENTION_KINDS)}, "
-                             f"got {attention!r}")
+            raise ValueError(f"Transformer: `attention` must be one of {', '.join(ATTENTION_KINDS)}, got {attention!r}")
         if d_model % num_heads:
             raise ValueError(f"Transformer: `d_model` must be a multiple of num_heads={num_heads}, got {d_model}")
         ke, kp, kh, *kb = jax.random.split(key, 3 + 2 * num_layers)
@@ -134,8 +151,15 @@ class Transformer(eqx.Module):
         self.positions = 0.01 * jax.random.normal(kp, (max_len, d_model))
         blocks = []
         for i in range(num_layers):
-            attn = make_attention(attention, d_model, num_heads, causal=True, num_features=num_features,
-                                  key=kb[2 * i], **(attention_kwargs or {}))
+            attn = make_attention(
+                attention,
+                d_model,
+                num_heads,
+                causal=True,
+                num_features=num_features,
+                key=kb[2 * i],
+                **(attention_kwargs or {}),
+            )
             blocks.append(Block(attn, d_model, mlp_ratio, key=kb[2 * i + 1]))
         self.blocks = tuple(blocks)
         self.norm = eqx.nn.LayerNorm(d_model)
@@ -146,8 +170,7 @@ class Transformer(eqx.Module):
         self.d_model = d_model
         self.attention_kind = attention
 
-    def batched(self, tokens: Int[Array, "B L"], mask: Bool[Array, "B L"] | None = None
-                ) -> Float[Array, "B L V"]:
+    def batched(self, tokens: Int[Array, "B L"], mask: Bool[Array, "B L"] | None = None) -> Float[Array, "B L V"]:
         """Logits for a batch of sequences: tokens (B, L) → (B, L, V); `mask` (B, L), False = padding."""
         if tokens.ndim != 2:
             raise ValueError(f"tokens: expected shape (batch, L), got {tuple(tokens.shape)}")
@@ -171,8 +194,10 @@ class Transformer(eqx.Module):
     def __call__(self, tokens: Int[Array, " L"], mask: Bool[Array, " L"] | None = None) -> Float[Array, "L V"]:
         """Logits for one sequence: tokens (L,) → (L, V); `mask` (L,), False = padding. Batch with vmap."""
         if tokens.ndim != 1:
-            raise ValueError(f"tokens: expected shape (L,), got {tuple(tokens.shape)} "
-                             "(use jax.vmap or Transformer.batched for batches)")
+            raise ValueError(
+                f"tokens: expected shape (L,), got {tuple(tokens.shape)} "
+                "(use jax.vmap or Transformer.batched for batches)"
+            )
         return self.batched(tokens[None], None if mask is None else mask[None])[0]
 
 
@@ -197,8 +222,7 @@ def trainable_filter(model: eqx.Module):
             return sub
         sub = eqx.tree_at(lambda a: a.params, sub, replace=jax.tree.map(lambda _: False, sub.params))
         if not getattr(node.feature_map, "trainable", True):
-            sub = eqx.tree_at(lambda a: a.feature_map, sub,
-                              replace=jax.tree.map(lambda _: False, sub.feature_map))
+            sub = eqx.tree_at(lambda a: a.feature_map, sub, replace=jax.tree.map(lambda _: False, sub.feature_map))
         return sub
 
     return jax.tree.map(freeze, model, spec, is_leaf=is_na)

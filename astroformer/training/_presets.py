@@ -10,10 +10,20 @@ from typing import Any
 #: with softmax attention in a few minutes on a 2-core CPU (`benchmarks/recall.py` records the runs).
 TASK_PRESETS: dict[str, dict[str, Any]] = {
     "charlm": {},
-    "mqar": {"task_kwargs": {"vocab_size": 64, "seq_len": 64, "num_kv_pairs": 4}, "num_layers": 1,
-             "batch_size": 64, "steps": 400, "eval_every": 100},
-    "induction": {"task_kwargs": {"vocab_size": 64, "seq_len": 64}, "num_layers": 1, "batch_size": 32,
-                  "steps": 300, "eval_every": 100},
+    "mqar": {
+        "task_kwargs": {"vocab_size": 64, "seq_len": 64, "num_kv_pairs": 4},
+        "num_layers": 1,
+        "batch_size": 64,
+        "steps": 400,
+        "eval_every": 100,
+    },
+    "induction": {
+        "task_kwargs": {"vocab_size": 64, "seq_len": 64},
+        "num_layers": 1,
+        "batch_size": 32,
+        "steps": 300,
+        "eval_every": 100,
+    },
     "selective-copy": {"task_kwargs": {"seq_len": 64, "num_tokens": 8}},
     "copy": {"task_kwargs": {"seq_len": 32}},
 }

@@ -66,8 +66,10 @@ def recover_previous(run_dir: Path) -> str | None:
         if (previous / name).exists():
             os.replace(previous / name, run_dir / name)
     shutil.rmtree(previous, ignore_errors=True)
-    return (f"{run_dir}: a replacement (--overwrite) stopped before its first checkpoint; the run it was "
-            "replacing has been restored")
+    return (
+        f"{run_dir}: a replacement (--overwrite) stopped before its first checkpoint; the run it was "
+        "replacing has been restored"
+    )
 
 
 def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) -> Path:
@@ -97,18 +99,21 @@ def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) 
         raise FileExistsError(
             f"run_dir: {str(run_dir)!r} holds a run that stopped before its first checkpoint "
             f"({', '.join(existing)}; no {CHECKPOINT}), so there is nothing to resume; start it again with "
-            "--overwrite (--checkpoint-every sets how often checkpoints are written)")
+            "--overwrite (--checkpoint-every sets how often checkpoints are written)"
+        )
     if resume:
         if not existing:
-            raise FileNotFoundError(f"run_dir: cannot resume, {str(run_dir)!r} holds no run "
-                                    f"({CHECKPOINT} does not exist)")
+            raise FileNotFoundError(
+                f"run_dir: cannot resume, {str(run_dir)!r} holds no run ({CHECKPOINT} does not exist)"
+            )
         if not (run_dir / CONFIG).is_file():
             raise FileNotFoundError(f"run_dir: cannot resume, {str(run_dir)!r} has a {CHECKPOINT} but no {CONFIG}")
         return run_dir
     if existing and not overwrite:
         raise FileExistsError(
             f"run_dir: {str(run_dir)!r} already holds a run ({', '.join(existing)}); resume it (--resume), "
-            "replace it (--overwrite) or choose another --run-dir")
+            "replace it (--overwrite) or choose another --run-dir"
+        )
     return run_dir
 
 

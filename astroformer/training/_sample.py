@@ -35,8 +35,15 @@ def _generate(model: Transformer, buffer, length, num_tokens: int, temperature, 
     return tokens
 
 
-def sample(model: Transformer, prompt: Int[Array, " P"], num_tokens: int, *, temperature: float = 1.0,
-           top_k: int | None = None, key: PRNGKeyArray) -> Int[Array, " num_tokens"]:
+def sample(
+    model: Transformer,
+    prompt: Int[Array, " P"],
+    num_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    key: PRNGKeyArray,
+) -> Int[Array, " num_tokens"]:
     r"""Draw `num_tokens` tokens after `prompt`, one at a time:
     $y_{n} \sim \mathrm{softmax}(z_{n}/T)$ restricted to the `top_k` largest logits.
 
@@ -56,11 +63,13 @@ def sample(model: Transformer, prompt: Int[Array, " P"], num_tokens: int, *, tem
     """
     prompt = np.asarray(prompt)
     if prompt.ndim != 1 or prompt.size == 0 or not np.issubdtype(prompt.dtype, np.integer):
-        raise ValueError(f"prompt: expected a non-empty 1-D array of token ids, got shape {prompt.shape} "
-                         f"and dtype {prompt.dtype}")
+        raise ValueError(
+            f"prompt: expected a non-empty 1-D array of token ids, got shape {prompt.shape} and dtype {prompt.dtype}"
+        )
     if prompt.min() < 0 or prompt.max() >= model.vocab_size:
-        raise ValueError(f"prompt: expected token ids in [0, {model.vocab_size}), got values in "
-                         f"[{prompt.min()}, {prompt.max()}]")
+        raise ValueError(
+            f"prompt: expected token ids in [0, {model.vocab_size}), got values in [{prompt.min()}, {prompt.max()}]"
+        )
     if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 1:
         raise ValueError(f"num_tokens: expected a positive int, got {num_tokens!r}")
     if not (isinstance(temperature, (int, float)) and temperature > 0 and np.isfinite(temperature)):
@@ -73,12 +82,27 @@ def sample(model: Transformer, prompt: Int[Array, " P"], num_tokens: int, *, tem
     context = prompt[-L:].astype(np.int32)
     buffer = np.zeros(L, np.int32)
     buffer[: len(context)] = context
-    return _generate(model, jnp.asarray(buffer), jnp.asarray(len(context)), num_tokens,
-                     jnp.asarray(temperature, jnp.float32), top_k, key)
+    return _generate(
+        model,
+        jnp.asarray(buffer),
+        jnp.asarray(len(context)),
+        num_tokens,
+        jnp.asarray(temperature, jnp.float32),
+        top_k,
+        key,
+    )
 
 
-def sample_text(model: Transformer, corpus: CharCorpus, prompt: str = "\n", num_chars: int = 200, *,
-                temperature: float = 0.8, top_k: int | None = None, seed: int = 0) -> str:
+def sample_text(
+    model: Transformer,
+    corpus: CharCorpus,
+    prompt: str = "\n",
+    num_chars: int = 200,
+    *,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    seed: int = 0,
+) -> str:
     """Continue `prompt` with `num_chars` characters drawn from a character model trained on `corpus`.
 
     `prompt` must be made of characters of the corpus (an empty prompt starts from a newline if the corpus
@@ -87,8 +111,10 @@ def sample_text(model: Transformer, corpus: CharCorpus, prompt: str = "\n", num_
     if not prompt:
         prompt = "\n" if "\n" in corpus.chars else corpus.chars[0]
     if corpus.vocab_size != model.vocab_size:
-        raise ValueError(f"corpus: expected a vocabulary of the model's {model.vocab_size} characters, got "
-                         f"{corpus.vocab_size}")
-    ids = sample(model, corpus.encode(prompt), num_chars, temperature=temperature, top_k=top_k,
-                 key=jax.random.PRNGKey(seed))
+        raise ValueError(
+            f"corpus: expected a vocabulary of the model's {model.vocab_size} characters, got {corpus.vocab_size}"
+        )
+    ids = sample(
+        model, corpus.encode(prompt), num_chars, temperature=temperature, top_k=top_k, key=jax.random.PRNGKey(seed)
+    )
     return corpus.decode(np.asarray(ids))

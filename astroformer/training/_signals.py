@@ -46,15 +46,18 @@ class StopRequests:
         self.count += 1
         if self.signum is None:
             self.signum = signum
-            _say(f"\n{_NAMES.get(signum, signum)} received: {self.what} "
-                 "(Ctrl-C twice more stops at once, without it)\n")
+            _say(
+                f"\n{_NAMES.get(signum, signum)} received: {self.what} (Ctrl-C twice more stops at once, without it)\n"
+            )
         elif signum == signal.SIGINT and self.count >= 3:
             _say("\nstopping at once, without a checkpoint\n")
             self._restore()
             raise KeyboardInterrupt
         else:
-            _say(f"\n{_NAMES.get(signum, signum)} received: already stopping; the checkpoint is written after "
-                 "the current step\n")
+            _say(
+                f"\n{_NAMES.get(signum, signum)} received: already stopping; the checkpoint is written after "
+                "the current step\n"
+            )
 
     def __enter__(self) -> StopRequests:
         if threading.current_thread() is threading.main_thread():

@@ -70,10 +70,17 @@ def run_identity(config: TrainConfig, task: AbstractTask) -> dict[str, Any]:
 
     corpus = getattr(task, "corpus", None)
     return {
-        "task": config.task, "task_kwargs": config.task_kwargs, "attention": config.attention,
-        "d_model": config.d_model, "num_layers": config.num_layers, "num_heads": config.num_heads,
-        "num_features": config.num_features, "mlp_ratio": config.mlp_ratio,
-        "tie_embeddings": config.tie_embeddings, "read_steps": config.read_steps, "data_seed": config.seed,
+        "task": config.task,
+        "task_kwargs": config.task_kwargs,
+        "attention": config.attention,
+        "d_model": config.d_model,
+        "num_layers": config.num_layers,
+        "num_heads": config.num_heads,
+        "num_features": config.num_features,
+        "mlp_ratio": config.mlp_ratio,
+        "tie_embeddings": config.tie_embeddings,
+        "read_steps": config.read_steps,
+        "data_seed": config.seed,
         "data_sha256": None if corpus is None else hashlib.sha256(corpus.text.encode("utf-8")).hexdigest(),
     }
 
@@ -89,11 +96,14 @@ def check_checkpoint(path, metadata: dict[str, Any], config: TrainConfig, task: 
     if "data_sha256" in metadata and metadata["data_sha256"] != data:
         raise CheckpointError(
             f"checkpoint {str(path)!r} was trained on a corpus with SHA-256 {metadata['data_sha256']}, but "
-            f"{config.text or 'the default corpus'} now has SHA-256 {data}: the text changed since")
+            f"{config.text or 'the default corpus'} now has SHA-256 {data}: the text changed since"
+        )
     step = metadata.get("step")
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= config.steps:
-        raise CheckpointError(f"checkpoint {str(path)!r} has a damaged header: step must be an int in "
-                              f"[0, steps={config.steps}], got {step!r}")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has a damaged header: step must be an int in "
+            f"[0, steps={config.steps}], got {step!r}"
+        )
     return step
 
 
@@ -102,17 +112,27 @@ def build_model(config: TrainConfig, task: AbstractTask) -> Transformer:
     attention_kwargs = {"read_steps": config.read_steps} if config.attention == "na-ode" else None
     if config.attention.startswith("na-") and config.feature_map != "prf":
         attention_kwargs = dict(attention_kwargs or {}, feature_map=config.feature_map)
-    return Transformer(task.vocab_size, task.seq_len, attention=config.attention, d_model=config.d_model,
-                       num_layers=config.num_layers, num_heads=config.num_heads,
-                       num_features=config.num_features, mlp_ratio=config.mlp_ratio,
-                       tie_embeddings=config.tie_embeddings, attention_kwargs=attention_kwargs,
-                       short_conv=config.short_conv, key=jax.random.PRNGKey(config.seed))
+    return Transformer(
+        task.vocab_size,
+        task.seq_len,
+        attention=config.attention,
+        d_model=config.d_model,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        num_features=config.num_features,
+        mlp_ratio=config.mlp_ratio,
+        tie_embeddings=config.tie_embeddings,
+        attention_kwargs=attention_kwargs,
+        short_conv=config.short_conv,
+        key=jax.random.PRNGKey(config.seed),
+    )
 
 
 def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
     """Linear warm-up from 0 to `lr` over `warmup` steps, then cosine decay to `min_lr_ratio * lr` at `steps`."""
-    return optax.warmup_cosine_decay_schedule(0.0, config.lr, config.warmup, config.steps,
-                                              end_value=config.lr * config.min_lr_ratio)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, config.lr, config.warmup, config.steps, end_value=config.lr * config.min_lr_ratio
+    )
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -122,8 +142,7 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)  # noqa: E731
     return optax.chain(
         optax.clip_by_global_norm(config.grad_clip),
-        optax.adamw(learning_rate_schedule(config), b1=0.9, b2=0.95, weight_decay=config.weight_decay,
-                    mask=decay_mask),
+        optax.adamw(learning_rate_schedule(config), b1=0.9, b2=0.95, weight_decay=config.weight_decay, mask=decay_mask),
     )
 
 
@@ -185,8 +204,9 @@ def make_eval_step(task: AbstractTask):
     return eval_step
 
 
-def evaluate(model: Transformer, task: AbstractTask, *, batch_size: int, num_batches: int, seed: int,
-             eval_step=None, mesh=None) -> dict[str, float]:
+def evaluate(
+    model: Transformer, task: AbstractTask, *, batch_size: int, num_batches: int, seed: int, eval_step=None, mesh=None
+) -> dict[str, float]:
     """The task's metric and the loss, averaged over `num_batches` batches of its eval split.
 
     **Returns:** `{task.metric_name: value, "loss": nats}`.
@@ -207,8 +227,10 @@ def evaluate(model: Transformer, task: AbstractTask, *, batch_size: int, num_bat
         losses.append(float(loss))
     result = {task.metric_name: float(np.mean(metrics)), "loss": float(np.mean(losses))}
     if not all(math.isfinite(value) for value in result.values()):
-        raise FloatingPointError(f"evaluate: expected finite {task.metric_name} and loss, got {result} (the "
-                                 "model's parameters or outputs are not finite)")
+        raise FloatingPointError(
+            f"evaluate: expected finite {task.metric_name} and loss, got {result} (the "
+            "model's parameters or outputs are not finite)"
+        )
     return result
 
 
@@ -246,11 +268,16 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
             if number == len(lines):  # no newline after it: written only in part
                 import warnings
 
-                warnings.warn(f"{path}: ignoring the torn last line {number} ({len(line)} bytes; the run stopped "
-                              "while writing it)", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"{path}: ignoring the torn last line {number} ({len(line)} bytes; the run stopped "
+                    "while writing it)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
                 continue
-            raise ValueError(f"metrics: {path} line {number} is damaged ({error}); expected one JSON record "
-                             "per line") from None
+            raise ValueError(
+                f"metrics: {path} line {number} is damaged ({error}); expected one JSON record per line"
+            ) from None
         records.append(record)
     return records
 
@@ -265,8 +292,10 @@ def load_run(run_dir: str | os.PathLike, *, with_optimizer: bool = False):
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"run_dir: expected a training run directory, got {str(run_dir)!r} "
-                                f"({'a file' if run_dir.exists() else 'does not exist'})")
+        raise FileNotFoundError(
+            f"run_dir: expected a training run directory, got {str(run_dir)!r} "
+            f"({'a file' if run_dir.exists() else 'does not exist'})"
+        )
     if not (run_dir / CONFIG).is_file():
         raise FileNotFoundError(f"run_dir: {str(run_dir)!r} has no {CONFIG}; is it a training run directory?")
     config = TrainConfig.load(run_dir / CONFIG)
@@ -275,7 +304,8 @@ def load_run(run_dir: str | os.PathLike, *, with_optimizer: bool = False):
     opt_state = make_optimizer(config).init(eqx.filter(model, trainable_filter(model)))
     path = run_dir / CHECKPOINT
     (model, opt_state), metadata = load_checkpoint(
-        path, (model, opt_state), check=lambda metadata: check_checkpoint(path, metadata, config, task))
+        path, (model, opt_state), check=lambda metadata: check_checkpoint(path, metadata, config, task)
+    )
     return (config, task, model, metadata, opt_state) if with_optimizer else (config, task, model, metadata)
 
 
@@ -303,8 +333,10 @@ class _Progress:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
         elif step % self.every == 0 or step == self.total:
-            print(f"step {step}/{self.total}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s  "
-                  f"{_duration(seconds_left)} left", flush=True)
+            print(
+                f"step {step}/{self.total}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s  {_duration(seconds_left)} left",
+                flush=True,
+            )
 
     def write(self, message: str):
         if not self.enabled:
@@ -343,8 +375,16 @@ class TrainResult:
     seconds: float
 
 
-def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, stop_at: int | None = None,
-          progress: bool = True, max_traces: int | None = 1, check_memory: bool = True) -> TrainResult:
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    stop_at: int | None = None,
+    progress: bool = True,
+    max_traces: int | None = 1,
+    check_memory: bool = True,
+) -> TrainResult:
     """Train a `Transformer` on `config.task`, writing metrics and checkpoints to `config.run_dir`.
 
     **Arguments:**
@@ -371,8 +411,16 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     error after at least one step. Resuming from that checkpoint is bit-exact.
     """
     with StopRequests() as stop:  # from the start: a Ctrl-C while building or compiling is not lost either
-        return _train(config, resume=resume, overwrite=overwrite, stop_at=stop_at, progress=progress,
-                      max_traces=max_traces, check_memory=check_memory, stop=stop)
+        return _train(
+            config,
+            resume=resume,
+            overwrite=overwrite,
+            stop_at=stop_at,
+            progress=progress,
+            max_traces=max_traces,
+            check_memory=check_memory,
+            stop=stop,
+        )
 
 
 def _train(config, *, resume, overwrite, stop_at, progress, max_traces, check_memory, stop) -> TrainResult:
@@ -391,10 +439,15 @@ def _train(config, *, resume, overwrite, stop_at, progress, max_traces, check_me
     if resume:
         stored = TrainConfig.load(run_dir / CONFIG)
         if stored.replace(run_dir=None) != config.replace(run_dir=None):
-            diff = {f.name: (getattr(stored, f.name), getattr(config, f.name)) for f in dataclasses.fields(config)
-                    if f.name != "run_dir" and getattr(stored, f.name) != getattr(config, f.name)}
-            raise ValueError(f"config: differs from the stored {run_dir / CONFIG} in (stored, given) {diff}; "
-                             "resume with the stored config (resume_run) or start a new run")
+            diff = {
+                f.name: (getattr(stored, f.name), getattr(config, f.name))
+                for f in dataclasses.fields(config)
+                if f.name != "run_dir" and getattr(stored, f.name) != getattr(config, f.name)
+            }
+            raise ValueError(
+                f"config: differs from the stored {run_dir / CONFIG} in (stored, given) {diff}; "
+                "resume with the stored config (resume_run) or start a new run"
+            )
     writer = jax.process_index() == 0
 
     task = build_task(config)  # reads and checks the data before anything is written
@@ -409,19 +462,23 @@ def _train(config, *, resume, overwrite, stop_at, progress, max_traces, check_me
     if resume:
         path = run_dir / CHECKPOINT
         (model, opt_state), metadata = load_checkpoint(
-            path, (model, opt_state), check=lambda metadata: check_checkpoint(path, metadata, config, task))
+            path, (model, opt_state), check=lambda metadata: check_checkpoint(path, metadata, config, task)
+        )
         start = int(metadata["step"])
 
     mesh = None
     if config.data_parallel:
         mesh = make_mesh()
         if config.batch_size % mesh.devices.size:
-            raise ValueError(f"batch_size: expected a multiple of the {mesh.devices.size} devices for "
-                             f"data-parallel training, got {config.batch_size}")
+            raise ValueError(
+                f"batch_size: expected a multiple of the {mesh.devices.size} devices for "
+                f"data-parallel training, got {config.batch_size}"
+            )
         model, opt_state = replicate((model, opt_state), mesh)
     trainable, frozen = eqx.partition(model, spec)
-    step_fn = make_train_step(optimizer, replicated_sharding=None if mesh is None else replicated(mesh),
-                              max_traces=max_traces)
+    step_fn = make_train_step(
+        optimizer, replicated_sharding=None if mesh is None else replicated(mesh), max_traces=max_traces
+    )
     eval_step = make_eval_step(task)
     schedule = learning_rate_schedule(config)
     end = config.steps if stop_at is None else stop_at
@@ -434,18 +491,32 @@ def _train(config, *, resume, overwrite, stop_at, progress, max_traces, check_me
 
     def checkpoint(step):
         if writer:
-            save_checkpoint(run_dir / CHECKPOINT, (eqx.combine(trainable, frozen), opt_state), {
-                **identity, "step": step, "next_data_step": step, "steps": config.steps,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            save_checkpoint(
+                run_dir / CHECKPOINT,
+                (eqx.combine(trainable, frozen), opt_state),
+                {
+                    **identity,
+                    "step": step,
+                    "next_data_step": step,
+                    "steps": config.steps,
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                },
+            )
             files.committed()
 
     def run_eval(step):
-        result = evaluate(eqx.combine(trainable, frozen), task, batch_size=config.batch_size,
-                          num_batches=config.eval_batches, seed=config.seed, eval_step=eval_step, mesh=mesh)
+        result = evaluate(
+            eqx.combine(trainable, frozen),
+            task,
+            batch_size=config.batch_size,
+            num_batches=config.eval_batches,
+            seed=config.seed,
+            eval_step=eval_step,
+            mesh=mesh,
+        )
         record = {"kind": "eval", "step": step, **result}
         log(record)
-        bar.write(f"step {step}: eval {task.metric_name} {result[task.metric_name]:.4f}  "
-                  f"loss {result['loss']:.4f}")
+        bar.write(f"step {step}: eval {task.metric_name} {result[task.metric_name]:.4f}  loss {result['loss']:.4f}")
         return record
 
     losses, evals = [], []
@@ -473,7 +544,8 @@ def _train(config, *, resume, overwrite, stop_at, progress, max_traces, check_me
                 if not math.isfinite(loss):
                     raise FloatingPointError(
                         f"loss: expected a finite value, got {loss} at step {step + 1}; lower --lr (now "
-                        f"{config.lr}) or --grad-clip (now {config.grad_clip})")
+                        f"{config.lr}) or --grad-clip (now {config.grad_clip})"
+                    )
                 skipped_in_a_row = skipped_in_a_row + 1 if skipped else 0
                 if skipped:
                     bar.write(f"step {step + 1}: non-finite gradient, update skipped")
@@ -481,7 +553,8 @@ def _train(config, *, resume, overwrite, stop_at, progress, max_traces, check_me
                     raise FloatingPointError(
                         f"gradients: expected finite values, got NaN/inf in {skipped_in_a_row} steps in a row "
                         f"(up to step {step + 1}); lower --lr (now {config.lr}) or --grad-clip (now "
-                        f"{config.grad_clip})")
+                        f"{config.grad_clip})"
+                    )
                 trainable, opt_state = new_trainable, new_opt_state
                 step += 1
                 now = time.perf_counter()
@@ -493,9 +566,17 @@ def _train(config, *, resume, overwrite, stop_at, progress, max_traces, check_me
                     per_step = (now - timed_from) / timed_steps
                     rate, left = tokens_per_step / per_step, per_step * (end - step)
                 losses.append((step, loss))
-                log({"kind": "train", "step": step, "loss": loss, "lr": float(schedule(step - 1)),
-                     "skipped": skipped, "tokens_per_s": None if math.isnan(rate) else rate,
-                     "seconds": now - began})
+                log(
+                    {
+                        "kind": "train",
+                        "step": step,
+                        "loss": loss,
+                        "lr": float(schedule(step - 1)),
+                        "skipped": skipped,
+                        "tokens_per_s": None if math.isnan(rate) else rate,
+                        "seconds": now - began,
+                    }
+                )
                 bar.update(step, loss, 0.0 if math.isnan(rate) else rate, left)
                 if step % config.eval_every == 0 or step == config.steps:
                     evals.append(run_eval(step))
@@ -506,9 +587,12 @@ def _train(config, *, resume, overwrite, stop_at, progress, max_traces, check_me
             if step > start:
                 try:
                     checkpoint(step)
-                    print(f"\n{'interrupted' if isinstance(error, KeyboardInterrupt) else 'stopped by an error'}: "
-                          f"checkpoint of step {step} written to {run_dir / CHECKPOINT}; continue with "
-                          f"`astroformer train --run-dir {run_dir} --resume`", file=sys.stderr)
+                    print(
+                        f"\n{'interrupted' if isinstance(error, KeyboardInterrupt) else 'stopped by an error'}: "
+                        f"checkpoint of step {step} written to {run_dir / CHECKPOINT}; continue with "
+                        f"`astroformer train --run-dir {run_dir} --resume`",
+                        file=sys.stderr,
+                    )
                 except Exception as failure:  # noqa: BLE001 - report, keep the original error
                     print(f"\ncould not write a checkpoint of step {step}: {failure}", file=sys.stderr)
             raise
@@ -516,15 +600,24 @@ def _train(config, *, resume, overwrite, stop_at, progress, max_traces, check_me
         if stop.requested:
             if step > start:
                 checkpoint(step)
-                message = (f"checkpoint of step {step} written to {run_dir / CHECKPOINT}; continue with "
-                           f"`astroformer train --run-dir {run_dir} --resume`")
+                message = (
+                    f"checkpoint of step {step} written to {run_dir / CHECKPOINT}; continue with "
+                    f"`astroformer train --run-dir {run_dir} --resume`"
+                )
             else:
                 message = "stopped before the first step; nothing was written"
                 files.rollback()
             print(f"\ninterrupted: {message}", file=sys.stderr)
             raise Interrupted(message, signum=stop.signum, step=step)
-    return TrainResult(model=eqx.combine(trainable, frozen), config=config, run_dir=str(run_dir), step=step,
-                       losses=losses, evals=evals, seconds=time.perf_counter() - began)
+    return TrainResult(
+        model=eqx.combine(trainable, frozen),
+        config=config,
+        run_dir=str(run_dir),
+        step=step,
+        losses=losses,
+        evals=evals,
+        seconds=time.perf_counter() - began,
+    )
 
 
 def resume_run(run_dir: str | os.PathLike, **kwargs) -> TrainResult:

@@ -14,11 +14,25 @@ from ._presets import TASK_PRESETS, parse_task_args
 
 # argparse destination -> TrainConfig field
 _CONFIG_OPTIONS = {
-    "task": "task", "attention": "attention", "steps": "steps", "batch_size": "batch_size", "lr": "lr",
-    "warmup": "warmup", "d_model": "d_model", "layers": "num_layers", "heads": "num_heads",
-    "features": "num_features", "read_steps": "read_steps", "seed": "seed", "text": "text",
-    "eval_every": "eval_every", "eval_batches": "eval_batches", "data_parallel": "data_parallel",
-    "checkpoint_every": "checkpoint_every", "grad_clip": "grad_clip", "feature_map": "feature_map",
+    "task": "task",
+    "attention": "attention",
+    "steps": "steps",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "warmup": "warmup",
+    "d_model": "d_model",
+    "layers": "num_layers",
+    "heads": "num_heads",
+    "features": "num_features",
+    "read_steps": "read_steps",
+    "seed": "seed",
+    "text": "text",
+    "eval_every": "eval_every",
+    "eval_batches": "eval_batches",
+    "data_parallel": "data_parallel",
+    "checkpoint_every": "checkpoint_every",
+    "grad_clip": "grad_clip",
+    "feature_map": "feature_map",
 }
 
 
@@ -30,14 +44,23 @@ def register(subparsers) -> None:
 
     d = TrainConfig()
     train = subparsers.add_parser(
-        "train", help="train a transformer on a task (default: a character model with na-ode attention)",
+        "train",
+        help="train a transformer on a task (default: a character model with na-ode attention)",
         description="Train a transformer; with no arguments, a character model of the default corpus with "
-                    "neuron-astrocyte (na-ode) attention, a few minutes on a CPU.")
-    train.add_argument("--task", choices=list(TASK_PRESETS),
-                       help=f"task (default {d.task}); each task has its own default sizes and budget "
-                            "(astroformer.training.TASK_PRESETS)")
-    train.add_argument("--task-arg", action="append", metavar="KEY=VALUE",
-                       help="a task argument, e.g. --task-arg num_kv_pairs=16 (repeatable; see the task's class)")
+        "neuron-astrocyte (na-ode) attention, a few minutes on a CPU.",
+    )
+    train.add_argument(
+        "--task",
+        choices=list(TASK_PRESETS),
+        help=f"task (default {d.task}); each task has its own default sizes and budget "
+        "(astroformer.training.TASK_PRESETS)",
+    )
+    train.add_argument(
+        "--task-arg",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a task argument, e.g. --task-arg num_kv_pairs=16 (repeatable; see the task's class)",
+    )
     train.add_argument("--attention", choices=list(ATTENTION_KINDS), help=f"attention kind (default {d.attention})")
     train.add_argument("--steps", type=int, help=f"optimiser steps (default {d.steps})")
     train.add_argument("--batch-size", type=int, help=f"sequences per step (default {d.batch_size})")
@@ -47,20 +70,24 @@ def register(subparsers) -> None:
     train.add_argument("--layers", type=int, help=f"number of blocks (default {d.num_layers})")
     train.add_argument("--heads", type=int, help=f"attention heads (default {d.num_heads})")
     train.add_argument("--features", type=int, help=f"feature neurons M per head (default {d.num_features})")
-    train.add_argument("--feature-map", choices=list(FEATURE_MAPS),
-                       help=f"feature neurons of na-* heads (default {d.feature_map})")
+    train.add_argument(
+        "--feature-map", choices=list(FEATURE_MAPS), help=f"feature neurons of na-* heads (default {d.feature_map})"
+    )
     train.add_argument("--read-steps", type=int, help=f"steps per simulated read, na-ode (default {d.read_steps})")
     train.add_argument("--seq-len", type=int, help="sequence length of the task (default: the task's)")
     train.add_argument("--seed", type=int, help=f"seed of initialisation and data (default {d.seed})")
     train.add_argument("--eval-every", type=int, help=f"evaluate every so many steps (default {d.eval_every})")
     train.add_argument("--eval-batches", type=int, help=f"batches per evaluation (default {d.eval_batches})")
     train.add_argument("--text", help="charlm: a UTF-8 text file to model instead of the default corpus")
-    train.add_argument("--checkpoint-every", type=int,
-                       help=f"write a checkpoint every so many steps, 0: only at the end "
-                            f"(default {d.checkpoint_every})")
+    train.add_argument(
+        "--checkpoint-every",
+        type=int,
+        help=f"write a checkpoint every so many steps, 0: only at the end (default {d.checkpoint_every})",
+    )
     train.add_argument("--grad-clip", type=float, help=f"global gradient-norm clip (default {d.grad_clip})")
-    train.add_argument("--data-parallel", action="store_true", default=None,
-                       help="shard batches over all visible devices")
+    train.add_argument(
+        "--data-parallel", action="store_true", default=None, help="shard batches over all visible devices"
+    )
     train.add_argument("--run-dir", help="run directory (default runs/<task>-<attention>-<timestamp>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace a run already in --run-dir")
@@ -128,11 +155,13 @@ def _train_inner(args) -> int:
     if args.resume:
         if args.run_dir is None:
             raise ValueError("--resume: expected --run-dir naming the run to continue, got none")
-        extra = sorted(given) + (["seq_len"] if args.seq_len is not None else []) + (
-            ["task_arg"] if args.task_arg else [])
+        extra = (
+            sorted(given) + (["seq_len"] if args.seq_len is not None else []) + (["task_arg"] if args.task_arg else [])
+        )
         if extra:
-            raise ValueError(f"--resume: the run's options come from {Path(args.run_dir) / CONFIG}; do not pass "
-                             f"{', '.join(extra)}")
+            raise ValueError(
+                f"--resume: the run's options come from {Path(args.run_dir) / CONFIG}; do not pass {', '.join(extra)}"
+            )
         from ._rundir import check_run_dir
 
         check_run_dir(args.run_dir, resume=True, overwrite=False)
@@ -186,9 +215,11 @@ def _report(config, run_dir: str, final: dict) -> None:
     other = _latest_run(Path(run_dir).parent, config, other_kind, exclude=Path(run_dir))
     line = f"{config.attention}: {label} {value:.4f} at step {final['step']}"
     if other is None:
-        print(f"{line}; no {other_kind} run of this task under {Path(run_dir).parent}/ to compare with "
-              f"(train one with `astroformer train --task {config.task} --attention {other_kind}"
-              f"{'' if config.text is None else ' --text ' + config.text}`)")
+        print(
+            f"{line}; no {other_kind} run of this task under {Path(run_dir).parent}/ to compare with "
+            f"(train one with `astroformer train --task {config.task} --attention {other_kind}"
+            f"{'' if config.text is None else ' --text ' + config.text}`)"
+        )
         return
     evals = [r for r in read_metrics(other) if r.get("kind") == "eval"]
     theirs = evals[-1]
@@ -207,8 +238,11 @@ def _latest_run(root: Path, config, kind: str, exclude: Path):
         return None
     for path in root.iterdir():
         try:  # only this run's files are read strictly: a damaged sibling run is skipped, not fatal
-            if (path.resolve() == exclude.resolve() or not (path / CONFIG).is_file()
-                    or not (path / CHECKPOINT).is_file()):
+            if (
+                path.resolve() == exclude.resolve()
+                or not (path / CONFIG).is_file()
+                or not (path / CHECKPOINT).is_file()
+            ):
                 continue
             other = TrainConfig.load(path / CONFIG)
         except (ValueError, OSError):
@@ -242,16 +276,34 @@ def _sample(args) -> int:
         config, task, model, metadata = load_run(args.run_dir)
         if config.task == "charlm":
             prompt = "\n" if args.prompt is None else args.prompt
-            print(prompt + sample_text(model, task.corpus, prompt, args.length,
-                                       temperature=args.temperature, top_k=args.top_k, seed=args.seed))
+            print(
+                prompt
+                + sample_text(
+                    model,
+                    task.corpus,
+                    prompt,
+                    args.length,
+                    temperature=args.temperature,
+                    top_k=args.top_k,
+                    seed=args.seed,
+                )
+            )
         else:
             if args.prompt is not None:
-                raise ValueError(f"--prompt: only a charlm run takes a text prompt; {args.run_dir} is a "
-                                 f"{config.task!r} run, whose prompt is the first token of an eval sequence "
-                                 "(choose it with --seed)")
+                raise ValueError(
+                    f"--prompt: only a charlm run takes a text prompt; {args.run_dir} is a "
+                    f"{config.task!r} run, whose prompt is the first token of an eval sequence "
+                    "(choose it with --seed)"
+                )
             prompt = task.batch("eval", 1, seed=args.seed).inputs[0][:1]
-            ids = sample(model, prompt, args.length, temperature=args.temperature, top_k=args.top_k,
-                         key=jax.random.PRNGKey(args.seed))
+            ids = sample(
+                model,
+                prompt,
+                args.length,
+                temperature=args.temperature,
+                top_k=args.top_k,
+                key=jax.random.PRNGKey(args.seed),
+            )
             print(" ".join(map(str, np.asarray(ids).tolist())))
         return 0
     except _errors() as error:
@@ -265,9 +317,11 @@ def _eval(args) -> int:
         config, task, model, metadata = load_run(args.run_dir)
         batches = config.eval_batches if args.batches is None else args.batches
         result = evaluate(model, task, batch_size=config.batch_size, num_batches=batches, seed=config.seed)
-        print(f"{args.run_dir} (step {metadata['step']}, {config.task}, {config.attention}): "
-              f"{task.metric_name} {result[task.metric_name]:.4f}, loss {result['loss']:.4f} nats "
-              f"over {batches} eval batches of {config.batch_size}")
+        print(
+            f"{args.run_dir} (step {metadata['step']}, {config.task}, {config.attention}): "
+            f"{task.metric_name} {result[task.metric_name]:.4f}, loss {result['loss']:.4f} nats "
+            f"over {batches} eval batches of {config.batch_size}"
+        )
         return 0
     except _errors() as error:
         return _fail("eval", error)
