@@ -8,8 +8,9 @@ Run as ``python -m benchmarks.long_context [--quick] [--budget-mib 64] [--steps 
    temporary − alias bytes of `astroformer.training.make_train_step` on the demo model; nothing is guessed).
 2. ``L_long = factor · L_softmax`` (default factor 4). The compiled train-step footprints of ``na-equilibrium``
    and ``na-ode`` at ``L_long`` are checked against the same budget (and softmax's, which does not fit, is
-   recorded).
-3. Softmax at ``L_softmax`` and both neuron–astrocyte kinds at ``L_long`` are trained with the public
+   recorded). A kind that does not fit at ``L_long`` gets its own longest context within the budget (the same
+   search), and is trained there if that is longer than softmax's (``context_over_softmax`` in the JSON).
+3. Softmax at ``L_softmax`` and both neuron–astrocyte kinds at their long context are trained with the public
    `astroformer.training.train` for the same number of steps and sequences per step (so the long-context runs
    see ``factor``× more characters per step; all three use the same memory budget), then evaluated on the
    same number of validation windows of their own context: bits per character = eval loss / ln 2.
@@ -127,15 +128,40 @@ def main(argv=None) -> dict:
         fits[kind] = {"L": L_long, "footprint": b, "fits": b <= budget, "compile_s": seconds}
         log(f"  {kind} at L={L_long}: {b / MIB:.1f} MiB ({'fits' if b <= budget else 'does not fit'})")
     results["at_L_long"] = fits
+    # A neuron-astrocyte kind that does not fit at L_long is trained at its own longest context within the budget
+    # (found the same way as softmax's), so that every kind is shown at a context softmax cannot reach.
+    contexts = {"softmax": L_softmax}
+    results["own_search"] = {}
+    for kind in ("na-equilibrium", "na-ode"):
+        if fits[kind]["fits"]:
+            contexts[kind] = L_long
+            continue
+        log(f"longest {kind} context within {budget_mib:g} MiB:")
+        own = longest_length(
+            lambda L, kind=kind: footprint(kind, L),
+            budget,
+            start=L_softmax,
+            known={L_long: fits[kind]["footprint"]},
+            multiple=16 if args.quick else 64,
+            log=log,
+        )
+        results["own_search"][kind] = own
+        if own["longest"] is not None and own["longest"] > L_softmax:
+            contexts[kind] = own["longest"]
+            fits[kind] = {**fits[kind], "trained_at": own["longest"], "footprint_trained": own["footprint_longest"]}
+            log(f"  {kind}: trained at L={own['longest']} ({own['longest'] / L_softmax:.2f}x softmax's)")
+    results["contexts"] = contexts
+    results["context_over_softmax"] = {kind: L / L_softmax for kind, L in contexts.items()}
     results["search_seconds"] = time.perf_counter() - t0
     write_json(results, args.out)
 
     root = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="long_context-"))
     runs = []
-    for kind, L in (("softmax", L_softmax), ("na-equilibrium", L_long), ("na-ode", L_long)):
-        if kind != "softmax" and not fits[kind]["fits"]:
-            log(f"{kind} at L={L} does not fit the budget: not trained")
+    for kind in ("softmax", "na-equilibrium", "na-ode"):
+        if kind not in contexts:
+            log(f"{kind}: no context longer than softmax's fits the budget: not trained")
             continue
+        L = contexts[kind]
         cfg = config.replace(attention=kind, task_kwargs={"seq_len": L}, run_dir=str(root / f"{kind}-{L}"))
         log(f"training {kind} at context {L} ({cfg.steps} steps, batch {cfg.batch_size}) ...")
         start = time.perf_counter()
@@ -157,7 +183,7 @@ def main(argv=None) -> dict:
         if kind == "softmax":
             rec["footprint"] = found["footprint_longest"]
         else:
-            rec["footprint"] = fits[kind]["footprint"]
+            rec["footprint"] = fits[kind].get("footprint_trained", fits[kind]["footprint"])
         runs.append(rec)
         log(f"  {kind}: {rec['bits_per_char']:.3f} bits/char, {seconds:.0f} s")
         results["runs"] = runs
