@@ -329,12 +329,23 @@ def make_attention(
     num_heads: int,
     *,
     causal: bool = True,
-    num_features: int = 64,
+    num_features: int | None = None,
     params: NAParams | None = None,
     key: PRNGKeyArray,
     **kwargs,
 ) -> AbstractAttention:
-    """Build an attention layer by name: one of `ATTENTION_KINDS`. Extra keyword arguments go to the class."""
+    """Build an attention layer by name: one of `ATTENTION_KINDS`. Extra keyword arguments go to the class.
+
+    `num_features` (default 64) and `params` are the neuron–astrocyte kinds' (M feature neurons per head, the time
+    constants); given for `"softmax"` or `"linear"`, where they would have no effect, they raise `ValueError`.
+    """
+    if kind in ("softmax", "linear"):
+        for name, value in (("num_features", num_features), ("params", params)):
+            if value is not None:
+                raise ValueError(
+                    f"{name}: has an effect only on the neuron-astrocyte kinds; expected None with "
+                    f"kind={kind!r}, got {value!r}"
+                )
     if kind == "softmax":
         return SoftmaxAttention(d_model, num_heads, causal=causal, key=key, **kwargs)
     if kind == "linear":
@@ -343,7 +354,7 @@ def make_attention(
         return NeuronAstrocyteAttention(
             d_model,
             num_heads,
-            num_features=num_features,
+            num_features=64 if num_features is None else num_features,
             params=params,
             mode=kind.removeprefix("na-"),
             causal=causal,

@@ -69,7 +69,8 @@ def build_layer(kind: str, d_model: int, num_heads: int, num_features: int, key)
         return BatchedSoftmaxAttention(af.make_attention("softmax", d_model, num_heads, key=key))
     if kind == "na-ode-full":
         return af.make_attention("na-ode", d_model, num_heads, num_features=num_features, key=key, state="full")
-    return af.make_attention(kind, d_model, num_heads, num_features=num_features, key=key)
+    features = dict(num_features=num_features) if kind.startswith("na-") else {}
+    return af.make_attention(kind, d_model, num_heads, key=key, **features)
 
 
 def _forward(layer, x):

@@ -64,7 +64,8 @@ def build_layer(kind: str, d_model: int, heads: int, features: int, *, key):
     import astroformer as af
 
     base = "softmax" if kind == "softmax-batched" else kind
-    return af.make_attention(base, d_model, heads, num_features=features, key=key)
+    extra = dict(num_features=features) if base.startswith("na-") else {}
+    return af.make_attention(base, d_model, heads, key=key, **extra)
 
 
 def _softmax_batched(layer, x):

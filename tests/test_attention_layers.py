@@ -21,7 +21,8 @@ MASK = np.array([True, True, False, True, True, True])
 
 
 def _layer(kind, causal=True):
-    return af.make_attention(kind, D_MODEL, HEADS, causal=causal, num_features=16, key=jax.random.PRNGKey(0))
+    features = dict(num_features=16) if kind.startswith("na-") else {}
+    return af.make_attention(kind, D_MODEL, HEADS, causal=causal, key=jax.random.PRNGKey(0), **features)
 
 
 @pytest.fixture(scope="module")

@@ -133,6 +133,11 @@ def test_layer_and_feature_errors():
         af.make_attention("performer", 8, 2, key=key)
     with pytest.raises(ValueError, match=r"d_model: expected a multiple of num_heads=3"):
         af.make_attention("softmax", 8, 3, key=key)
+    # Arguments that would have no effect on a kind raise instead of being dropped.
+    with pytest.raises(ValueError, match=r"^num_features: has an effect only on the neuron-astrocyte kinds"):
+        af.make_attention("softmax", 8, 2, num_features=32, key=key)
+    with pytest.raises(ValueError, match=r"^params: has an effect only on the neuron-astrocyte kinds"):
+        af.make_attention("linear", 8, 2, params=af.NAParams(), key=key)
     with pytest.raises(ValueError, match=r"num_features must be even"):
         af.RandomFourierFeatures(4, 7, key=key)
     with pytest.raises(ValueError, match=r"num_features: expected a positive integer"):

@@ -151,13 +151,14 @@ class Transformer(eqx.Module):
         self.positions = 0.01 * jax.random.normal(kp, (max_len, d_model))
         blocks = []
         for i in range(num_layers):
+            features = dict(num_features=num_features) if attention.startswith("na-") else {}
             attn = make_attention(
                 attention,
                 d_model,
                 num_heads,
                 causal=True,
-                num_features=num_features,
                 key=kb[2 * i],
+                **features,
                 **(attention_kwargs or {}),
             )
             blocks.append(Block(attn, d_model, mlp_ratio, key=kb[2 * i + 1]))
