@@ -246,11 +246,18 @@ QUERY_CHUNK = 64
 
 
 def _query_spec(field):
-    """A filter spec of the field's leaves with a leading query axis (None for a single query (M,))."""
-    if field.phi_q.ndim < 2:
+    """For the abstract astrocyte's field over L queries (`phi_q` (L, M), `RelaxingCalcium` with `p0` (L, M) and
+    `p_bar` (L, 1)): the filter spec of its per-query leaves (leading axis L), the rest (time constants, the
+    relaxation rate) being shared. None where the read is not chunked: a single query (M,), or another rate
+    source, whose arrays are not laid out query-first (`NodeRates` holds a time axis)."""
+    if field.phi_q.ndim != 2 or not isinstance(field.source, RelaxingCalcium):
         return None
-    L = field.phi_q.shape[0]
-    return jax.tree.map(lambda x: eqx.is_array(x) and x.ndim >= 1 and x.shape[0] == L, field)
+    spec = jax.tree.map(lambda _: False, field)
+    return eqx.tree_at(
+        lambda f: (f.phi_q, f.source.p0, f.source.p_bar),
+        spec,
+        (True, True, True),
+    )
 
 
 def _solve_chunk(field, grid, throw):
@@ -305,7 +312,7 @@ def _solve_end_bwd(throw, residuals, cotangent):
     del throw
     field, grid = residuals
     spec = _query_spec(field)
-    if spec is None:  # a single query (M,): nothing to chunk
+    if spec is None:  # nothing to chunk: the whole trajectory is recomputed at once
         return _sweep(field, grid, cotangent)
     L = field.phi_q.shape[0]
     rows, shared = eqx.partition(field, spec)
