@@ -227,3 +227,32 @@ def test_distill_writes_a_run_that_eval_loads(tmp_path):
     assert jnp.allclose(loaded.blocks[0].attention.feature_map.maps.W, model.blocks[0].attention.feature_map.maps.W)
     assert main(["eval", "--run-dir", str(tmp_path / "na"), "--batches", "1"]) == 0
     assert main(["distill", "--run-dir", str(tmp_path / "na"), "--out", str(tmp_path / "x")]) == 2  # not softmax
+
+
+def test_layer_qkv_sees_what_the_model_computes(getkey):
+    """The queries, keys and values that distillation fits are those of the model's own forward pass: with a short
+    convolution of the embeddings, softmax attention on `layer_qkv`'s first layer, through the output projection,
+    equals the layer applied to the input written out here by hand (embedding, causal convolution as a loop,
+    positions, layer norm)."""
+    from astroformer.training import Transformer
+    from astroformer.training._distill import layer_qkv
+
+    model = Transformer(11, 8, attention="softmax", d_model=16, num_layers=1, num_heads=2, short_conv=3, key=getkey())
+    model = eqx.tree_at(lambda m: m.conv, model, jax.random.normal(getkey(), model.conv.shape))
+    tokens = jax.random.randint(getkey(), (2, 8), 0, 11)
+    q, k, v = layer_qkv(model, tokens)[0]  # (H, B, L, D)
+    e = np.asarray(model.embedding)[np.asarray(tokens)]
+    w = np.asarray(model.conv)
+    conv = np.zeros_like(e)
+    for t in range(e.shape[1]):
+        for j in range(w.shape[0]):
+            if t - j >= 0:
+                conv[:, t] += w[j] * e[:, t - j]
+    x = jnp.asarray(conv + np.asarray(model.positions)[:8])
+    block = model.blocks[0]
+    expected = jax.vmap(lambda xb: block.attention(jax.vmap(block.norm1)(xb)))(x)
+    causal = jnp.tril(jnp.ones((8, 8), bool))
+    weights = jax.nn.softmax(jnp.where(causal, jnp.einsum("hbld,hbmd->hblm", q, k), -jnp.inf), axis=-1)
+    heads = jnp.einsum("hblm,hbmd->bhld", weights, v)
+    out = heads.transpose(0, 2, 1, 3).reshape(2, 8, 16) @ block.attention.output.weight.T + block.attention.output.bias
+    np.testing.assert_allclose(np.asarray(out), np.asarray(expected), rtol=1e-4, atol=1e-5)

@@ -40,7 +40,7 @@ from ._model import Transformer, _dense, _layer_norm, trainable_filter
 def layer_qkv(model: Transformer, tokens: Int[Array, "B L"]) -> list[tuple[Array, Array, Array]]:
     """Per layer: the scaled queries, keys and the values of every head, each (H, B, L, D), on a batch."""
     B, L = tokens.shape
-    x = model.embedding[tokens] + model.positions[:L]
+    x = model.embed(tokens)  # the model's own input path (short convolution included)
     out = []
     for block in model.blocks:
         attn = block.attention

@@ -171,6 +171,14 @@ class Transformer(eqx.Module):
         self.d_model = d_model
         self.attention_kind = attention
 
+    def embed(self, tokens: Int[Array, "B L"]) -> Float[Array, "B L d"]:
+        """The input of the first block: token embeddings through the short causal convolution (if any), plus
+        the learned positions. tokens (B, L) → (B, L, d_model)."""
+        x = self.embedding[tokens]
+        if self.conv is not None:
+            x = causal_conv(x, self.conv)
+        return x + self.positions[: tokens.shape[1]]
+
     def batched(self, tokens: Int[Array, "B L"], mask: Bool[Array, "B L"] | None = None) -> Float[Array, "B L V"]:
         """Logits for a batch of sequences: tokens (B, L) → (B, L, V); `mask` (B, L), False = padding."""
         if tokens.ndim != 2:
@@ -182,10 +190,7 @@ class Transformer(eqx.Module):
             raise TypeError(f"tokens: expected integer token ids, got dtype {tokens.dtype}")
         if mask is not None and tuple(mask.shape) != (B, L):
             raise ValueError(f"mask: expected shape {(B, L)} like tokens, got {tuple(mask.shape)}")
-        x = self.embedding[tokens]
-        if self.conv is not None:
-            x = causal_conv(x, self.conv)
-        x = x + self.positions[:L]
+        x = self.embed(tokens)
         for block in self.blocks:
             x = block(x, mask)
         flat = _layer_norm(self.norm, x.reshape(B * L, self.d_model))
