@@ -79,23 +79,24 @@ def _replace(params, name, value):
     )
 
 
+def _two_heads(params):
+    """`params` and a second head with other time constants, stacked (as the layer holds them)."""
+    other = af.NAParams(
+        tau_n=jnp.asarray(0.01),
+        tau_s=jnp.asarray(0.05),
+        tau_p=jnp.asarray(2.0),
+        t_write=jnp.asarray(1.0),
+        t_read=jnp.asarray(1.0),
+        tau_f=jnp.asarray(3.0),
+    )
+    return af.NAParams.stack([params, other])
+
+
 def test_vmap_over_heads_with_their_own_parameters():
     """vmapped over heads with per-head parameters (as `NeuronAstrocyteAttention` calls it): each head equals its
     own unbatched call, values and gradients."""
     phi_q, phi_k, v, w, params = _inputs()
-    heads = af.NAParams.stack(
-        [
-            params,
-            af.NAParams(
-                tau_n=jnp.asarray(0.01),
-                tau_s=jnp.asarray(0.05),
-                tau_p=jnp.asarray(2.0),
-                t_write=jnp.asarray(1.0),
-                t_read=jnp.asarray(1.0),
-                tau_f=jnp.asarray(3.0),
-            ),
-        ]
-    )
+    heads = _two_heads(params)
     stack = lambda a: jnp.stack([a, a[::-1]])  # noqa: E731
     loss = _loss()
     grad = jax.jit(jax.grad(loss, argnums=(0, 3)))
@@ -121,19 +122,7 @@ def test_chunked_read_matches_diffrax_adjoint_over_many_queries():
     v = jax.random.normal(kv, (H, Lq, N), jnp.float64)
     w = jax.random.normal(kw, (H, Lq, N), jnp.float64)
     _, _, _, _, params = _inputs()
-    heads = af.NAParams.stack(
-        [
-            params,
-            af.NAParams(
-                tau_n=jnp.asarray(0.01),
-                tau_s=jnp.asarray(0.05),
-                tau_p=jnp.asarray(2.0),
-                t_write=jnp.asarray(1.0),
-                t_read=jnp.asarray(1.0),
-                tau_f=jnp.asarray(3.0),
-            ),
-        ]
-    )
+    heads = _two_heads(params)
 
     def total(adjoint):
         one = jax.value_and_grad(_loss(adjoint), argnums=(0, 1, 2, 3))
