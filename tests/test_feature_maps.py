@@ -256,3 +256,17 @@ def test_layer_qkv_sees_what_the_model_computes(getkey):
     heads = jnp.einsum("hblm,hbmd->bhld", weights, v)
     out = heads.transpose(0, 2, 1, 3).reshape(2, 8, 16) @ block.attention.output.weight.T + block.attention.output.bias
     np.testing.assert_allclose(np.asarray(out), np.asarray(expected), rtol=1e-4, atol=1e-5)
+
+
+def test_transfer_copies_the_input_path(getkey):
+    """The student gets the teacher's whole input path (embedding, short convolution, positions): its embedded
+    input equals the teacher's."""
+    from astroformer.training import Transformer
+    from astroformer.training._distill import transfer
+
+    sizes = dict(d_model=16, num_layers=1, num_heads=2, short_conv=2)
+    teacher = Transformer(11, 8, attention="softmax", **sizes, key=getkey())
+    teacher = eqx.tree_at(lambda m: m.conv, teacher, jax.random.normal(getkey(), teacher.conv.shape))
+    student = transfer(teacher, Transformer(11, 8, attention="na-equilibrium", num_features=8, **sizes, key=getkey()))
+    tokens = jax.random.randint(getkey(), (2, 8), 0, 11)
+    np.testing.assert_array_equal(np.asarray(student.embed(tokens)), np.asarray(teacher.embed(tokens)))

@@ -66,10 +66,11 @@ def replace_attention(model: Transformer, layer: int, attention) -> Transformer:
 
 def transfer(softmax_model: Transformer, target: Transformer) -> Transformer:
     """`target` (a neuron–astrocyte `Transformer` of the same sizes) with every weight of `softmax_model` except its
-    feature neurons and time constants: embeddings, positions, norms, MLPs and the attention projections."""
+    feature neurons and time constants: embeddings, the short convolution, positions, norms, MLPs and the attention
+    projections."""
 
     def shared(m):
-        leaves = [m.embedding, m.positions, m.norm, m.head]
+        leaves = [m.embedding, m.conv, m.positions, m.norm, m.head]
         for b in m.blocks:
             a = b.attention
             leaves += [b.norm1, b.norm2, b.mlp_in, b.mlp_out, a.query, a.key, a.value, a.output]
