@@ -14,13 +14,13 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from ._baselines import linear_attention, softmax_attention
-from ._block import na_attention
-from ._calcium_read import CalciumCoupling, check_calcium_steps, default_coupling, na_attention_calcium
-from ._feature_maps import make_feature_map
-from ._features import AbstractFeatureMap, EluFeatures, PositiveRandomFeatures
-from ._params import READ_STEPS, NAParams
-from ._validate import check_na_layer, check_positive_int
+from ._features._maps import AbstractFeatureMap, EluFeatures, PositiveRandomFeatures
+from ._features._registry import make_feature_map
+from ._head._block import na_attention
+from ._head._calcium_read import CalciumCoupling, check_calcium_steps, default_coupling, na_attention_calcium
+from ._head._params import READ_STEPS, NAParams
 from ._transforms import positive, unwrap
+from ._validate import check_na_layer, check_positive_int
 from .calcium import AbstractCalciumModel, DiffusiveProcesses
 
 

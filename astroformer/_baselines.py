@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from ._linear import normalised_linear_attention
+from ._solvers._linear import normalised_linear_attention
 from ._validate import check_head_inputs, check_mask, check_matrix
 
 

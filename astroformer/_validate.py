@@ -115,7 +115,7 @@ def check_na_layer(
 ) -> None:
     """The constructor checks of `NeuronAstrocyteAttention` (so bad arguments fail when the layer is built,
     not when it is first called)."""
-    from ._params import NAParams
+    from ._head._params import NAParams
 
     check_positive_int("d_model", d_model)
     check_positive_int("num_heads", num_heads)

@@ -47,8 +47,14 @@ def _simulate_inner(args) -> int:
     import jax
     import jax.numpy as jnp
 
-    from . import NAParams, PositiveRandomFeatures, na_attention, plot_read_trajectory, read_trajectory
-    from . import softmax_attention
+    from . import (
+        NAParams,
+        PositiveRandomFeatures,
+        na_attention,
+        plot_read_trajectory,
+        read_trajectory,
+        softmax_attention,
+    )
 
     key = jax.random.PRNGKey(args.seed)
     kq, kk, kv, kf = jax.random.split(key, 4)

@@ -1,7 +1,7 @@
 """How close does biophysical astrocyte calcium get to attention?
 
 For each calcium model (the paper's abstract diffusive astrocyte, G-ChI, Li–Rinzel) inside the attention block
-(`astroformer._calcium_read.na_attention_calcium`), over a grid of drive gains and read durations T_r, the
+(`astroformer._head._calcium_read.na_attention_calcium`), over a grid of drive gains and read durations T_r, the
 relative error of the block's output from
 
 - the random-feature equilibrium x* (`na_attention(mode="equilibrium")`, what the abstract block converges to),
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import astroformer as af
-from astroformer._calcium_read import default_coupling, na_attention_calcium
+from astroformer._head._calcium_read import default_coupling, na_attention_calcium
 from astroformer.calcium import GChI, LiRinzel
 
 from ._common import RESULTS_DIR, machine_info, pyplot, write_json

@@ -46,7 +46,7 @@ from astroformer._attention_weights import (
     softmax_weights,
     total_variation,
 )
-from astroformer._oprf import log_relative_second_moment
+from astroformer._features._oprf import log_relative_second_moment
 from astroformer.tasks import bits_per_char
 from astroformer.training import TrainConfig, load_run, train
 from astroformer.training._distill import distill, layer_qkv

@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 
 import astroformer as af
-from astroformer._block import reduced_read
-from astroformer._linear import linear_attention_state
-from astroformer._write import write_reduced
+from astroformer._head._block import reduced_read
+from astroformer._solvers._linear import linear_attention_state
+from astroformer._head._write import write_reduced
 
 from ._common import compile_time, machine_info, summarise, time_call, write_json
 

@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 
 from astroformer import NAParams, PositiveRandomFeatures
-from astroformer._block import reduced_read
-from astroformer._linear import linear_attention_state
-from astroformer._read import ReducedReadField, RelaxingCalcium, _step, read_grid
-from astroformer._write import write_reduced
+from astroformer._head._block import reduced_read
+from astroformer._solvers._linear import linear_attention_state
+from astroformer._head._read import ReducedReadField, RelaxingCalcium, _step, read_grid
+from astroformer._head._write import write_reduced
 
 from ._common import compile_time, machine_info, pyplot, summarise, time_call, write_json
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import astroformer as af
-from astroformer._linear import linear_attention_state
+from astroformer._solvers._linear import linear_attention_state
 
 
 D_MODEL, HEADS, L = 8, 2, 6

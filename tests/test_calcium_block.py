@@ -1,4 +1,4 @@
-"""Tests of the attention block with biophysical astrocyte calcium (`astroformer._calcium_read`).
+"""Tests of the attention block with biophysical astrocyte calcium (`astroformer._head._calcium_read`).
 
 - The abstract path is `na_attention(..., mode="ode")` exactly.
 - Each calcium model in the block: finite outputs; jit equals eager; vmap equals a loop; gradients with
@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 import astroformer as af
-from astroformer._calcium_read import CalciumCoupling, na_attention_calcium
-from astroformer._write import write_reduced
+from astroformer._head._calcium_read import CalciumCoupling, na_attention_calcium
+from astroformer._head._write import write_reduced
 from astroformer.calcium import DiffusiveProcesses, GChI, LiRinzel
 from astroformer.training import trainable_filter
 

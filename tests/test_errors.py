@@ -223,7 +223,7 @@ def test_traced_nonpositive_time_constant_raises_under_jit():
 def test_special_functions_have_finite_gradients_for_any_stiffness(x):
     """Regression: the Taylor branches once overflowed (x^5) for very stiff steps, and the unselected branch's
     inf times a zero cotangent made NaN gradients in training. Checked against the exact value's derivative."""
-    from astroformer._special import exp_mean2, exp_mean3, magnus_exponentials, psi
+    from astroformer._solvers._special import exp_mean2, exp_mean3, magnus_exponentials, psi
 
     x = jnp.float32(x)
     y = jnp.float32(0.5)

@@ -15,7 +15,7 @@ from astroformer._attention_weights import (
     softmax_weights,
     total_variation,
 )
-from astroformer._oprf import log_relative_second_moment
+from astroformer._features._oprf import log_relative_second_moment
 
 RANDOM_MAPS = {
     "prf": lambda D, M, key: af.PositiveRandomFeatures(D, M, key=key),

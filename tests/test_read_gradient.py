@@ -112,7 +112,7 @@ def test_chunked_read_matches_diffrax_adjoint_over_many_queries():
     """More queries than `QUERY_CHUNK` and not a multiple of it (the forward solves and the backward sweeps run
     chunk by chunk, the last chunk short): values and gradients equal diffrax's own solve and adjoint of the
     whole read at once, vmapped over two heads with their own parameters."""
-    from astroformer._read import QUERY_CHUNK
+    from astroformer._head._read import QUERY_CHUNK
 
     Lq = QUERY_CHUNK * 2 + 5
     kq, kk, kv, kw = jax.random.split(jax.random.PRNGKey(7), 4)

@@ -1,4 +1,4 @@
-"""Tests of `Ros2`, the Rosenbrock–W solver of the calcium read (`astroformer._rosenbrock`).
+"""Tests of `Ros2`, the Rosenbrock–W solver of the calcium read (`astroformer._solvers._rosenbrock`).
 
 - The Jacobian diagonal it uses equals `jax.jacfwd`'s for an element-wise field.
 - Second order: on a nonlinear, non-stiff, non-autonomous system with a closed-form solution the global
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from astroformer._rosenbrock import Ros2, jacobian_diagonal
+from astroformer._solvers._rosenbrock import Ros2, jacobian_diagonal
 from astroformer.calcium import GChI, pulse_train, simulate
 
 REFERENCE = Path(__file__).parent / "data" / "gchi_protocol_a.npz"

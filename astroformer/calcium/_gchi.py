@@ -7,7 +7,6 @@ from jaxtyping import Array, ArrayLike, Float
 
 from ._base import AbstractCalciumModel, parameter
 
-
 _UM_PER_MM = 1000.0
 
 

@@ -13,7 +13,6 @@ from jaxtyping import Array, ArrayLike, Float
 from ._base import AbstractCalciumModel
 from ._drive import PulseTrain
 
-
 # Default tolerances of the adaptive step-size controller, per floating dtype. float64:
 # the reference protocol is reproduced to ~5e-4 µM. float32: tolerances near machine
 # precision make the implicit solver's error estimate noisy and the step count explode,

@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float
 
+from .._transforms import AbstractTransform, Constrained, Identity, Positive
 from ._model import NAModel
 from ._targets import as_target
-from .._transforms import AbstractTransform, Constrained, Identity, Positive
 
 _PARAM_FIELDS = ("tau_n", "tau_s", "tau_p", "t_write", "t_read", "tau_f")
 

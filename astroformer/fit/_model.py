@@ -4,9 +4,9 @@ import diffrax
 import equinox as eqx
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-from .._block import na_attention
-from .._features import AbstractFeatureMap
-from .._params import NAParams
+from .._features._maps import AbstractFeatureMap
+from .._head._block import na_attention
+from .._head._params import NAParams
 from ._traces import Traces, read_traces
 
 

@@ -1,7 +1,7 @@
 r"""Time courses of every query's read at arbitrary observation times, for fitting against recordings.
 
 The read of each query starts from rest after its tokens have been written (model.md §3). In the exact
-reduction ($p_{ij} = p_j$, $s_{ij} = c_{ij}\sigma_j$, $x = c\,z$; see `astroformer._read`) the state is
+reduction ($p_{ij} = p_j$, $s_{ij} = c_{ij}\sigma_j$, $x = c\,z$; see `astroformer._head._read`) the state is
 $(\sigma, z)$, each (L, M); the observed variables are reconstructed from it:
 
     h_j(t) = phi_j(q) (1 - e^{-t/tau_n})
@@ -15,20 +15,15 @@ solve runs over $[0, t_K]$ whatever `params.t_read` is. This is why $T_r$ is not
 
 import diffrax
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
-from .._astrocyte import calcium_initial, calcium_mean, relaxing_calcium
-from .._block import reduced_read
-from .._neurons import feature_rise
-from .._linear import linear_attention_state
-from .._params import NAParams
+from .._head._block import reduced_read
+from .._head._observables import VARIABLES, observables
+from .._head._params import NAParams
+from .._head._write import write_reduced
 from .._validate import check_mask, check_matrix
-from .._write import write_reduced
-
-VARIABLES = ("x", "p", "s", "h")
 
 
 class Traces(eqx.Module):
@@ -146,26 +141,9 @@ def read_traces(
         saveat=diffrax.SaveAt(ts=jnp.asarray(save, dtype)),
     )
     sigma, z = sol.ys  # (T, L, M) each
-    t = jnp.asarray(ts, dtype)[:, None, None]
-
-    out = {}
-    if "x" in variables:
-        out["x"] = jax.vmap(
-            lambda zt: linear_attention_state(zt, memory.keys, memory.values, memory.log_decay, causal=causal)
-        )(z)
-    if "p" in variables:
-        g = memory.astrocyte_weights()
-        if not causal:
-            g = jnp.broadcast_to(g[-1], g.shape)
-        out["p"] = relaxing_calcium(
-            calcium_initial(phi_q, g), calcium_mean(phi_q, g)[..., None], N * M / params.tau_p, t
-        )
-    if "s" in variables:
-        index = jnp.arange(L) if causal else jnp.full(L, L - 1)
-        c = jax.vmap(memory.hebbian_trace)(index)  # (L, N, M)
-        out["s"] = c[None] * sigma[:, :, None, :]
-    if "h" in variables:
-        out["h"] = feature_rise(phi_q, t, params.tau_n)
+    out = observables(
+        phi_q, memory, params, sigma, z, jnp.asarray(ts, dtype), causal=causal, variables=tuple(variables)
+    )
     return Traces(ts=jnp.asarray(ts, dtype), **out)
 
 

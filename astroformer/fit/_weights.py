@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
 from .._attention_weights import log_normaliser_mse, weights_cross_entropy
-from .._features import AbstractFeatureMap
+from .._features._maps import AbstractFeatureMap
 from ._model import NAModel
 from ._targets import AbstractTarget
 

@@ -9,7 +9,6 @@ import numpy as np
 
 from ._base import AbstractTask, Batch, check_int, random_subsets
 
-
 _VARIANTS = ("repeat", "trigger")
 
 

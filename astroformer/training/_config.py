@@ -9,8 +9,8 @@ import os
 from typing import Any
 
 from .._attention import ATTENTION_KINDS
-from .._feature_maps import FEATURE_MAPS
-from .._params import READ_STEPS
+from .._features._registry import FEATURE_MAPS
+from .._head._params import READ_STEPS
 
 _TASKS = ("charlm", "mqar", "induction", "selective-copy", "copy")
 

@@ -31,8 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from .._headwise import HeadwiseFeatures
-from .._learned_features import LearnedFeatures
+from .._features._headwise import HeadwiseFeatures
+from .._features._learned import LearnedFeatures
 from ._checkpoint import atomic_write, save_checkpoint
 from ._model import Transformer, _dense, _layer_norm, trainable_filter
 

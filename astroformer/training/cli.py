@@ -39,7 +39,7 @@ _CONFIG_OPTIONS = {
 def register(subparsers) -> None:
     """Add the `train`, `sample` and `eval` subcommands to an argparse `subparsers` object."""
     from .._attention import ATTENTION_KINDS
-    from .._feature_maps import FEATURE_MAPS
+    from .._features._registry import FEATURE_MAPS
     from ._config import TrainConfig
 
     d = TrainConfig()

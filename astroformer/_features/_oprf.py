@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._features import (
+from ._maps import (
     AbstractFeatureMap,
     _check_sizes,
     _gaussian,

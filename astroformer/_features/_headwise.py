@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._features import AbstractFeatureMap
+from ._maps import AbstractFeatureMap
 
 
 class HeadwiseFeatures(AbstractFeatureMap):

@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
-from ._read import _unwrap
+from ._magnus import unwrap_term
 
 _GAMMA = 1.0 + 2.0**-0.5
 
@@ -120,7 +120,7 @@ class Ros2(diffrax.AbstractAdaptiveSolver):
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del solver_state, made_jump
-        field = _unwrap(terms, "Ros2: expected an ODETerm").vector_field
+        field = unwrap_term(terms, "Ros2: expected an ODETerm").vector_field
         # The Jacobian diagonal at the end of the step, (t1, y0): a drive that switches on within the step
         # (the feature neurons' rise) is then seen by W. Its value there gives the secant of the forcing.
         if hasattr(field, "jacobian_diagonal"):

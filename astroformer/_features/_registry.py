@@ -3,9 +3,9 @@ and `astroformer train --feature-map`."""
 
 from jaxtyping import PRNGKeyArray
 
-from ._features import AbstractFeatureMap, PositiveRandomFeatures
 from ._headwise import HeadwiseFeatures
-from ._learned_features import LearnedFeatures
+from ._learned import LearnedFeatures
+from ._maps import AbstractFeatureMap, PositiveRandomFeatures
 from ._oprf import OptimalPositiveRandomFeatures
 
 #: Names accepted by `make_feature_map`.

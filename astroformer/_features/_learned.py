@@ -26,7 +26,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._features import AbstractFeatureMap, _check_sizes, _gaussian, _orthogonal_gaussian
+from ._maps import AbstractFeatureMap, _check_sizes, _gaussian, _orthogonal_gaussian
 
 
 class LearnedFeatures(AbstractFeatureMap):

@@ -7,11 +7,10 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from ._astrocyte import calcium_initial, calcium_mean, relaxing_calcium
+from .._validate import check_choice, check_mask, check_matrix
 from ._block import full_memory, full_read, reduced_read
-from ._neurons import feature_rise
+from ._observables import observables
 from ._params import MAX_STEPS, NAParams
-from ._validate import check_choice, check_mask, check_matrix
 from ._write import write_reduced
 
 
@@ -87,16 +86,10 @@ def read_trajectory(
             throw=True,
             saveat=saveat,
         )
-        sigma, z = (y[:, index] for y in sol.ys)
-        c = memory.hebbian_trace(mem_index)
-        field_t = u * params.t_read
-        g = memory.astrocyte_weights()[mem_index]
-        p0 = calcium_initial(phi_q[index], g)
-        p_j = relaxing_calcium(p0, calcium_mean(phi_q[index], g), N * M / params.tau_p, field_t[:, None])
-        p = jnp.broadcast_to(p_j[:, None, :], (num_points, N, M))
-        h = feature_rise(phi_q[index], field_t[:, None], params.tau_n)
-        s = c[None] * sigma[:, None, :]
-        x = z @ c.T
+        sigma, z = sol.ys  # (T, L, M) each
+        obs = observables(phi_q, memory, params, sigma, z, u * params.t_read, causal=causal, queries=jnp.array([index]))
+        h, x, s = obs["h"][:, 0], obs["x"][:, 0], obs["s"][:, 0]
+        p = jnp.broadcast_to(obs["p"][:, 0, None, :], (num_points, N, M))  # p_ij = p_j for every i
     return ReadTrajectory(t=u * params.t_read, h=h, x=x, s=s, p=p)
 
 

@@ -7,11 +7,12 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from ._astrocyte import calcium_initial, calcium_mean
-from ._linear import linear_attention_state, normalised_linear_attention
+from .._solvers._linear import linear_attention_state, normalised_linear_attention
+from .._solvers._magnus import Magnus2
+from .._validate import check_bool, check_choice, check_head_inputs, check_output, check_positive_int
+from ._equations import calcium_initial, calcium_mean
 from ._params import MAX_STEPS, READ_STEPS, NAParams
-from ._read import FullReadField, Magnus2, ReducedReadField, RelaxingCalcium, read_grid, solve_read
-from ._validate import check_bool, check_choice, check_head_inputs, check_output, check_positive_int
+from ._read import FullReadField, ReducedReadField, RelaxingCalcium, read_grid, solve_read
 from ._write import ReducedMemory, write_full, write_reduced
 
 
@@ -56,7 +57,7 @@ def na_attention(
       `"full"` (the literal N×M synapses and N×M calcium processes; for validation and small sizes).
     - `solver`, `stepsize_controller`, `adjoint`: diffrax options. Reduced default: `Magnus2()` on a fixed
       geometric grid of `read_steps` steps (unconditionally stable), solved in step time and differentiated by
-      the exact reverse sweep of the same steps (`astroformer._read.solve_read`, a custom VJP); passing a
+      the exact reverse sweep of the same steps (`astroformer._head._read.solve_read`, a custom VJP); passing a
       `stepsize_controller`, an `adjoint` (e.g. `RecursiveCheckpointAdjoint(...)`) or another solver solves in read time with diffrax's own
       adjoint (default `RecursiveCheckpointAdjoint(checkpoints=read_steps)` on a fixed grid). Full default:
       `Kvaerno5()` with a `PIDController` (rtol 1e-6, atol 1e-9; 1e-4/1e-6 in float32).
@@ -129,9 +130,7 @@ def reduced_read(
     r"""Solve every query's reduced read at once; returns $z(T_r)$, shape (L, M) (or the diffrax solution
     when `saveat` is given)."""
     L, M = phi_q.shape
-    g = memory.astrocyte_weights()
-    if not causal:
-        g = jnp.broadcast_to(g[-1], g.shape)
+    g = memory.read_weights(causal)
     p0 = calcium_initial(phi_q, g)
     source = RelaxingCalcium(p0=p0, p_bar=calcium_mean(phi_q, g)[..., None], kappa=N * M * params.t_read / params.tau_p)
     field = ReducedReadField(phi_q=phi_q, source=source, params=params)

@@ -41,18 +41,17 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
+from .._solvers._linear import linear_attention_state
+from .._solvers._rosenbrock import Ros2, jacobian_diagonal
+from .._validate import check_head_inputs
+from ..calcium import AbstractCalciumModel, DiffusiveProcesses, GChI, LiRinzel
+from ..calcium import default_stepsize_controller as _calcium_controller
+from ..calcium._base import _as_float_array as _as_float  # one converter for every model parameter
 from ._block import na_attention
-from ._linear import linear_attention_state
+from ._equations import feature_rise
 from ._params import MAX_STEPS, READ_STEPS, NAParams
-from ._neurons import feature_rise
 from ._read import AbstractRateSource, ReducedReadField, solve_read
-from ._rosenbrock import Ros2, jacobian_diagonal
-from ._validate import check_head_inputs
 from ._write import write_reduced
-from .calcium import AbstractCalciumModel, DiffusiveProcesses, GChI, LiRinzel
-from .calcium import default_stepsize_controller as _calcium_controller
-
-from .calcium._base import _as_float_array as _as_float  # one converter for every model parameter
 
 _COUPLING_FIELDS = ("gain", "diffusion", "rate_max", "half_saturation", "hill", "time_scale")
 
@@ -423,9 +422,7 @@ def na_attention_calcium(
     phi_q = params.guard(phi_q, phi_q.dtype)
 
     memory = write_reduced(phi_k, v, params, present)
-    g = memory.astrocyte_weights()
-    if not causal:
-        g = jnp.broadcast_to(g[-1], g.shape)
+    g = memory.read_weights(causal)
     read = calcium_read(
         phi_q,
         g,

@@ -19,11 +19,17 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from ._astrocyte import weights_rhs
-from ._linear import linear_recurrence
-from ._neurons import feature_neurons_rhs, output_neurons_rhs, window_start_states
+from .._solvers._linear import linear_recurrence
+from ._equations import (
+    feature_neurons_rhs,
+    hebbian_rhs,
+    hebbian_write_keys,
+    output_neurons_rhs,
+    weights_rhs,
+    window_integrals,
+    window_start_states,
+)
 from ._params import NAParams
-from ._synapse import hebbian_rhs, hebbian_write_keys, window_integrals
 
 
 class ReducedMemory(eqx.Module):
@@ -42,6 +48,12 @@ class ReducedMemory(eqx.Module):
     def astrocyte_weights(self) -> Float[Array, "L M"]:
         r"""$g_t$ after each token, shape (L, M)."""
         return linear_recurrence(jnp.exp(self.log_decay)[:, None] * jnp.ones_like(self.g_increments), self.g_increments)
+
+    def read_weights(self, causal: bool) -> Float[Array, "L M"]:
+        r"""The astrocyte weights each query's read starts from: $g_t$ after its own token (causal), or after the
+        whole sequence for every query; shape (L, M)."""
+        g = self.astrocyte_weights()
+        return g if causal else jnp.broadcast_to(g[-1], g.shape)
 
     def hebbian_trace(self, t: int | Array) -> Float[Array, "N M"]:
         r"""$c_t$ after token `t` (0-based), formed explicitly: (N, M). For plots and tests, O(L N M)."""

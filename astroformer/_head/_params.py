@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-
 # One default per concept across the API (na_attention, na_attention_calcium, the layers, TrainConfig):
 READ_STEPS = 8  # steps of a read's fixed-step solve
 MAX_STEPS = 16384  # step budget of an adaptive read solve (running out raises)
