@@ -18,7 +18,7 @@ from ._features._maps import AbstractFeatureMap, EluFeatures, PositiveRandomFeat
 from ._features._registry import make_feature_map
 from ._head._block import na_attention
 from ._head._calcium_read import CalciumCoupling, check_calcium_steps, default_coupling, na_attention_calcium
-from ._head._params import READ_STEPS, NAParams
+from ._head._params import NUM_FEATURES, READ_STEPS, NAParams
 from ._transforms import positive, unwrap
 from ._validate import check_na_layer, check_positive_int
 from .calcium import AbstractCalciumModel, DiffusiveProcesses
@@ -176,7 +176,8 @@ class NeuronAstrocyteAttention(AbstractAttention):
     **Arguments:**
 
     - `d_model`, `num_heads`: sizes; each head has D = N = d_model / num_heads.
-    - `num_features`: M feature neurons per head (ignored if `feature_map` is given).
+    - `num_features`: M feature neurons per head (default 32, `NUM_FEATURES`, as in `Transformer` and
+      `TrainConfig`; ignored if `feature_map` is given).
     - `feature_map`: the feature-neuron tuning (default: `PositiveRandomFeatures`, frozen), shared by all
       heads, or one per head (`HeadwiseFeatures`); or a name of `astroformer.FEATURE_MAPS` (`"prf"`,
       `"orthogonal"`, `"oprf"`, `"orthogonal-oprf"`, `"learned"`: see `make_feature_map`), built with
@@ -232,7 +233,7 @@ class NeuronAstrocyteAttention(AbstractAttention):
         d_model: int,
         num_heads: int,
         *,
-        num_features: int = 64,
+        num_features: int = NUM_FEATURES,
         feature_map: AbstractFeatureMap | str | None = None,
         params: NAParams | None = None,
         mode: Literal["ode", "equilibrium"] = "ode",
@@ -336,8 +337,8 @@ def make_attention(
 ) -> AbstractAttention:
     """Build an attention layer by name: one of `ATTENTION_KINDS`. Extra keyword arguments go to the class.
 
-    `num_features` (default 64) and `params` are the neuron–astrocyte kinds' (M feature neurons per head, the time
-    constants); given for `"softmax"` or `"linear"`, where they would have no effect, they raise `ValueError`.
+    `num_features` (default `NUM_FEATURES` = 32) and `params` are the neuron–astrocyte kinds' (M feature neurons
+    per head, the time constants); given for `"softmax"` or `"linear"`, where they would have no effect, they raise `ValueError`.
     """
     if kind in ("softmax", "linear"):
         for name, value in (("num_features", num_features), ("params", params)):
@@ -354,7 +355,7 @@ def make_attention(
         return NeuronAstrocyteAttention(
             d_model,
             num_heads,
-            num_features=64 if num_features is None else num_features,
+            num_features=NUM_FEATURES if num_features is None else num_features,
             params=params,
             mode=kind.removeprefix("na-"),
             causal=causal,

@@ -69,7 +69,7 @@ FULL = dict(
     steps=300,
     evals=5,
     eval_batches=4,
-    lr=3e-3,
+    learning_rate=3e-3,
 )
 QUICK = dict(FULL, steps=12, evals=2, eval_batches=1, batch_size=8, num_layers=1, read_steps=4)
 
@@ -114,7 +114,7 @@ def run(name: str, sizes: dict, seed: int = 0) -> dict:
         attention=kind,
         steps=steps,
         batch_size=sizes["batch_size"],
-        lr=sizes["lr"],
+        learning_rate=sizes["learning_rate"],
         warmup=max(1, steps // 10),
     )
     optimizer = make_optimizer(config)

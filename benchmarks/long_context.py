@@ -73,7 +73,7 @@ def demo_config(quick: bool, steps: int | None):
         )
     if steps is not None:
         base.update(steps=steps, warmup=max(1, steps // 10), eval_every=steps)
-    return TrainConfig(task="charlm", checkpoint_every=0, lr=3e-3, **base)
+    return TrainConfig(task="charlm", checkpoint_every=0, learning_rate=3e-3, **base)
 
 
 def main(argv=None) -> dict:

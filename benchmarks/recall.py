@@ -50,7 +50,7 @@ def make_config(kind: str, pairs: int, features: int | None, seed: int, args, ru
         read_steps=args.read_steps,
         steps=args.steps,
         batch_size=args.batch_size,
-        lr=args.lr,
+        learning_rate=args.learning_rate,
         warmup=max(1, args.steps // 10),
         eval_every=args.steps,
         eval_batches=1,
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
     parser.add_argument("--read-steps", type=int, default=8)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--learning-rate", "--lr", type=float, default=3e-3)
     parser.add_argument("--eval-batches", type=int, default=8)
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/recall[_quick].json)")
     args = parser.parse_args(argv)

@@ -39,7 +39,7 @@ def run(task: str, kind: str, steps: int, root: str) -> dict:
         read_steps=8,
         steps=steps,
         batch_size=16,
-        lr=3e-3,
+        learning_rate=3e-3,
         warmup=max(1, steps // 10),
         eval_every=steps,
         eval_batches=4,

@@ -86,7 +86,7 @@ def test_softmax_learns_tiny_mqar(tmp_path):
         num_heads=2,
         batch_size=32,
         steps=150,
-        lr=3e-3,
+        learning_rate=3e-3,
         warmup=15,
         eval_every=150,
         eval_batches=4,

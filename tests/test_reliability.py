@@ -40,7 +40,7 @@ TINY = dict(
     num_features=8,
     read_steps=4,
     batch_size=8,
-    lr=1e-2,
+    learning_rate=1e-2,
     warmup=1,
     eval_batches=1,
     steps=6,
@@ -141,7 +141,7 @@ def test_failed_first_step_restores_the_replaced_run_and_leaves_no_new_dir(old_r
     before = _files(old_run)
     monkeypatch.setattr(train_module, "make_train_step", _failing_step)
     with pytest.raises(RuntimeError, match="first step failed"):
-        train(tiny_config(run_dir=str(old_run), lr=5e-3), overwrite=True, progress=False)
+        train(tiny_config(run_dir=str(old_run), learning_rate=5e-3), overwrite=True, progress=False)
     assert _files(old_run) == before and not (old_run / PREVIOUS).exists()
     fresh = tmp_path / "fresh" / "run"
     with pytest.raises(RuntimeError, match="first step failed"):
@@ -156,7 +156,7 @@ def test_killed_replacement_is_recovered(old_run):
     (old_run / PREVIOUS).mkdir()
     for name in before:
         os.replace(old_run / name, old_run / PREVIOUS / name)
-    (old_run / "config.json").write_text(tiny_config(lr=5e-3).to_json())
+    (old_run / "config.json").write_text(tiny_config(learning_rate=5e-3).to_json())
     (old_run / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 1.0}\n')
     with pytest.warns(RuntimeWarning, match="restored"):
         check_run_dir(old_run, resume=True, overwrite=False)
@@ -551,10 +551,10 @@ def test_memory_estimate_counts_parameters_exactly_and_fails_fast():
     sizes = [x.size for x in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))]
     assert estimate.trainable + estimate.frozen == sum(sizes)
     check_memory(config, task, available=estimate.total_bytes)  # fits exactly
-    with pytest.raises(MemoryEstimateError, match="--layers 3"):
+    with pytest.raises(MemoryEstimateError, match="--num-layers 3"):
         check_memory(config, task, available=estimate.total_bytes - 1)
     huge = tiny_config(num_layers=100_000_000)
-    with pytest.raises(MemoryEstimateError, match=r"GiB.*--layers 100000000"):
+    with pytest.raises(MemoryEstimateError, match=r"GiB.*--num-layers 100000000"):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             check_memory(huge, build_task(huge))

@@ -29,6 +29,7 @@ from astroformer.training import (
     loss_fn,
     make_optimizer,
     make_train_step,
+    skipped_in_a_row,
     read_metrics,
     resume_run,
     sample,
@@ -46,7 +47,7 @@ TINY = dict(
     num_features=8,
     read_steps=4,
     batch_size=8,
-    lr=1e-2,
+    learning_rate=1e-2,
     warmup=1,
     eval_batches=1,
 )
@@ -128,14 +129,22 @@ def test_train_step_compiles_once():
     for seed in range(3):  # new data and new parameters each call: no retrace
         batch = jax.tree.map(jnp.asarray, task.batch("train", 8, seed=seed))
         trainable, opt_state, _, _ = step(trainable, frozen, opt_state, batch)
-    # A non-finite gradient skips the update: parameters and optimiser state come back unchanged.
+    # A non-finite gradient skips the update: parameters and AdamW's state come back unchanged, and the
+    # optimiser state counts the skip (so a checkpoint keeps the count).
     poisoned = eqx.tree_at(
         lambda t: t.blocks[0].mlp_out.bias, trainable, trainable.blocks[0].mlp_out.bias.at[0].set(jnp.nan)
     )
     after, after_state, loss, skipped = step(poisoned, frozen, opt_state, batch)
     assert bool(skipped) and not np.isfinite(float(loss))
-    for a, b in zip(jax.tree.leaves((after, after_state)), jax.tree.leaves((poisoned, opt_state))):
+    for a, b in zip(
+        jax.tree.leaves((after, after_state.inner_state)), jax.tree.leaves((poisoned, opt_state.inner_state))
+    ):
         np.testing.assert_array_equal(a, b)
+    assert int(skipped_in_a_row(opt_state)) == 0 and int(skipped_in_a_row(after_state)) == 1
+    _, again_state, _, _ = step(poisoned, frozen, after_state, batch)
+    assert int(skipped_in_a_row(again_state)) == 2
+    _, recovered_state, _, skipped = step(trainable, frozen, again_state, batch)  # a finite step resets it
+    assert not bool(skipped) and int(skipped_in_a_row(recovered_state)) == 0
     # The guard is live: a batch of another shape needs a second trace, which it refuses.
     with pytest.raises(Exception, match="trace"):
         step(trainable, frozen, opt_state, jax.tree.map(jnp.asarray, task.batch("train", 4, seed=0)))
@@ -182,7 +191,7 @@ def test_existing_run_dir_is_refused(full_run):
     with pytest.raises(ValueError, match="at most one"):
         train(full_run.config, resume=True, overwrite=True, progress=False)
     with pytest.raises(ValueError, match="differs"):
-        train(full_run.config.replace(lr=0.5), resume=True, progress=False)
+        train(full_run.config.replace(learning_rate=0.5), resume=True, progress=False)
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "truncate", "header"])

@@ -11,6 +11,7 @@ from jaxtyping import Array, ArrayLike, Float
 # One default per concept across the API (na_attention, na_attention_calcium, the layers, TrainConfig):
 READ_STEPS = 8  # steps of a read's fixed-step solve
 MAX_STEPS = 16384  # step budget of an adaptive read solve (running out raises)
+NUM_FEATURES = 32  # feature neurons M per head (the layer, make_attention, Transformer, TrainConfig, distill)
 
 _POSITIVE_FIELDS = ("tau_n", "tau_s", "tau_p", "t_write", "t_read")
 

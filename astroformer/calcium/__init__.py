@@ -9,13 +9,10 @@ protocol ([`astroformer.calcium.pulse_train`][]).
 
 from ._base import AbstractCalciumModel as AbstractCalciumModel
 from ._diffusive import DiffusiveProcesses as DiffusiveProcesses
-from ._drive import PulseTrain as PulseTrain
-from ._drive import pulse_train as pulse_train
+from ._drive import PulseTrain as PulseTrain, pulse_train as pulse_train
 from ._gchi import GChI as GChI
 from ._li_rinzel import LiRinzel as LiRinzel
 from ._simulate import (
     default_stepsize_controller as default_stepsize_controller,
-)
-from ._simulate import (
     simulate as simulate,
 )

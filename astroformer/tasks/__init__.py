@@ -5,15 +5,11 @@ character-level language modelling (`CharLM` over a `CharCorpus`) scored by `bit
 returns `Batch`es in next-token-prediction form from `task.batch(split, batch_size, seed=...)`.
 """
 
-from ._base import AbstractTask as AbstractTask
-from ._base import Batch as Batch
-from ._charlm import CharCorpus as CharCorpus
-from ._charlm import CharLM as CharLM
+from ._base import AbstractTask as AbstractTask, Batch as Batch
+from ._charlm import CharCorpus as CharCorpus, CharLM as CharLM
 from ._copying import Copying as Copying
 from ._induction import InductionHeads as InductionHeads
-from ._metrics import accuracy as accuracy
-from ._metrics import bits_per_char as bits_per_char
+from ._metrics import accuracy as accuracy, bits_per_char as bits_per_char
 from ._mqar import MQAR as MQAR
-from ._registry import TASK_NAMES as TASK_NAMES
-from ._registry import get_task as get_task
+from ._registry import TASK_NAMES as TASK_NAMES, get_task as get_task
 from ._selective_copying import SelectiveCopying as SelectiveCopying

@@ -10,7 +10,7 @@ from typing import Any
 
 from .._attention import ATTENTION_KINDS
 from .._features._registry import FEATURE_MAPS
-from .._head._params import READ_STEPS
+from .._head._params import NUM_FEATURES, READ_STEPS
 
 _TASKS = ("charlm", "mqar", "induction", "selective-copy", "copy")
 
@@ -35,8 +35,9 @@ class TrainConfig:
     - `read_steps`: steps of each simulated read (`"na-ode"` only; more is closer to the exact ODE solution and
       slower, about linearly).
     - `steps`, `batch_size`: optimiser steps and sequences per step.
-    - `lr`, `warmup`, `min_lr_ratio`: peak learning rate, linear warm-up steps, and the final learning rate of
-      the cosine decay as a fraction of `lr`.
+    - `learning_rate`, `warmup`, `min_lr_ratio`: peak learning rate, linear warm-up steps, and the final
+      learning rate of the cosine decay as a fraction of `learning_rate`. Configs saved when the field was
+      called `lr` load with it renamed.
     - `weight_decay`: AdamW decoupled weight decay (on matrices only); `grad_clip`: global-norm clip.
     - `eval_every`, `eval_batches`: evaluate every `eval_every` steps (and at the end) on `eval_batches`
       batches of the task's eval split.
@@ -54,14 +55,14 @@ class TrainConfig:
     d_model: int = 64
     num_layers: int = 2
     num_heads: int = 4
-    num_features: int = 32
+    num_features: int = NUM_FEATURES
     mlp_ratio: int = 4
     tie_embeddings: bool = True
     short_conv: int = 2
     read_steps: int = READ_STEPS
     steps: int = 300
     batch_size: int = 16
-    lr: float = 3e-3
+    learning_rate: float = 3e-3
     warmup: int = 30
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
@@ -118,7 +119,7 @@ class TrainConfig:
                 f"TrainConfig: `d_model` must be a multiple of num_heads={self.num_heads}, got {self.d_model}"
             )
         for name, low, low_ok in (
-            ("lr", 0.0, False),
+            ("learning_rate", 0.0, False),
             ("weight_decay", 0.0, True),
             ("grad_clip", 0.0, False),
             ("min_lr_ratio", 0.0, True),
@@ -156,6 +157,8 @@ class TrainConfig:
         """Build a config from a dict; unknown keys raise a `ValueError` listing them."""
         if not isinstance(data, dict):
             raise TypeError(f"TrainConfig.from_dict: expected a dict, got {type(data).__name__}")
+        if "lr" in data and "learning_rate" not in data:  # saved before the field was renamed
+            data = {("learning_rate" if k == "lr" else k): v for k, v in data.items()}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -11,7 +11,7 @@ Queries and keys of layer l are those the *transferred* model computes (layers <
 distilled equilibrium heads), so each layer is fitted on the inputs it will see. Everything else (embeddings,
 projections, MLPs, norms) is copied unchanged; the astrocyte's time constants are the defaults for M.
 
-    astroformer distill --run-dir SOFTMAX_RUN --out NEW_RUN [--features 64] [--steps 600]
+    astroformer distill --run-dir SOFTMAX_RUN --out NEW_RUN [--num-features 32] [--steps 600]
 
 Reference: Zhang, Bhatia, Kumbong & Ré, "The Hedgehog & the Porcupine", ICLR 2024; the transfer experiment of
 Kozachkov, Kastanenka & Krotov, PNAS 2023.
@@ -32,6 +32,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from .._features._headwise import HeadwiseFeatures
+from .._head._params import NUM_FEATURES
 from .._features._learned import LearnedFeatures
 from ._checkpoint import atomic_write, save_checkpoint
 from ._model import Transformer, _dense, _layer_norm, trainable_filter
@@ -113,7 +114,7 @@ def distill(
     run_dir: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    num_features: int = 64,
+    num_features: int = NUM_FEATURES,
     attention: str = "na-ode",
     steps: int = 600,
     learning_rate: float = 0.05,
@@ -121,7 +122,7 @@ def distill(
     batch_size: int | None = None,
     normaliser_weight: float = 0.0,
     finetune_steps: int = 0,
-    finetune_lr: float = 3e-3,
+    finetune_learning_rate: float = 3e-3,
     seed: int = 0,
     evaluate_model: bool = True,
     overwrite: bool = False,
@@ -139,7 +140,7 @@ def distill(
     - `batches`, `batch_size`: training text used for the fit (default batch size: the run's).
     - `normaliser_weight`: $\lambda$ of `AttentionWeightsTarget`: 0 fits the attention weights only
       (Hedgehog); $\lambda > 0$ also fits the astrocyte response to the softmax normaliser.
-    - `finetune_steps`, `finetune_lr`: after the per-head fits, Adam steps on the model's next-token loss
+    - `finetune_steps`, `finetune_learning_rate`: after the per-head fits, Adam steps on the model's next-token loss
       (training batches, equilibrium reads) that update the feature neurons only (Hedgehog's second stage,
       restricted to the feature neurons: every transferred weight stays the softmax model's). 0: none.
     - `seed`: seeds the feature initialisation and the choice of training windows.
@@ -214,10 +215,10 @@ def distill(
             f"-> {np.round(np.asarray(last), 3).tolist()}"
         )
     if finetune_steps:
-        student, losses = _finetune_features(student, task, finetune_steps, finetune_lr, batch_size, seed)
+        student, losses = _finetune_features(student, task, finetune_steps, finetune_learning_rate, batch_size, seed)
         record["finetune"] = {
             "steps": finetune_steps,
-            "learning_rate": finetune_lr,
+            "learning_rate": finetune_learning_rate,
             "loss_first": losses[0],
             "loss_last": losses[-1],
         }
@@ -300,7 +301,13 @@ def register(subparsers) -> None:
     )
     p.add_argument("--run-dir", required=True, help="the run directory of a trained softmax model")
     p.add_argument("--out", required=True, help="the new run directory")
-    p.add_argument("--features", type=int, default=64, help="learned feature neurons M per head (default 64)")
+    p.add_argument(
+        "--num-features",
+        "--features",
+        type=int,
+        default=NUM_FEATURES,
+        help=f"learned feature neurons M per head (default {NUM_FEATURES})",
+    )
     p.add_argument(
         "--attention",
         choices=["na-ode", "na-equilibrium"],
@@ -308,7 +315,7 @@ def register(subparsers) -> None:
         help="attention kind of the new run (default na-ode)",
     )
     p.add_argument("--steps", type=int, default=600, help="Adam steps per head (default 600)")
-    p.add_argument("--lr", type=float, default=0.05, help="learning rate of the fits (default 0.05)")
+    p.add_argument("--learning-rate", "--lr", type=float, default=0.05, help="learning rate of the fits (default 0.05)")
     p.add_argument("--batches", type=int, default=8, help="training batches used for the fit (default 8)")
     p.add_argument(
         "--normaliser-weight",
@@ -322,7 +329,13 @@ def register(subparsers) -> None:
         default=0,
         help="then train the feature neurons only on the next-token loss for so many steps (default 0)",
     )
-    p.add_argument("--finetune-lr", type=float, default=3e-3, help="learning rate of the fine-tuning (default 3e-3)")
+    p.add_argument(
+        "--finetune-learning-rate",
+        "--finetune-lr",
+        type=float,
+        default=3e-3,
+        help="learning rate of the fine-tuning (default 3e-3)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-eval", action="store_true", help="do not evaluate the distilled model")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
@@ -336,14 +349,14 @@ def _distill_command(args) -> int:
         distill(
             args.run_dir,
             args.out,
-            num_features=args.features,
+            num_features=args.num_features,
             attention=args.attention,
             steps=args.steps,
-            learning_rate=args.lr,
+            learning_rate=args.learning_rate,
             batches=args.batches,
             normaliser_weight=args.normaliser_weight,
             finetune_steps=args.finetune_steps,
-            finetune_lr=args.finetune_lr,
+            finetune_learning_rate=args.finetune_learning_rate,
             seed=args.seed,
             evaluate_model=not args.no_eval,
             overwrite=args.overwrite,

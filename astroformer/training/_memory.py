@@ -123,8 +123,8 @@ def check_memory(config, task, *, available: int | None = None) -> MemoryEstimat
             f"model and batch: expected to fit in the {_gb(available)} of memory available ({where}), got an "
             f"estimated {_gb(estimate.total_bytes)} ({estimate.trainable:,} trainable parameters: "
             f"{_gb(estimate.parameter_bytes)} with gradients and Adam moments; activations "
-            f"{_gb(estimate.activation_bytes)}) for --layers {config.num_layers}, --d-model {config.d_model}, "
-            f"--features {config.num_features}, --batch-size {config.batch_size}, sequence length "
+            f"{_gb(estimate.activation_bytes)}) for --num-layers {config.num_layers}, --d-model {config.d_model}, "
+            f"--num-features {config.num_features}, --batch-size {config.batch_size}, sequence length "
             f"{task.seq_len}; make the model or the batch smaller"
         )
     return estimate

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from .._attention import ATTENTION_KINDS, AbstractAttention, _dense, make_attention
+from .._head._params import NUM_FEATURES
 
 
 def _layer_norm(norm: eqx.nn.LayerNorm, x: Float[Array, "n d"]) -> Float[Array, "n d"]:
@@ -122,7 +123,7 @@ class Transformer(eqx.Module):
         d_model: int = 64,
         num_layers: int = 2,
         num_heads: int = 4,
-        num_features: int = 32,
+        num_features: int = NUM_FEATURES,
         mlp_ratio: int = 4,
         tie_embeddings: bool = True,
         attention_kwargs: dict | None = None,

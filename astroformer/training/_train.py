@@ -129,21 +129,33 @@ def build_model(config: TrainConfig, task: AbstractTask) -> Transformer:
 
 
 def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
-    """Linear warm-up from 0 to `lr` over `warmup` steps, then cosine decay to `min_lr_ratio * lr` at `steps`."""
+    """Linear warm-up from 0 to `learning_rate` over `warmup` steps, then cosine decay to
+    `min_lr_ratio * learning_rate` at `steps`."""
     return optax.warmup_cosine_decay_schedule(
-        0.0, config.lr, config.warmup, config.steps, end_value=config.lr * config.min_lr_ratio
+        0.0, config.learning_rate, config.warmup, config.steps, end_value=config.learning_rate * config.min_lr_ratio
     )
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """Global-norm clipping followed by AdamW (Loshchilov & Hutter 2019) on `learning_rate_schedule`; weight
     decay applies to matrices (ndim ≥ 2: embeddings, positions, weights) only, not to biases or LayerNorm
-    gains."""
+    gains. Wrapped in `optax.apply_if_finite`: a step whose gradients are not all finite leaves the parameters and
+    AdamW's state unchanged and counts itself in the optimiser state (`notfinite_count`, consecutive), which is
+    checkpointed with it; the loop gives up at `MAX_SKIPPED_IN_A_ROW`, before optax would apply such a step."""
     decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)  # noqa: E731
-    return optax.chain(
+    adamw = optax.chain(
         optax.clip_by_global_norm(config.grad_clip),
         optax.adamw(learning_rate_schedule(config), b1=0.9, b2=0.95, weight_decay=config.weight_decay, mask=decay_mask),
     )
+    return optax.apply_if_finite(adamw, max_consecutive_errors=MAX_SKIPPED_IN_A_ROW)
+
+
+def skipped_in_a_row(opt_state) -> jax.Array:
+    """How many steps in a row ended with non-finite gradients (`optax.apply_if_finite`'s counter); 0 for an
+    optimiser without that guard."""
+    if isinstance(opt_state, optax.ApplyIfFiniteState):
+        return opt_state.notfinite_count
+    return jnp.zeros((), jnp.int32)
 
 
 def loss_fn(model: Transformer, batch: Batch) -> jax.Array:
@@ -159,9 +171,10 @@ def make_train_step(optimizer: optax.GradientTransformation, *, replicated_shard
     """The train step `step(trainable, frozen, opt_state, batch) -> (trainable, opt_state, loss, skipped)`,
     one `eqx.filter_jit` function that compiles once per shape.
 
-    `loss` is the batch's loss before the update. If any gradient is not finite the update is skipped
-    (`skipped` is True and `trainable`, `opt_state` come back unchanged), as mixed-precision trainers do;
-    the loop gives up after `MAX_SKIPPED_IN_A_ROW` such steps in a row.
+    `loss` is the batch's loss before the update. With `make_optimizer`'s `optax.apply_if_finite`, a step whose
+    gradients are not all finite is skipped (`skipped` is True, `trainable` and AdamW's state come back
+    unchanged, the optimiser state counts the skip), as mixed-precision trainers do; the loop gives up after
+    `MAX_SKIPPED_IN_A_ROW` such steps in a row.
 
     **Arguments:**
 
@@ -176,16 +189,11 @@ def make_train_step(optimizer: optax.GradientTransformation, *, replicated_shard
             return loss_fn(eqx.combine(params, frozen), batch)
 
         loss, grads = eqx.filter_value_and_grad(f)(trainable)
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-        updates, new_opt_state = optimizer.update(grads, opt_state, trainable)
-        new_trainable = eqx.apply_updates(trainable, updates)
-        # A step with a non-finite gradient is skipped (parameters and optimiser state unchanged).
-        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-        trainable = jax.tree.map(keep, new_trainable, trainable)
-        opt_state = jax.tree.map(keep, new_opt_state, opt_state)
+        updates, opt_state = optimizer.update(grads, opt_state, trainable)
+        trainable = eqx.apply_updates(trainable, updates)
         if replicated_sharding is not None:
             trainable, opt_state = eqx.filter_shard((trainable, opt_state), replicated_sharding)
-        return trainable, opt_state, loss, ~finite
+        return trainable, opt_state, loss, skipped_in_a_row(opt_state) > 0
 
     if max_traces is not None:
         step = eqx.debug.assert_max_traces(step, max_traces=max_traces)
@@ -522,7 +530,7 @@ def _train(config, *, resume, overwrite, stop_at, progress, max_traces, check_me
     losses, evals = [], []
     began = time.perf_counter()
     timed_from, timed_steps = None, 0
-    step, skipped_in_a_row = start, 0
+    step = start
     bar = None
     if stop.requested:
         message = "stopped before the first step; nothing was written"
@@ -543,16 +551,16 @@ def _train(config, *, resume, overwrite, stop_at, progress, max_traces, check_me
                 loss, skipped = float(loss), bool(skipped)
                 if not math.isfinite(loss):
                     raise FloatingPointError(
-                        f"loss: expected a finite value, got {loss} at step {step + 1}; lower --lr (now "
-                        f"{config.lr}) or --grad-clip (now {config.grad_clip})"
+                        f"loss: expected a finite value, got {loss} at step {step + 1}; lower --learning-rate (now "
+                        f"{config.learning_rate}) or --grad-clip (now {config.grad_clip})"
                     )
-                skipped_in_a_row = skipped_in_a_row + 1 if skipped else 0
+                in_a_row = int(skipped_in_a_row(new_opt_state))
                 if skipped:
                     bar.write(f"step {step + 1}: non-finite gradient, update skipped")
-                if skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                if in_a_row >= MAX_SKIPPED_IN_A_ROW:
                     raise FloatingPointError(
-                        f"gradients: expected finite values, got NaN/inf in {skipped_in_a_row} steps in a row "
-                        f"(up to step {step + 1}); lower --lr (now {config.lr}) or --grad-clip (now "
+                        f"gradients: expected finite values, got NaN/inf in {in_a_row} steps in a row "
+                        f"(up to step {step + 1}); lower --learning-rate (now {config.learning_rate}) or --grad-clip (now "
                         f"{config.grad_clip})"
                     )
                 trainable, opt_state = new_trainable, new_opt_state
@@ -571,7 +579,7 @@ def _train(config, *, resume, overwrite, stop_at, progress, max_traces, check_me
                         "kind": "train",
                         "step": step,
                         "loss": loss,
-                        "lr": float(schedule(step - 1)),
+                        "learning_rate": float(schedule(step - 1)),
                         "skipped": skipped,
                         "tokens_per_s": None if math.isnan(rate) else rate,
                         "seconds": now - began,

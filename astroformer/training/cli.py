@@ -12,28 +12,66 @@ from pathlib import Path
 
 from ._presets import TASK_PRESETS, parse_task_args
 
-# argparse destination -> TrainConfig field
-_CONFIG_OPTIONS = {
-    "task": "task",
-    "attention": "attention",
-    "steps": "steps",
-    "batch_size": "batch_size",
-    "lr": "lr",
-    "warmup": "warmup",
-    "d_model": "d_model",
-    "layers": "num_layers",
-    "heads": "num_heads",
-    "features": "num_features",
-    "read_steps": "read_steps",
-    "seed": "seed",
-    "text": "text",
-    "eval_every": "eval_every",
-    "eval_batches": "eval_batches",
-    "data_parallel": "data_parallel",
-    "checkpoint_every": "checkpoint_every",
-    "grad_clip": "grad_clip",
-    "feature_map": "feature_map",
+# The `TrainConfig` fields `astroformer train` sets, flag = field name (`--num-layers` sets `num_layers`), generated
+# from the dataclass; `task_kwargs` comes from `--task-arg` and `run_dir` from `--run-dir`. Help per field:
+_HELP = {
+    "task": "task; each task has its own default sizes and budget (astroformer.training.TASK_PRESETS)",
+    "text": "charlm: a UTF-8 text file to model instead of the default corpus",
+    "attention": "attention kind",
+    "feature_map": "feature neurons of na-* heads",
+    "d_model": "model width",
+    "num_layers": "number of blocks",
+    "num_heads": "attention heads",
+    "num_features": "feature neurons M per head",
+    "mlp_ratio": "MLP width as a multiple of d_model",
+    "tie_embeddings": "share the input embedding and the output projection",
+    "short_conv": "width of the short causal convolution of the embeddings, 0: none",
+    "read_steps": "steps per simulated read, na-ode",
+    "steps": "optimiser steps",
+    "batch_size": "sequences per step",
+    "learning_rate": "peak learning rate",
+    "warmup": "warm-up steps (with --steps alone: at most steps/10)",
+    "min_lr_ratio": "final learning rate of the cosine decay, as a fraction of the peak",
+    "weight_decay": "AdamW weight decay (matrices only)",
+    "grad_clip": "global gradient-norm clip",
+    "eval_every": "evaluate every so many steps",
+    "eval_batches": "batches per evaluation",
+    "checkpoint_every": "write a checkpoint every so many steps, 0: only at the end",
+    "data_parallel": "shard batches over all visible devices",
+    "seed": "seed of initialisation and data",
 }
+# Earlier, shorter spellings that are still accepted.
+_OLD_SPELLINGS = {
+    "num_layers": "--layers",
+    "num_heads": "--heads",
+    "num_features": "--features",
+    "learning_rate": "--lr",
+}
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _add_config_flags(parser, defaults, choices: dict[str, list[str]]) -> None:
+    """One flag per `TrainConfig` field in `_HELP`, its type from the field's annotation, default None (unset:
+    the task preset's value, else the field's default)."""
+    import argparse
+    import dataclasses
+
+    types = {"int": int, "float": float, "str": str, "str | None": str}
+    for field in dataclasses.fields(defaults):
+        if field.name not in _HELP:
+            continue
+        names = [_flag(field.name)] + ([_OLD_SPELLINGS[field.name]] if field.name in _OLD_SPELLINGS else [])
+        default = getattr(defaults, field.name)
+        help_text = _HELP[field.name] + ("" if default is None else f" (default {default})")
+        if field.type == "bool":
+            parser.add_argument(*names, dest=field.name, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            parser.add_argument(
+                *names, dest=field.name, type=types[field.type], choices=choices.get(field.name), help=help_text
+            )
 
 
 def register(subparsers) -> None:
@@ -49,11 +87,10 @@ def register(subparsers) -> None:
         description="Train a transformer; with no arguments, a character model of the default corpus with "
         "neuron-astrocyte (na-ode) attention, a few minutes on a CPU.",
     )
-    train.add_argument(
-        "--task",
-        choices=list(TASK_PRESETS),
-        help=f"task (default {d.task}); each task has its own default sizes and budget "
-        "(astroformer.training.TASK_PRESETS)",
+    _add_config_flags(
+        train,
+        d,
+        {"task": list(TASK_PRESETS), "attention": list(ATTENTION_KINDS), "feature_map": list(FEATURE_MAPS)},
     )
     train.add_argument(
         "--task-arg",
@@ -61,33 +98,7 @@ def register(subparsers) -> None:
         metavar="KEY=VALUE",
         help="a task argument, e.g. --task-arg num_kv_pairs=16 (repeatable; see the task's class)",
     )
-    train.add_argument("--attention", choices=list(ATTENTION_KINDS), help=f"attention kind (default {d.attention})")
-    train.add_argument("--steps", type=int, help=f"optimiser steps (default {d.steps})")
-    train.add_argument("--batch-size", type=int, help=f"sequences per step (default {d.batch_size})")
-    train.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
-    train.add_argument("--warmup", type=int, help=f"warm-up steps (default {d.warmup}, at most steps/10)")
-    train.add_argument("--d-model", type=int, help=f"model width (default {d.d_model})")
-    train.add_argument("--layers", type=int, help=f"number of blocks (default {d.num_layers})")
-    train.add_argument("--heads", type=int, help=f"attention heads (default {d.num_heads})")
-    train.add_argument("--features", type=int, help=f"feature neurons M per head (default {d.num_features})")
-    train.add_argument(
-        "--feature-map", choices=list(FEATURE_MAPS), help=f"feature neurons of na-* heads (default {d.feature_map})"
-    )
-    train.add_argument("--read-steps", type=int, help=f"steps per simulated read, na-ode (default {d.read_steps})")
     train.add_argument("--seq-len", type=int, help="sequence length of the task (default: the task's)")
-    train.add_argument("--seed", type=int, help=f"seed of initialisation and data (default {d.seed})")
-    train.add_argument("--eval-every", type=int, help=f"evaluate every so many steps (default {d.eval_every})")
-    train.add_argument("--eval-batches", type=int, help=f"batches per evaluation (default {d.eval_batches})")
-    train.add_argument("--text", help="charlm: a UTF-8 text file to model instead of the default corpus")
-    train.add_argument(
-        "--checkpoint-every",
-        type=int,
-        help=f"write a checkpoint every so many steps, 0: only at the end (default {d.checkpoint_every})",
-    )
-    train.add_argument("--grad-clip", type=float, help=f"global gradient-norm clip (default {d.grad_clip})")
-    train.add_argument(
-        "--data-parallel", action="store_true", default=None, help="shard batches over all visible devices"
-    )
     train.add_argument("--run-dir", help="run directory (default runs/<task>-<attention>-<timestamp>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace a run already in --run-dir")
@@ -151,7 +162,7 @@ def _train_inner(args) -> int:
     from ._config import TrainConfig
     from ._train import CONFIG, train
 
-    given = {field: getattr(args, dest) for dest, field in _CONFIG_OPTIONS.items() if getattr(args, dest) is not None}
+    given = {field: getattr(args, field) for field in _HELP if getattr(args, field) is not None}
     if args.resume:
         if args.run_dir is None:
             raise ValueError("--resume: expected --run-dir naming the run to continue, got none")
@@ -179,8 +190,8 @@ def _train_inner(args) -> int:
             config = TrainConfig(**given, task_kwargs=task_kwargs, run_dir=args.run_dir)
         except ValueError as error:  # name the command-line flag next to the config field
             message = str(error)
-            for dest, field in _CONFIG_OPTIONS.items():
-                message = message.replace(f"`{field}`", f"`{field}` (--{dest.replace('_', '-')})")
+            for field in _HELP:
+                message = message.replace(f"`{field}`", f"`{field}` ({_flag(field)})")
             raise ValueError(message) from None
         if task != "charlm":
             from ..tasks import get_task
