@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -29,11 +30,12 @@ from astroformer.training import (
     loss_fn,
     make_optimizer,
     make_train_step,
-    skipped_in_a_row,
     read_metrics,
     resume_run,
     sample,
     sample_text,
+    save_checkpoint,
+    skipped_in_a_row,
     train,
     trainable_filter,
 )
@@ -217,6 +219,24 @@ def test_damaged_checkpoint_gives_clear_error(full_run, tmp_path, damage, capsys
     assert str(path) in str(info.value)
     assert cli_main(["eval", "--run-dir", str(run_dir)]) == 2
     assert expected in capsys.readouterr().err
+
+
+def test_checkpoint_before_apply_if_finite_loads(full_run, tmp_path):
+    # A run saved before the optimiser was wrapped in optax.apply_if_finite (bare AdamW state) and before
+    # `lr` was renamed `learning_rate` loads, with the skip counter at zero, and resumes.
+    config, task, model, metadata, opt_state = load_run(full_run.run_dir, with_optimizer=True)
+    old = tmp_path / "old-run"
+    old.mkdir()
+    stored = json.loads(Path(full_run.run_dir, "config.json").read_text())
+    stored["lr"] = stored.pop("learning_rate")
+    stored["run_dir"] = str(old)
+    (old / "config.json").write_text(json.dumps(stored))
+    (old / "metrics.jsonl").write_bytes(Path(full_run.run_dir, "metrics.jsonl").read_bytes())
+    save_checkpoint(old / "checkpoint.eqx", (model, opt_state.inner_state), metadata)
+    _, _, loaded, _, loaded_state = load_run(old, with_optimizer=True)
+    assert int(loaded_state.notfinite_count) == 0
+    for a, b in zip(jax.tree.leaves((loaded, loaded_state)), jax.tree.leaves((model, opt_state))):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_checkpoint_round_trip_and_eval(full_run, capsys):

@@ -310,11 +310,25 @@ def load_run(run_dir: str | os.PathLike, *, with_optimizer: bool = False):
     task = build_task(config)
     model = build_model(config, task)
     opt_state = make_optimizer(config).init(eqx.filter(model, trainable_filter(model)))
-    path = run_dir / CHECKPOINT
-    (model, opt_state), metadata = load_checkpoint(
-        path, (model, opt_state), check=lambda metadata: check_checkpoint(path, metadata, config, task)
-    )
+    (model, opt_state), metadata = _load_state(run_dir / CHECKPOINT, model, opt_state, config, task)
     return (config, task, model, metadata, opt_state) if with_optimizer else (config, task, model, metadata)
+
+
+def _load_state(path: Path, model, opt_state, config: TrainConfig, task: AbstractTask):
+    """The model and optimiser state of a run's checkpoint (`load_checkpoint` against the run's config).
+    Checkpoints written before the optimiser was wrapped in `optax.apply_if_finite` hold the bare AdamW state:
+    they load into the wrapper with its counters at zero."""
+    check = lambda metadata: check_checkpoint(path, metadata, config, task)  # noqa: E731
+    try:
+        return load_checkpoint(path, (model, opt_state), check=check)
+    except CheckpointError as error:
+        if not isinstance(opt_state, optax.ApplyIfFiniteState):
+            raise
+        try:
+            (model, inner), metadata = load_checkpoint(path, (model, opt_state.inner_state), check=check)
+        except CheckpointError:
+            raise error from None
+        return (model, opt_state._replace(inner_state=inner)), metadata
 
 
 # ------------------------------------------------------------------------------------------ progress
@@ -468,10 +482,7 @@ def _train(config, *, resume, overwrite, stop_at, progress, max_traces, check_me
     identity = run_identity(config, task)
     start = 0
     if resume:
-        path = run_dir / CHECKPOINT
-        (model, opt_state), metadata = load_checkpoint(
-            path, (model, opt_state), check=lambda metadata: check_checkpoint(path, metadata, config, task)
-        )
+        (model, opt_state), metadata = _load_state(run_dir / CHECKPOINT, model, opt_state, config, task)
         start = int(metadata["step"])
 
     mesh = None
