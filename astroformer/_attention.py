@@ -26,7 +26,8 @@ from .calcium import AbstractCalciumModel, DiffusiveProcesses
 
 def _dense(layer: eqx.nn.Linear, x: Float[Array, "L d_in"]) -> Float[Array, "L d_out"]:
     # A matmul over the whole sequence (faster on CPU than vmapping a vector layer).
-    return x @ layer.weight.T + layer.bias
+    y = x @ layer.weight.T
+    return y if layer.bias is None else y + layer.bias  # bias is None for eqx.nn.Linear(..., use_bias=False)
 
 
 class AbstractAttention(eqx.Module):
@@ -357,7 +358,7 @@ def make_attention(
             num_heads,
             num_features=NUM_FEATURES if num_features is None else num_features,
             params=params,
-            mode=kind.removeprefix("na-"),
+            mode="ode" if kind == "na-ode" else "equilibrium",
             causal=causal,
             key=key,
             **kwargs,

@@ -66,7 +66,7 @@ class HeadwiseFeatures(AbstractFeatureMap):
     def trainable(self) -> bool:
         return getattr(self.maps, "trainable", True)
 
-    def for_head(self, index: Array) -> AbstractFeatureMap:
+    def for_head(self, index: int | Array) -> AbstractFeatureMap:
         """Head `index`'s map (`index` may be traced)."""
         return jax.tree.map(lambda a: a[index], self.maps)
 

@@ -7,6 +7,7 @@ References:
 """
 
 import abc
+from typing import TYPE_CHECKING
 
 import equinox as eqx
 import jax
@@ -20,14 +21,26 @@ class AbstractFeatureMap(eqx.Module):
     `nonnegative` says whether its outputs are valid firing rates (required by `na_attention`).
     """
 
-    in_dim: eqx.AbstractVar[int]
-    num_features: eqx.AbstractVar[int]
-    nonnegative: eqx.AbstractClassVar[bool]
+    # For the type checker these are read-only properties, which a subclass may implement as a field, a class
+    # attribute or a property (HeadwiseFeatures reads them off its stacked map), as equinox allows; mypy reads
+    # AbstractVar as a plain dataclass field, which a property may not override.
+    if TYPE_CHECKING:
+
+        @property
+        def in_dim(self) -> int: ...
+        @property
+        def num_features(self) -> int: ...
+        @property
+        def nonnegative(self) -> bool: ...
+    else:
+        in_dim: eqx.AbstractVar[int]
+        num_features: eqx.AbstractVar[int]
+        nonnegative: eqx.AbstractClassVar[bool]
 
     @abc.abstractmethod
     def __call__(self, u: Float[Array, "*batch D"]) -> Float[Array, "*batch M"]: ...
 
-    def for_head(self, index: Array) -> "AbstractFeatureMap":
+    def for_head(self, index: int | Array) -> "AbstractFeatureMap":
         """The tuning of head `index` of a multi-head layer: the same map for every head, unless the map holds
         one tuning per head (`HeadwiseFeatures`)."""
         return self

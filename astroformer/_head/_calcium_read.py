@@ -395,9 +395,17 @@ def na_attention_calcium(
                     f"{name}: has an effect only with a biophysical calcium model; expected None "
                     f"with the abstract astrocyte (calcium={calcium!r}), got {value!r}"
                 )
-        opts = {} if read_steps is None else dict(read_steps=read_steps)
         return na_attention(
-            phi_q, phi_k, v, params, causal=causal, mode="ode", mask=mask, chunk_size=chunk_size, throw=throw, **opts
+            phi_q,
+            phi_k,
+            v,
+            params,
+            causal=causal,
+            mode="ode",
+            mask=mask,
+            read_steps=READ_STEPS if read_steps is None else read_steps,
+            chunk_size=chunk_size,
+            throw=throw,
         )
     if not isinstance(calcium, AbstractCalciumModel):
         raise TypeError(

@@ -52,7 +52,7 @@ def feature_rise(
 ) -> Float[Array, "*b M"]:
     r"""$h_j(t) = \phi_j(q)\,(1 - e^{-t/\tau_n})$: the feature neurons of a read, from rest, in closed form
     (the solution of $\tau_n \dot h = -h + \phi(q)$, $h(0) = 0$). `t` broadcasts against `phi_q`."""
-    return phi_q * -jnp.expm1(-t / tau_n)
+    return phi_q * -jnp.expm1(-(t / tau_n))
 
 
 def feature_rise_mean(
@@ -60,7 +60,7 @@ def feature_rise_mean(
 ) -> Float[Array, "*b M"]:
     r"""Exact mean of `feature_rise` over $[t_0, t_0 + \Delta t]$:
     $\phi_j(q)\,(1 - e^{-t_0/\tau_n}\,\psi(\Delta t/\tau_n))$, with $\psi(x) = (1 - e^{-x})/x$."""
-    return phi_q * (1.0 - jnp.exp(-t0 / tau_n) * psi(dt / tau_n))
+    return phi_q * (1.0 - jnp.exp(-(t0 / tau_n)) * psi(dt / tau_n))
 
 
 def window_start_states(
@@ -104,7 +104,7 @@ def hebbian_rhs(
 ) -> Float[Array, "N M"]:
     r"""$dc_{ij}/dt = (1 - r)\,x_i h_j / (M T_w) - c_{ij}/\tau_f$ (`writing` $= 1 - r$)."""
     M = h.shape[-1]
-    dc = writing * jnp.outer(x, h) / (M * t_write)
+    dc = jnp.outer(x, h) * writing / (M * t_write)
     return dc if tau_f is None else dc - c / tau_f
 
 
@@ -156,7 +156,7 @@ def weights_rhs(
     tau_f: Float[ArrayLike, ""] | None,
 ) -> Float[Array, " M"]:
     r"""$dg_j/dt = (1 - r) h_j / T_w - g_j / \tau_f$."""
-    dg = writing * h / t_write
+    dg = h * writing / t_write
     return dg if tau_f is None else dg - g / tau_f
 
 
@@ -180,7 +180,7 @@ def relaxing_calcium(
 ) -> Float[Array, "*b M"]:
     r"""$p_j(t) = \bar p + (p_j(0) - \bar p)\,e^{-\kappa t}$, the closed-form calcium of a read with
     $\kappa = NM/\tau_p$ (`rate`, in the units of `t`). `t` broadcasts against `p0`."""
-    return p_bar + (p0 - p_bar) * jnp.exp(-rate * t)
+    return p_bar + (p0 - p_bar) * jnp.exp(jnp.negative(rate * t))
 
 
 def calcium_window_mean(
@@ -192,4 +192,4 @@ def calcium_window_mean(
 ) -> Float[Array, "*b M"]:
     r"""Exact mean of $p_j(t) = \bar p + (p_j(0) - \bar p) e^{-\kappa t}$ over $[t_0, t_0 + \Delta t]$,
     with $\kappa = NM/\tau_p$ (`rate`): $\bar p + (p_j(0) - \bar p)\,e^{-\kappa t_0}\,\psi(\kappa\Delta t)$."""
-    return p_bar + (p0 - p_bar) * jnp.exp(-rate * t0) * psi(rate * dt)
+    return p_bar + (p0 - p_bar) * jnp.exp(jnp.negative(rate * t0)) * psi(rate * dt)

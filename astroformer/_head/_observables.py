@@ -69,6 +69,7 @@ def observables(
     if "s" in variables or ("x" in variables and queries is not None):
         c = jax.vmap(memory.hebbian_trace)(rows)  # (K, N, M)
     if "s" in variables:
+        assert c is not None  # formed above whenever "s" is requested
         out["s"] = c[None] * sigma[:, :, None, :]
     if "x" in variables:
         if queries is None:  # every query: the causal linear-time readout, c never formed

@@ -179,7 +179,7 @@ def _step_time_solve(term_field: StepTimeField, saveat: diffrax.SaveAt, throw: b
         None,
         (zeros, zeros),
         saveat=saveat,
-        stepsize_controller=diffrax.StepTo(ts=np.arange(S + 1.0)),
+        stepsize_controller=diffrax.StepTo(ts=jnp.asarray(np.arange(S + 1.0))),  # what StepTo's converter does
         max_steps=S,
         throw=throw,
     )

@@ -105,4 +105,5 @@ def pulse_train(
 
         ```
     """
-    return PulseTrain(times=times, amplitude=amplitude, decay=decay)
+    # The fields' converter makes jax arrays of these; mypy does not apply converters to __init__ (python/mypy#17547).
+    return PulseTrain(times=times, amplitude=amplitude, decay=decay)  # type: ignore[arg-type]

@@ -74,7 +74,7 @@ def resolve_free(model: eqx.Module, free) -> dict[str, AbstractTransform]:
             raise ValueError(f"free: {name!r} is None in the model; give it a value before fitting it")
         if not (eqx.is_array(value) or isinstance(value, float | int)) or isinstance(value, bool):
             raise ValueError(f"free: {name!r} must be a number or a floating array, got {type(value).__name__}")
-        if full == "feature_map.W" and getattr(model.feature_map, "trainable", True) is False:
+        if full == "feature_map.W" and getattr(getattr(model, "feature_map", None), "trainable", True) is False:
             raise ValueError(
                 "free: 'feature_map.W' is frozen by the feature map itself (trainable=False); "
                 "build it with trainable=True to fit its tuning"

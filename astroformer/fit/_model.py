@@ -61,7 +61,7 @@ class NAModel(eqx.Module):
         if self.feature_map is None:
             phi_q, phi_k = self.qk_gain * q, self.qk_gain * k
         else:
-            phi_q, phi_k = self.feature_map(self.qk_gain * q), self.feature_map(self.qk_gain * k)
+            phi_q, phi_k = self.feature_map(q * self.qk_gain), self.feature_map(k * self.qk_gain)
         return phi_q, phi_k, self.v_gain * v
 
     def __call__(

@@ -141,7 +141,9 @@ class TraceTarget(AbstractTarget):
                 raise ValueError(f"masks: expected keys among {VARIABLES}, got {name!r}")
         fields = {name: getattr(traces, name) for name in VARIABLES}
         mask_fields = {"mask_" + name: masks.get(name) for name in VARIABLES}
-        return cls(q=q, k=k, v=v, ts=np.asarray(traces.ts), token_mask=token_mask, **fields, **mask_fields)
+        # ts goes through the field's converter, which mypy does not apply to __init__ (python/mypy#17547).
+        ts = np.asarray(traces.ts)
+        return cls(q=q, k=k, v=v, ts=ts, token_mask=token_mask, **fields, **mask_fields)  # type: ignore[arg-type]
 
     @property
     def variables(self) -> tuple[str, ...]:

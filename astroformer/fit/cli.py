@@ -24,7 +24,9 @@ The fitted parameters, the loss history and the final gradient norm are written 
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 _TOP_KEYS = {"problem", "inputs", "target", "start", "free", "optimiser", "steps", "dtype", "output"}
 
@@ -139,6 +141,7 @@ def run(cfg: dict, *, progress=None) -> dict:
         ) from None
     model = NAModel(params=start, feature_map=feature_map, causal=bool(target_cfg.get("causal", True)))
 
+    target: AttentionTarget | TraceTarget
     if softmax:
         target = AttentionTarget(q, k, v, causal=model.causal)
     else:
@@ -233,14 +236,17 @@ def _main(args) -> int:
 
     if cfg["dtype"] == "float64":
         jax.config.update("jax_enable_x64", True)  # the command line's own process only
+    progress: Callable[[int, Any], None] | None
     try:
         from tqdm import tqdm
 
         bar = tqdm(total=cfg["steps"], desc="fit", unit="step")
 
-        def progress(step, loss):
+        def update(step: int, loss: Any) -> None:
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss):.3e}", refresh=False)
+
+        progress = update
     except ImportError:  # pragma: no cover - tqdm is optional
         bar, progress = None, None
     try:

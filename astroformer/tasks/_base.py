@@ -6,7 +6,7 @@ import abc
 import dataclasses
 import math
 import operator
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import jax
 import numpy as np
@@ -53,8 +53,15 @@ class AbstractTask(abc.ABC):
 
     name: ClassVar[str]
     metric_name: ClassVar[str]
-    vocab_size: int
     seq_len: int
+    if TYPE_CHECKING:
+        # Read-only to the type checker, so a subclass may define it as a dataclass field or as a property
+        # (CharLM's comes from its corpus). Only an annotation at run time: a property here would be in the
+        # way of the subclasses' frozen dataclass fields.
+        @property
+        def vocab_size(self) -> int: ...
+    else:
+        vocab_size: int
 
     @abc.abstractmethod
     def _sample(self, rng: np.random.Generator, batch_size: int, split: str) -> Batch:

@@ -257,10 +257,15 @@ class CharLM(AbstractTask):
     @property
     def vocab_size(self) -> int:
         """The corpus's number of distinct characters."""
-        return self.corpus.vocab_size
+        return self._corpus().vocab_size
+
+    def _corpus(self) -> CharCorpus:
+        assert self.corpus is not None  # __post_init__ replaced None by the default corpus
+        return self.corpus
 
     def _sample(self, rng: np.random.Generator, batch_size: int, split: str) -> Batch:
-        data = self.corpus.train_data if split == "train" else self.corpus.val_data
+        corpus = self._corpus()
+        data = corpus.train_data if split == "train" else corpus.val_data
         starts = rng.integers(0, len(data) - self.seq_len, size=batch_size)
         windows = data[starts[:, None] + np.arange(self.seq_len + 1)]
         return Batch(

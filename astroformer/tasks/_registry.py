@@ -41,6 +41,7 @@ def get_task(name: str, **kwargs) -> AbstractTask:
     if name not in _TASKS:
         raise ValueError(f"get_task: unknown task `name` {name!r}; expected one of {', '.join(map(repr, _TASKS))}.")
     cls = _TASKS[name]
+    assert dataclasses.is_dataclass(cls)  # every registered task is a dataclass
     accepted = [f.name for f in dataclasses.fields(cls) if f.init]
     unexpected = sorted(set(kwargs) - set(accepted))
     if unexpected:

@@ -24,6 +24,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -31,11 +32,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from .._attention import NeuronAstrocyteAttention
 from .._features._headwise import HeadwiseFeatures
 from .._head._params import NUM_FEATURES
 from .._features._learned import LearnedFeatures
+from .._features._maps import AbstractFeatureMap
 from ._checkpoint import atomic_write, save_checkpoint
-from ._model import Transformer, _dense, _layer_norm, trainable_filter
+from ._model import Block, Transformer, _dense, _layer_norm, trainable_filter
 
 
 def layer_qkv(model: Transformer, tokens: Int[Array, "B L"]) -> list[tuple[Array, Array, Array]]:
@@ -58,6 +61,12 @@ def layer_qkv(model: Transformer, tokens: Int[Array, "B L"]) -> list[tuple[Array
         )
         x = block(x, None)
     return out
+
+
+def _feature_map(block: Block) -> AbstractFeatureMap:
+    """The feature neurons of a student's block (its attention is a neuron–astrocyte one)."""
+    assert isinstance(block.attention, NeuronAstrocyteAttention), type(block.attention)
+    return block.attention.feature_map
 
 
 def replace_attention(model: Transformer, layer: int, attention) -> Transformer:
@@ -183,7 +192,7 @@ def distill(
     # Distil on a copy read at equilibrium (exact kernel attention: the inputs of the next layer, cheaply).
     student = transfer(teacher, build_model(new_config.replace(attention="na-equilibrium"), task))
     key = jax.random.PRNGKey(seed)
-    record = {
+    record: dict[str, Any] = {
         "kind": "distill",
         "source": str(run_dir),
         "num_features": num_features,
@@ -206,7 +215,7 @@ def distill(
             normaliser_weight=normaliser_weight,
             key=jax.random.fold_in(key, layer),
         )
-        student = eqx.tree_at(lambda m, i=layer: m.blocks[i].attention.feature_map, student, maps)
+        student = eqx.tree_at(lambda m: _feature_map(m.blocks[layer]), student, maps)  # called at once: no late binding
         record["layers"].append(
             {"cross_entropy_initial": np.asarray(first).tolist(), "cross_entropy_final": np.asarray(last).tolist()}
         )
@@ -228,9 +237,9 @@ def distill(
         )
     record["seconds"] = time.perf_counter() - start
     if attention != "na-equilibrium":
-        maps = [b.attention.feature_map for b in student.blocks]
+        feature_maps = [_feature_map(b) for b in student.blocks]
         student = transfer(teacher, build_model(new_config, task))
-        student = eqx.tree_at(lambda m: [b.attention.feature_map for b in m.blocks], student, maps)
+        student = eqx.tree_at(lambda m: [b.attention.feature_map for b in m.blocks], student, feature_maps)
     out.mkdir(parents=True, exist_ok=True)
     new_config.save(out / CONFIG)
     opt_state = make_optimizer(new_config).init(eqx.filter(student, trainable_filter(student)))
@@ -269,7 +278,7 @@ def _finetune_features(model: Transformer, task, steps: int, learning_rate: floa
     spec = eqx.tree_at(
         lambda m: [b.attention.feature_map for b in m.blocks],
         spec,
-        [jax.tree.map(eqx.is_inexact_array, b.attention.feature_map) for b in model.blocks],
+        [jax.tree.map(eqx.is_inexact_array, _feature_map(b)) for b in model.blocks],
     )
     free, frozen = eqx.partition(model, spec)
     optimiser = optax.adam(learning_rate)

@@ -12,6 +12,8 @@ attention is vmapped over the batch.
 
 from __future__ import annotations
 
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -24,7 +26,11 @@ from .._head._params import NUM_FEATURES
 def _layer_norm(norm: eqx.nn.LayerNorm, x: Float[Array, "n d"]) -> Float[Array, "n d"]:
     mean = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + norm.eps) * norm.weight + norm.bias
+    y = (x - mean) * jax.lax.rsqrt(var + norm.eps)
+    # weight and bias are None for eqx.nn.LayerNorm(..., use_weight=False, use_bias=False)
+    if norm.weight is not None:
+        y = y * norm.weight
+    return y if norm.bias is None else y + norm.bias
 
 
 def causal_conv(e: Float[Array, "B L d"], w: Float[Array, "K d"]) -> Float[Array, "B L d"]:
@@ -152,7 +158,7 @@ class Transformer(eqx.Module):
         self.positions = 0.01 * jax.random.normal(kp, (max_len, d_model))
         blocks = []
         for i in range(num_layers):
-            features = dict(num_features=num_features) if attention.startswith("na-") else {}
+            features: dict[str, Any] = dict(num_features=num_features) if attention.startswith("na-") else {}
             attn = make_attention(
                 attention,
                 d_model,

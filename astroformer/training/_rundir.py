@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Literal
 
 CHECKPOINT = "checkpoint.eqx"
 CONFIG = "config.json"
@@ -172,7 +173,7 @@ class RunWriter:
             except OSError:
                 break
 
-    def __exit__(self, kind, error, traceback) -> bool:
+    def __exit__(self, kind, error, traceback) -> Literal[False]:  # never swallows the exception
         if kind is not None:
             self.rollback()
         return False

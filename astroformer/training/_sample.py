@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import functools
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Int, PRNGKeyArray
 
 from ..tasks import CharCorpus
 from ._model import Transformer
 
 
-@functools.partial(eqx.filter_jit)
+@eqx.filter_jit
 def _generate(model: Transformer, buffer, length, num_tokens: int, temperature, top_k: int, key):
     L = model.max_len
     positions = jnp.arange(L)
@@ -37,7 +35,7 @@ def _generate(model: Transformer, buffer, length, num_tokens: int, temperature, 
 
 def sample(
     model: Transformer,
-    prompt: Int[Array, " P"],
+    prompt: Int[ArrayLike, " P"],
     num_tokens: int,
     *,
     temperature: float = 1.0,
@@ -53,7 +51,7 @@ def sample(
     **Arguments:**
 
     - `model`: a causal `Transformer`.
-    - `prompt`: int token ids (P,), P ≥ 1.
+    - `prompt`: int token ids (P,), P ≥ 1 (a JAX or NumPy array).
     - `num_tokens`: how many tokens to draw, ≥ 1.
     - `temperature`: T > 0; lower is greedier.
     - `top_k`: keep only the k most likely tokens (None: all).

@@ -14,6 +14,9 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any, Literal
 
 _NAMES = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
 
@@ -36,7 +39,8 @@ class StopRequests:
         self.what = what
         self.signum: int | None = None
         self.count = 0
-        self._previous = {}
+        # signal.signal's return: a handler function, SIG_DFL/SIG_IGN (ints), or None (not set from Python)
+        self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
 
     @property
     def requested(self) -> bool:
@@ -70,7 +74,7 @@ class StopRequests:
             signal.signal(signum, handler)
         self._previous = {}
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> Literal[False]:  # never swallows the exception
         self._restore()
         return False
 

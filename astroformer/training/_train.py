@@ -109,7 +109,9 @@ def check_checkpoint(path, metadata: dict[str, Any], config: TrainConfig, task: 
 
 def build_model(config: TrainConfig, task: AbstractTask) -> Transformer:
     """A freshly initialised `Transformer` for `task`, seeded by `config.seed`."""
-    attention_kwargs = {"read_steps": config.read_steps} if config.attention == "na-ode" else None
+    attention_kwargs: dict[str, Any] | None = (
+        {"read_steps": config.read_steps} if config.attention == "na-ode" else None
+    )
     if config.attention.startswith("na-") and config.feature_map != "prf":
         attention_kwargs = dict(attention_kwargs or {}, feature_map=config.feature_map)
     return Transformer(
@@ -161,7 +163,7 @@ def skipped_in_a_row(opt_state) -> jax.Array:
 def loss_fn(model: Transformer, batch: Batch) -> jax.Array:
     r"""Mean next-token cross-entropy (nats) over the scored positions:
     $\frac{1}{|M|}\sum_{(b,t)\in M} -\log \mathrm{softmax}(z_{bt})_{y_{bt}}$."""
-    logits = model.batched(batch.inputs)
+    logits = model.batched(jnp.asarray(batch.inputs))  # Batch holds NumPy arrays (tracers under jit)
     nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch.targets)
     mask = batch.mask.astype(jnp.float32)
     return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)

@@ -206,12 +206,14 @@ def _train_inner(args) -> int:
     if final is not None:
         _report(result.config, result.run_dir, final)
     if config.task == "charlm":
+        from ..tasks import CharLM
         from ._sample import sample_text
         from ._train import build_task
 
-        corpus = build_task(result.config).corpus
+        task = build_task(result.config)
+        assert isinstance(task, CharLM) and task.corpus is not None  # config.task == "charlm"
         print("sample:")
-        print(sample_text(result.model, corpus, "\n", 300, temperature=0.8, seed=0))
+        print(sample_text(result.model, task.corpus, "\n", 300, temperature=0.8, seed=0))
     return 0
 
 
