@@ -66,11 +66,12 @@ def _add_config_flags(parser, defaults, choices: dict[str, list[str]]) -> None:
         names = [_flag(field.name)] + ([_OLD_SPELLINGS[field.name]] if field.name in _OLD_SPELLINGS else [])
         default = getattr(defaults, field.name)
         help_text = _HELP[field.name] + ("" if default is None else f" (default {default})")
-        if field.type == "bool":
+        annotation = str(field.type)  # a string: _config uses `from __future__ import annotations`
+        if annotation == "bool":
             parser.add_argument(*names, dest=field.name, action=argparse.BooleanOptionalAction, help=help_text)
         else:
             parser.add_argument(
-                *names, dest=field.name, type=types[field.type], choices=choices.get(field.name), help=help_text
+                *names, dest=field.name, type=types[annotation], choices=choices.get(field.name), help=help_text
             )
 
 
