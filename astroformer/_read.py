@@ -36,7 +36,7 @@ from jaxtyping import Array, ArrayLike, Float
 from ._astrocyte import calcium_rhs, calcium_window_mean, relaxing_calcium
 from ._neurons import feature_neurons_rhs, feature_rise, feature_rise_mean, output_neurons_rhs
 from ._params import NAParams
-from ._special import magnus_exponentials
+from ._special import magnus_exponentials, psi
 from ._synapse import efficacy_rhs
 
 
@@ -304,6 +304,83 @@ def _sweep(field, grid, cotangent):
     return ct_field, ct_grid
 
 
+def _step_scalars(field: ReducedReadField, grid: Float[Array, " S+1"]) -> tuple[Float[Array, " S"], ...]:
+    r"""The per-step scalars of the abstract astrocyte's read in step time (step $k$ covers
+    $[u_0, u_0 + \Delta u]$ of read time, $\Delta u = \text{grid}_{k+1} - \text{grid}_k$): returns
+    $(c, \beta, \rho, \eta)$, each (S,), with
+
+        c    = Delta u T_r / tau_s                            (f dt, and alpha = c p_avg)
+        beta = Delta u T_r / tau_n                            (d dt)
+        rho  = e^{-kappa u_0} psi(kappa Delta u)              (p_avg = p_bar + (p_0 - p_bar) rho)
+        eta  = 1 - e^{-u_0 T_r / tau_n} psi(Delta u T_r / tau_n)   (h_avg = phi(q) eta)
+
+    the same expressions `StepTimeField.linear_coefficients` evaluates per element (the window it averages over
+    is $(u_0 + \Delta u) - u_0$, kept as such so that the rounding is the same)."""
+    prm = field.params
+    T = prm.t_read
+    u0 = grid[:-1]
+    du = grid[1:] - u0
+    window = (u0 + du) - u0
+    kappa = field.source.kappa
+    rho = jnp.exp(-kappa * u0) * psi(kappa * window)
+    eta = 1.0 - jnp.exp(-(u0 * T) / prm.tau_n) * psi((window * T) / prm.tau_n)
+    return du * (T / prm.tau_s), du * (T / prm.tau_n), rho, eta
+
+
+def _element_step(y, per_query, scalars):
+    r"""One `Magnus2` step of the abstract astrocyte's read, per element, from its per-query leaves
+    `per_query` $= (\phi(q), p_0, \bar p)$ and the step's scalars $(c, \beta, \rho, \eta)$ (`_step_scalars`):
+
+        alpha    = c (p_bar + (p_0 - p_bar) rho)
+        sigma_1  = e^{-alpha} sigma_0 + c psi(alpha)
+        z_1      = e^{-beta} z_0 + beta eta phi(q) (sigma_0 E_1(alpha, beta) + c E_2(alpha, beta))
+
+    (`magnus_update` with the coefficients of `StepTimeField`, the scalars factored out)."""
+    sigma0, z0 = y
+    phi_q, p0, p_bar = per_query
+    c, beta, rho, eta = scalars
+    alpha = c * (p_bar + (p0 - p_bar) * rho)
+    e_alpha, psi_alpha, e1, e2 = magnus_exponentials(alpha, beta)
+    sigma1 = e_alpha * sigma0 + c * psi_alpha
+    z1 = jnp.exp(-beta) * z0 + (beta * eta) * phi_q * (sigma0 * e1 + c * e2)
+    return sigma1, z1
+
+
+def _relaxing_sweep(field, grid, cotangent):
+    """`_sweep` for the abstract astrocyte (`RelaxingCalcium`): the step's coefficients factor into per-element
+    leaves and per-step scalars (`_step_scalars`), so only the elementwise step (`_element_step`) is
+    differentiated per element (no module, grid lookup or coefficient function inside the reverse scan), and the
+    scalars' cotangents (sums over the elements, one (S,) array each) are pulled back to the time constants and
+    the grid once, through a vjp of `_step_scalars`. Equal to `_sweep` up to rounding.
+
+    (Unrolling the S steps in Python instead of the two `lax.scan`s compiled three times slower and ran slower.)"""
+    scalars, scalars_vjp = jax.vjp(_step_scalars, field, grid)
+    per_query = (field.phi_q, field.source.p0, field.source.p_bar)
+    zeros = jnp.zeros_like(field.phi_q)
+
+    def forward(y, step_scalars):
+        return _element_step(y, per_query, step_scalars), y
+
+    _, before = jax.lax.scan(forward, (zeros, zeros), scalars)  # the state before each step
+
+    def back(carry, inputs):
+        ct_y, ct_query = carry
+        y, step_scalars = inputs
+        _, vjp = jax.vjp(_element_step, y, per_query, step_scalars)
+        ct_prev, d_query, d_scalars = vjp(ct_y)
+        return (ct_prev, jax.tree.map(jnp.add, ct_query, d_query)), d_scalars
+
+    init = (tuple(cotangent), jax.tree.map(jnp.zeros_like, per_query))
+    (_, ct_query), ct_scalars = jax.lax.scan(back, init, (before, scalars), reverse=True)
+    ct_field, ct_grid = scalars_vjp(ct_scalars)
+    ct_field = eqx.tree_at(
+        lambda f: (f.phi_q, f.source.p0, f.source.p_bar),
+        ct_field,
+        jax.tree.map(jnp.add, (ct_field.phi_q, ct_field.source.p0, ct_field.source.p_bar), ct_query),
+    )
+    return ct_field, ct_grid
+
+
 def _solve_end_bwd(throw, residuals, cotangent):
     """The exact reverse sweep of the S steps (`_sweep`), over chunks of `QUERY_CHUNK` queries: the reads of
     different queries are independent, so each chunk's trajectory is recomputed and swept on its own and only
@@ -312,14 +389,15 @@ def _solve_end_bwd(throw, residuals, cotangent):
     del throw
     field, grid = residuals
     spec = _query_spec(field)
+    sweep = _relaxing_sweep if isinstance(field.source, RelaxingCalcium) else _sweep
     if spec is None:  # nothing to chunk: the whole trajectory is recomputed at once
-        return _sweep(field, grid, cotangent)
+        return sweep(field, grid, cotangent)
     L = field.phi_q.shape[0]
     rows, shared = eqx.partition(field, spec)
 
     def one(inputs):
         row, ct = inputs
-        ct_field, ct_grid = _sweep(eqx.combine(row, shared), grid, ct)
+        ct_field, ct_grid = sweep(eqx.combine(row, shared), grid, ct)
         ct_row, ct_shared = eqx.partition(ct_field, spec)
         return ct_row, ct_shared, ct_grid
 
