@@ -218,11 +218,16 @@ def _solve_chunk(field, grid, throw):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _solve_end(field, grid, throw):
     spec = _query_spec(field)
-    if spec is None or field.phi_q.shape[0] <= QUERY_CHUNK:
+    L = field.phi_q.shape[0]
+    if spec is None or L <= QUERY_CHUNK:
         return _solve_chunk(field, grid, throw)
     # One diffrax solve per chunk of queries (independent reads): the solve's temporaries are a chunk's.
     rows, shared = eqx.partition(field, spec)
-    return jax.lax.map(lambda row: _solve_chunk(eqx.combine(row, shared), grid, throw), rows, batch_size=QUERY_CHUNK)
+    solved = jax.lax.map(lambda row: _solve_chunk(eqx.combine(row, shared), grid, throw), rows, batch_size=QUERY_CHUNK)
+    # The barrier keeps XLA from folding the chunks' layout into the consumer's (the causal readout chunks the
+    # queries the same way): without it XLA's CPU compiler rejected the forward of a vmapped layer with
+    # L > QUERY_CHUNK (an HLO verifier error on the readout's dot; jaxlib 0.10.2).
+    return jax.lax.optimization_barrier(solved)
 
 
 def _solve_end_fwd(field, grid, throw):
@@ -254,6 +259,72 @@ def _sweep(field, grid, cotangent):
     return ct_field, ct_grid
 
 
+def _step_scalars(field: ReducedReadField, grid: Float[Array, " S+1"]) -> tuple[Float[Array, " S"], ...]:
+    r"""The per-step scalars of the abstract astrocyte's read in step time (step $k$ covers
+    $[u_0, u_0 + \Delta u]$ of read time, $\Delta u = \text{grid}_{k+1} - \text{grid}_k$): returns
+    $(c, \beta, \rho, \eta)$, each (S,), with
+
+        c    = Delta u T_r / tau_s                                   (f dt, and a dt = c p_avg)
+        beta = Delta u T_r / tau_n                                   (d dt)
+        rho  = e^{-kappa u_0} psi(kappa Delta u)                     (p_avg = p_bar + (p_0 - p_bar) rho)
+        eta  = 1 - e^{-u_0 T_r / tau_n} psi(Delta u T_r / tau_n)     (h_avg = phi(q) eta)
+
+    i.e. `calcium_window_mean` and `feature_rise_mean` at unit inputs: the coefficients of
+    `StepTimeField.linear_coefficients` with the per-element factors taken out."""
+    prm = field.params
+    T = prm.t_read
+    u0 = grid[:-1]
+    du = grid[1:] - u0
+    rho = calcium_window_mean(1.0, 0.0, field.source.kappa, u0, du)
+    eta = feature_rise_mean(1.0, u0 * T, du * T, prm.tau_n)
+    return du * (T / prm.tau_s), du * (T / prm.tau_n), rho, eta
+
+
+def _element_step(y, per_query, scalars):
+    r"""One `Magnus2` step (`magnus_update`) of the abstract astrocyte's read, per element, from its per-query
+    leaves `per_query` $= (\phi(q), p_0, \bar p)$ and the step's scalars $(c, \beta, \rho, \eta)$
+    (`_step_scalars`): the coefficients times the step are
+    $(a, b, d, f)\,\Delta s = (c\,(\bar p + (p_0 - \bar p)\rho),\ \beta\eta\,\phi(q),\ \beta,\ c)$."""
+    phi_q, p0, p_bar = per_query
+    c, beta, rho, eta = scalars
+    return magnus_update((c * (p_bar + (p0 - p_bar) * rho), (beta * eta) * phi_q, beta, c), 1.0, y)
+
+
+def _relaxing_sweep(field, grid, cotangent):
+    """`_sweep` for the abstract astrocyte (`RelaxingCalcium`): the step's coefficients factor into per-element
+    leaves and per-step scalars (`_step_scalars`), so only the elementwise step (`_element_step`) is
+    differentiated per element (no module, grid lookup or coefficient function inside the reverse scan), and the
+    scalars' cotangents (sums over the elements, one (S,) array each) are pulled back to the time constants and
+    the grid once, through a vjp of `_step_scalars`. Equal to `_sweep` up to rounding.
+
+    (Unrolling the S steps in Python instead of the two `lax.scan`s compiled three times slower and ran slower.)"""
+    scalars, scalars_vjp = jax.vjp(_step_scalars, field, grid)
+    per_query = (field.phi_q, field.source.p0, field.source.p_bar)
+    zeros = jnp.zeros_like(field.phi_q)
+
+    def forward(y, step_scalars):
+        return _element_step(y, per_query, step_scalars), y
+
+    _, before = jax.lax.scan(forward, (zeros, zeros), scalars)  # the state before each step
+
+    def back(carry, inputs):
+        ct_y, ct_query = carry
+        y, step_scalars = inputs
+        _, vjp = jax.vjp(_element_step, y, per_query, step_scalars)
+        ct_prev, d_query, d_scalars = vjp(ct_y)
+        return (ct_prev, jax.tree.map(jnp.add, ct_query, d_query)), d_scalars
+
+    init = (tuple(cotangent), jax.tree.map(jnp.zeros_like, per_query))
+    (_, ct_query), ct_scalars = jax.lax.scan(back, init, (before, scalars), reverse=True)
+    ct_field, ct_grid = scalars_vjp(ct_scalars)
+    ct_field = eqx.tree_at(
+        lambda f: (f.phi_q, f.source.p0, f.source.p_bar),
+        ct_field,
+        jax.tree.map(jnp.add, (ct_field.phi_q, ct_field.source.p0, ct_field.source.p_bar), ct_query),
+    )
+    return ct_field, ct_grid
+
+
 def _solve_end_bwd(throw, residuals, cotangent):
     """The exact reverse sweep of the S steps (`_sweep`), over chunks of `QUERY_CHUNK` queries: the reads of
     different queries are independent, so each chunk's trajectory is recomputed and swept on its own and only
@@ -262,18 +333,19 @@ def _solve_end_bwd(throw, residuals, cotangent):
     del throw
     field, grid = residuals
     spec = _query_spec(field)
-    if spec is None:  # nothing to chunk: the whole trajectory is recomputed at once
-        return _sweep(field, grid, cotangent)
-    L = field.phi_q.shape[0]
+    sweep = _relaxing_sweep if isinstance(field.source, RelaxingCalcium) else _sweep
+    L = field.phi_q.shape[0] if spec is not None else 0
+    if spec is None or L <= QUERY_CHUNK:  # nothing to chunk: the whole trajectory is recomputed at once
+        return sweep(field, grid, cotangent)
     rows, shared = eqx.partition(field, spec)
 
     def one(inputs):
         row, ct = inputs
-        ct_field, ct_grid = _sweep(eqx.combine(row, shared), grid, ct)
+        ct_field, ct_grid = sweep(eqx.combine(row, shared), grid, ct)
         ct_row, ct_shared = eqx.partition(ct_field, spec)
         return ct_row, ct_shared, ct_grid
 
-    ct_rows, ct_shared, ct_grid = jax.lax.map(one, (rows, tuple(cotangent)), batch_size=min(QUERY_CHUNK, L))
+    ct_rows, ct_shared, ct_grid = jax.lax.map(one, (rows, tuple(cotangent)), batch_size=QUERY_CHUNK)
     ct_shared = jax.tree.map(lambda a: jnp.sum(a, axis=0), ct_shared)
     return eqx.combine(ct_rows, ct_shared), jnp.sum(ct_grid, axis=0)
 
