@@ -175,7 +175,7 @@ class NodeRates(AbstractRateSource):
     """
 
     rates: Float[Array, "S 2 L M"]
-    grid: Float[Array, " S+1"]
+    grid: Float[Array, " G"]
 
     def rate(self, u):
         k = jnp.clip(jnp.searchsorted(self.grid, u, side="right") - 1, 0, self.rates.shape[0] - 1)
@@ -209,14 +209,14 @@ def check_calcium_steps(calcium_steps: Any) -> None:
         raise ValueError(f"calcium_steps: expected None or an integer >= 4, got {calcium_steps!r}")
 
 
-def calcium_read_grid(params: NAParams, coupling: CalciumCoupling, steps: int, dtype) -> Float[Array, " 2*steps"]:
+def calcium_read_grid(params: NAParams, coupling: CalciumCoupling, steps: int, dtype) -> Float[Array, " G"]:
     r"""Read grid (read time): `steps` geometric steps from the fastest transient
     $\min(\tau_n, \tau_s/\rho_{\max})$ up to $1/$`steps`, then `steps` - 1 uniform steps to 1 (so calcium,
     which varies on the model's time scale, is sampled evenly over the whole read)."""
     return _geometric_then_uniform(_fastest(params, coupling), steps, steps, dtype)
 
 
-def calcium_step_grid(params: NAParams, coupling: CalciumCoupling, steps: int, dtype) -> Float[Array, " steps+1"]:
+def calcium_step_grid(params: NAParams, coupling: CalciumCoupling, steps: int, dtype) -> Float[Array, " G"]:
     r"""The fixed grid of `steps` `Ros2` steps of a calcium solve (read time): a quarter of them geometric,
     resolving the rise of the drive (time constant $\tau_n$), the rest uniform up to 1."""
     n_geometric = steps // 4 + 1
@@ -227,7 +227,7 @@ class CalciumRead(eqx.Module):
     """What a calcium read returns besides the outputs (for plots): the grid, the Gauss nodes, and the
     calcium and decay rates there, each (S, 2, L, M); `sigma` and `z` at $T_r$, (L, M)."""
 
-    grid: Float[Array, " S+1"]
+    grid: Float[Array, " G"]
     nodes: Float[Array, "S 2"]
     calcium: Float[Array, "S 2 L M"]
     rates: Float[Array, "S 2 L M"]

@@ -137,7 +137,7 @@ class StepTimeField(eqx.Module):
     """
 
     field: ReducedReadField
-    grid: Float[Array, " S+1"]
+    grid: Float[Array, " G"]
 
     def _locate(self, s):
         S = self.grid.shape[0] - 1
@@ -155,7 +155,7 @@ class StepTimeField(eqx.Module):
         return tuple(du * c for c in coefficients)
 
 
-def read_grid(params: NAParams, N: int, M: int, steps: int, dtype) -> Float[Array, " steps+1"]:
+def read_grid(params: NAParams, N: int, M: int, steps: int, dtype) -> Float[Array, " G"]:
     r"""Geometric step grid in read time: the first step resolves the fastest transient
     $\min(\tau_n, \tau_p/NM)$, later steps grow geometrically up to $T_r$ (where Magnus2 is exact)."""
     fastest = jnp.minimum(params.tau_n, params.tau_p / (N * M)) / (4 * params.t_read)
@@ -259,7 +259,7 @@ def _sweep(field, grid, cotangent):
     return ct_field, ct_grid
 
 
-def _step_scalars(field: ReducedReadField, grid: Float[Array, " S+1"]) -> tuple[Float[Array, " S"], ...]:
+def _step_scalars(field: ReducedReadField, grid: Float[Array, " G"]) -> tuple[Float[Array, " S"], ...]:
     r"""The per-step scalars of the abstract astrocyte's read in step time (step $k$ covers
     $[u_0, u_0 + \Delta u]$ of read time, $\Delta u = \text{grid}_{k+1} - \text{grid}_k$): returns
     $(c, \beta, \rho, \eta)$, each (S,), with
@@ -272,11 +272,14 @@ def _step_scalars(field: ReducedReadField, grid: Float[Array, " S+1"]) -> tuple[
     i.e. `calcium_window_mean` and `feature_rise_mean` at unit inputs: the coefficients of
     `StepTimeField.linear_coefficients` with the per-element factors taken out."""
     prm = field.params
+    source = field.source
+    assert isinstance(source, RelaxingCalcium)  # the abstract astrocyte's read only
     T = prm.t_read
     u0 = grid[:-1]
     du = grid[1:] - u0
-    rho = calcium_window_mean(1.0, 0.0, field.source.kappa, u0, du)
-    eta = feature_rise_mean(1.0, u0 * T, du * T, prm.tau_n)
+    one, zero = jnp.ones((1,), grid.dtype), jnp.zeros((1,), grid.dtype)  # a unit "feature" (M = 1)
+    rho = jax.vmap(lambda a, d: calcium_window_mean(one, zero, source.kappa, a, d))(u0, du)[:, 0]
+    eta = jax.vmap(lambda a, d: feature_rise_mean(one, a, d, prm.tau_n))(u0 * T, du * T)[:, 0]
     return du * (T / prm.tau_s), du * (T / prm.tau_n), rho, eta
 
 
@@ -354,7 +357,7 @@ _solve_end.defvjp(_solve_end_fwd, _solve_end_bwd)
 
 
 def solve_read(
-    field: ReducedReadField, grid: Float[Array, " S+1"], *, throw: bool = True
+    field: ReducedReadField, grid: Float[Array, " G"], *, throw: bool = True
 ) -> tuple[Float[Array, "*b M"], Float[Array, "*b M"]]:
     r"""The reduced read from rest by `Magnus2` on the fixed read-time `grid`: $(\sigma, z)$ at its end.
 

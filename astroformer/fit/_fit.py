@@ -145,10 +145,10 @@ class FitResult(eqx.Module):
     """
 
     model: eqx.Module
-    loss_history: Float[Array, " steps+1"]
+    loss_history: Float[Array, " T"]
     grad_norm: Float[Array, ""]
-    grad_norm_history: Float[Array, " steps+1"]
-    param_history: dict[str, Float[Array, " steps+1"]]
+    grad_norm_history: Float[Array, " T"]
+    param_history: dict[str, Float[Array, " T"]]
     free: tuple[str, ...] = eqx.field(static=True)
 
     @property
