@@ -74,7 +74,14 @@ def shared_steps():
     )
 
     def optimizer(config):
-        key = (config.learning_rate, config.warmup, config.steps, config.min_lr_ratio, config.weight_decay, config.grad_clip)
+        key = (
+            config.learning_rate,
+            config.warmup,
+            config.steps,
+            config.min_lr_ratio,
+            config.weight_decay,
+            config.grad_clip,
+        )
         if key not in optimizers:
             optimizers[key] = make_optimizer(config)
         return optimizers[key]
