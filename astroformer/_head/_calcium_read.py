@@ -24,7 +24,7 @@ diffusion over the N·M processes sees only their mean; so the N copies j of eve
 
 Numerics: the calcium subsystem does not depend on sigma or z, so it is solved first (diffrax, in read time
 u = t/T_r, default `Ros2` + `PIDController`), saved at the two Gauss–Legendre nodes of every step of a
-fixed read grid. `Ros2` (`_rosenbrock.py`) is a linearly implicit Rosenbrock–W method that treats every
+fixed read grid. `Ros2` (`_solvers/_rosenbrock.py`) is a linearly implicit Rosenbrock–W method that treats every
 fast self-relaxing variable of every process L-stably (a strong drive makes G-ChI's receptor binding relax at
 ~1e4 per unit of read time): explicit `Tsit5` diverges at fixed steps and runs out of steps adaptively on
 transformers' drives. The linear, possibly very stiff synapse/output equations are then advanced on the read

@@ -53,10 +53,12 @@ def observables(
     """
     L, M = phi_q.shape
     N = memory.values.shape[-1]
-    index = jnp.arange(L) if queries is None else jnp.asarray(queries)
+    if queries is None:
+        index, phi = jnp.arange(L), phi_q
+    else:
+        index = jnp.asarray(queries)
+        phi, sigma, z = phi_q[index], sigma[:, index], z[:, index]
     rows = index if causal else jnp.full_like(index, L - 1)  # the memory row each query reads
-    phi = phi_q[index]
-    sigma, z = sigma[:, index], z[:, index]
     tt = t[:, None, None]
     out = {}
     if "h" in variables:

@@ -143,21 +143,29 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     decay applies to matrices (ndim ≥ 2: embeddings, positions, weights) only, not to biases or LayerNorm
     gains. Wrapped in `optax.apply_if_finite`: a step whose gradients are not all finite leaves the parameters and
     AdamW's state unchanged and counts itself in the optimiser state (`notfinite_count`, consecutive), which is
-    checkpointed with it; the loop gives up at `MAX_SKIPPED_IN_A_ROW`, before optax would apply such a step."""
+    checkpointed with it. optax's own limit is set out of reach (it would apply a non-finite step after that many
+    in a row): the training loop gives up at `MAX_SKIPPED_IN_A_ROW` instead, with an error."""
     decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)  # noqa: E731
     adamw = optax.chain(
         optax.clip_by_global_norm(config.grad_clip),
         optax.adamw(learning_rate_schedule(config), b1=0.9, b2=0.95, weight_decay=config.weight_decay, mask=decay_mask),
     )
-    return optax.apply_if_finite(adamw, max_consecutive_errors=MAX_SKIPPED_IN_A_ROW)
+    return optax.apply_if_finite(adamw, max_consecutive_errors=2**31 - 1)  # the counter saturates below it
 
 
 def skipped_in_a_row(opt_state) -> jax.Array:
     """How many steps in a row ended with non-finite gradients (`optax.apply_if_finite`'s counter); 0 for an
-    optimiser without that guard."""
+    optimiser without that guard (whose steps are never skipped)."""
     if isinstance(opt_state, optax.ApplyIfFiniteState):
         return opt_state.notfinite_count
     return jnp.zeros((), jnp.int32)
+
+
+def _skipped(opt_state) -> jax.Array:
+    """Whether the step that produced `opt_state` was skipped (`optax.apply_if_finite`); False without it."""
+    if isinstance(opt_state, optax.ApplyIfFiniteState):
+        return ~opt_state.last_finite
+    return jnp.zeros((), bool)
 
 
 def loss_fn(model: Transformer, batch: Batch) -> jax.Array:
@@ -173,7 +181,8 @@ def make_train_step(optimizer: optax.GradientTransformation, *, replicated_shard
     """The train step `step(trainable, frozen, opt_state, batch) -> (trainable, opt_state, loss, skipped)`,
     one `eqx.filter_jit` function that compiles once per shape.
 
-    `loss` is the batch's loss before the update. With `make_optimizer`'s `optax.apply_if_finite`, a step whose
+    `loss` is the batch's loss before the update. With `make_optimizer`'s `optax.apply_if_finite` (another
+    optimiser gets no such guard), a step whose
     gradients are not all finite is skipped (`skipped` is True, `trainable` and AdamW's state come back
     unchanged, the optimiser state counts the skip), as mixed-precision trainers do; the loop gives up after
     `MAX_SKIPPED_IN_A_ROW` such steps in a row.
@@ -195,7 +204,7 @@ def make_train_step(optimizer: optax.GradientTransformation, *, replicated_shard
         trainable = eqx.apply_updates(trainable, updates)
         if replicated_sharding is not None:
             trainable, opt_state = eqx.filter_shard((trainable, opt_state), replicated_sharding)
-        return trainable, opt_state, loss, skipped_in_a_row(opt_state) > 0
+        return trainable, opt_state, loss, _skipped(opt_state)
 
     if max_traces is not None:
         step = eqx.debug.assert_max_traces(step, max_traces=max_traces)
@@ -288,6 +297,8 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
             raise ValueError(
                 f"metrics: {path} line {number} is damaged ({error}); expected one JSON record per line"
             ) from None
+        if "lr" in record and "learning_rate" not in record:  # written before the key was renamed
+            record["learning_rate"] = record.pop("lr")
         records.append(record)
     return records
 
@@ -324,7 +335,9 @@ def _load_state(path: Path, model, opt_state, config: TrainConfig, task: Abstrac
     try:
         return load_checkpoint(path, (model, opt_state), check=check)
     except CheckpointError as error:
-        if not isinstance(opt_state, optax.ApplyIfFiniteState):
+        # Only a payload that did not fit the template (raised from the deserialiser) is retried; a missing,
+        # corrupted or foreign checkpoint is not read twice.
+        if not isinstance(opt_state, optax.ApplyIfFiniteState) or error.__cause__ is None:
             raise
         try:
             (model, inner), metadata = load_checkpoint(path, (model, opt_state.inner_state), check=check)
