@@ -235,27 +235,37 @@ def _solve_end_fwd(field, grid, throw):
     return _solve_end(field, grid, throw), (field, grid)
 
 
-def _sweep(field, grid, cotangent):
-    """Recompute the S states of the read of `field` from rest, then pull `cotangent` (the end state's) back
-    through each step's `jax.vjp` in one reverse `lax.scan`: the cotangents of the field and the grid."""
-    S = grid.shape[0] - 1
-    ks = jnp.arange(S)
+def _reverse_sweep(step, shared, xs, y0, cotangent):
+    """The exact reverse sweep of the steps $y_{k+1} = $ `step(y_k, shared, x_k)` from `y0`: recompute the states
+    before each step in one `lax.scan`, then pull `cotangent` (the end state's) back through each step's `jax.vjp`
+    in one reverse `lax.scan`. Returns the cotangent of `shared` (summed over the steps) and, stacked over the
+    steps, those of the `xs` (float0 for integer ones)."""
 
-    def forward(y, k):
-        return _step(field, grid, k, y), y
+    def forward(y, x):
+        return step(y, shared, x), y
 
-    zeros = jnp.zeros_like(field.phi_q)
-    _, before = jax.lax.scan(forward, (zeros, zeros), ks)  # the state before step k, k = 0..S-1
+    _, before = jax.lax.scan(forward, y0, xs)  # the state before each step
 
     def back(carry, inputs):
-        ct_y, ct_field, ct_grid = carry
-        k, y = inputs
-        _, vjp = jax.vjp(lambda f, g, y: _step(f, g, k, y), field, grid, y)
-        df, dg, ct_prev = vjp(ct_y)
-        return (ct_prev, jax.tree.map(jnp.add, ct_field, df), ct_grid + dg), None
+        ct_y, ct_shared = carry
+        y, x = inputs
+        _, vjp = jax.vjp(step, y, shared, x)
+        ct_prev, d_shared, d_x = vjp(ct_y)
+        return (ct_prev, jax.tree.map(jnp.add, ct_shared, d_shared)), d_x
 
-    init = (tuple(cotangent), jax.tree.map(jnp.zeros_like, field), jnp.zeros_like(grid))
-    (_, ct_field, ct_grid), _ = jax.lax.scan(back, init, (ks, before), reverse=True)
+    init = (tuple(cotangent), jax.tree.map(jnp.zeros_like, shared))
+    (_, ct_shared), ct_xs = jax.lax.scan(back, init, (before, xs), reverse=True)
+    return ct_shared, ct_xs
+
+
+def _sweep(field, grid, cotangent):
+    """The reverse sweep (`_reverse_sweep`) of the read of `field` from rest, step by step (`_step`): the
+    cotangents of the field and the grid."""
+    zeros = jnp.zeros_like(field.phi_q)
+    steps = jnp.arange(grid.shape[0] - 1)
+    (ct_field, ct_grid), _ = _reverse_sweep(
+        lambda y, fg, k: _step(*fg, k, y), (field, grid), steps, (zeros, zeros), cotangent
+    )
     return ct_field, ct_grid
 
 
@@ -304,21 +314,7 @@ def _relaxing_sweep(field, grid, cotangent):
     scalars, scalars_vjp = jax.vjp(_step_scalars, field, grid)
     per_query = (field.phi_q, field.source.p0, field.source.p_bar)
     zeros = jnp.zeros_like(field.phi_q)
-
-    def forward(y, step_scalars):
-        return _element_step(y, per_query, step_scalars), y
-
-    _, before = jax.lax.scan(forward, (zeros, zeros), scalars)  # the state before each step
-
-    def back(carry, inputs):
-        ct_y, ct_query = carry
-        y, step_scalars = inputs
-        _, vjp = jax.vjp(_element_step, y, per_query, step_scalars)
-        ct_prev, d_query, d_scalars = vjp(ct_y)
-        return (ct_prev, jax.tree.map(jnp.add, ct_query, d_query)), d_scalars
-
-    init = (tuple(cotangent), jax.tree.map(jnp.zeros_like, per_query))
-    (_, ct_query), ct_scalars = jax.lax.scan(back, init, (before, scalars), reverse=True)
+    ct_query, ct_scalars = _reverse_sweep(_element_step, per_query, scalars, (zeros, zeros), cotangent)
     ct_field, ct_grid = scalars_vjp(ct_scalars)
     ct_field = eqx.tree_at(
         lambda f: (f.phi_q, f.source.p0, f.source.p_bar),

@@ -182,10 +182,9 @@ def make_train_step(optimizer: optax.GradientTransformation, *, replicated_shard
     one `eqx.filter_jit` function that compiles once per shape.
 
     `loss` is the batch's loss before the update. With `make_optimizer`'s `optax.apply_if_finite` (another
-    optimiser gets no such guard), a step whose
-    gradients are not all finite is skipped (`skipped` is True, `trainable` and AdamW's state come back
-    unchanged, the optimiser state counts the skip), as mixed-precision trainers do; the loop gives up after
-    `MAX_SKIPPED_IN_A_ROW` such steps in a row.
+    optimiser gets no such guard), a step whose gradients are not all finite is skipped (`skipped` is True,
+    `trainable` and AdamW's state come back unchanged, the optimiser state counts the skip), as mixed-precision
+    trainers do; the loop gives up after `MAX_SKIPPED_IN_A_ROW` such steps in a row.
 
     **Arguments:**
 
