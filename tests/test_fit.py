@@ -250,6 +250,14 @@ def test_cli_rejects_malformed_config(tmp_path, capsys):
         '{"free": ["tau_s"], "steps": 0}': "steps: expected a positive integer",
         '{"free": ["tau_s"], "bogus": 1}': "unknown keys",
         '{"free": ["tau_s"], "target": {"kind": "video"}}': "target.kind",
+        # every key is read against the schema's annotations, at any depth
+        '{"free": ["tau_s"], "problem": {"length": "4"}}': "problem.length: expected an integer, got '4'",
+        '{"free": ["tau_s"], "problem": {"lenght": 4}}': "problem: unknown keys ['lenght']",
+        '{"free": ["tau_s"], "target": {"ts": {"start": 0.1, "stop": 1}}}': "target.ts: missing 'num'",
+        '{"free": ["tau_s"], "target": {"ts": [0.1, "a"], "params": {}}}': "target.ts[1]: expected a number, got 'a'",
+        '{"free": ["tau_s"], "optimiser": {"name": "rmsprop"}}': "optimiser.name: expected 'adam' or",
+        '{"free": {"tau_s": {"bounded": [1]}}}': "free.tau_s.bounded: expected [lo, hi], got [1]",
+        '{"free": ["tau_s"], "steps": true}': "steps: expected an integer, got True",
     }
     for text, message in cases.items():
         path = tmp_path / "fit.json"

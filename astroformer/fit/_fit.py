@@ -41,12 +41,13 @@ def _canonical(model, name: str) -> str:
     return name
 
 
-def resolve_free(model: eqx.Module, free) -> dict[str, AbstractTransform]:
-    r"""Normalise `free` to an ordered `{name: transform}` and check every name against `model`.
+def resolve_free(model: eqx.Module, free) -> "_Parameterisation":
+    r"""Read `free` into the parameterisation of the free leaves, each name checked against `model`.
 
     Names are dotted attribute paths into the model (`"params.tau_s"`, `"feature_map.W"`, `"qk_gain"`); a bare
     `NAParams` field name (`"tau_s"`) means `"params.tau_s"`. The default transform is `Positive()` for
-    time constants (`NAParams` fields) and `Identity()` otherwise.
+    time constants (`NAParams` fields) and `Identity()` otherwise. The names as the user wrote them are kept
+    as `labels` (the keys of `FitResult.params`).
     """
     if isinstance(free, str):
         free = [free]
@@ -60,7 +61,8 @@ def resolve_free(model: eqx.Module, free) -> dict[str, AbstractTransform]:
         )
     if not items:
         raise ValueError("free: expected at least one free parameter, got none")
-    out = {}
+    out: dict[str, AbstractTransform] = {}
+    labels = []
     for name, transform in items:
         full = _canonical(model, name)
         try:
@@ -89,14 +91,8 @@ def resolve_free(model: eqx.Module, free) -> dict[str, AbstractTransform]:
         if full in out:
             raise ValueError(f"free: {full!r} given twice")
         out[full] = transform
-    return out
-
-
-def _labels(free) -> list[str]:
-    """The free parameter names as the user wrote them, in order (the keys of `FitResult.params`)."""
-    if isinstance(free, str):
-        return [free]
-    return list(free.keys() if isinstance(free, Mapping) else free)
+        labels.append(name)
+    return _Parameterisation(names=tuple(out), transforms=tuple(out.values()), labels=tuple(labels))
 
 
 def free_filter_spec(model: eqx.Module, names: Sequence[str]):
@@ -113,6 +109,7 @@ class _Parameterisation(eqx.Module):
 
     names: tuple[str, ...] = eqx.field(static=True)
     transforms: tuple[AbstractTransform, ...] = eqx.field(static=True)
+    labels: tuple[str, ...] = eqx.field(static=True)  # the names as the user wrote them
 
     def _where(self, tree):
         return tuple(_getter(n)(tree) for n in self.names)
@@ -282,12 +279,11 @@ def fit(
         raise TypeError(f"optimiser: expected an optax.GradientTransformation, got {type(optimiser).__name__}")
     mode = _gradient_mode(model, gradient)
     target = as_target(target)
-    transforms = resolve_free(model, free)
-    param = _Parameterisation(names=tuple(transforms), transforms=tuple(transforms.values()))
+    param = resolve_free(model, free)
     dtype = jnp.result_type(float) if dtype is None else dtype
     u0, frozen = param.split(model, dtype)
     fitted, losses, gnorm, norms, history = _run(u0, frozen, target, param, optimiser, steps, mode, progress)
-    history = {label: history[name] for label, name in zip(_labels(free), param.names) if name in history}
+    history = {label: history[name] for label, name in zip(param.labels, param.names) if name in history}
     return FitResult(
         model=fitted,
         loss_history=losses,
@@ -308,13 +304,12 @@ def value_and_grad(
     """
     mode = _gradient_mode(model, gradient)
     target = as_target(target)
-    transforms = resolve_free(model, free)
-    param = _Parameterisation(names=tuple(transforms), transforms=tuple(transforms.values()))
+    param = resolve_free(model, free)
     u0, frozen = param.split(model, jnp.result_type(float) if dtype is None else dtype)
     value, grad = eqx.filter_jit(lambda u, f, t: _value_and_grad(lambda w: t(param.model(w, f)), u, mode))(
         u0, frozen, target
     )
-    return value, {label: c.raw for label, c in zip(_labels(free), param._where(grad))}
+    return value, {label: c.raw for label, c in zip(param.labels, param._where(grad))}
 
 
 __all__ = ["FitResult", "fit", "free_filter_spec", "value_and_grad"]

@@ -19,25 +19,180 @@ The file (every key but `free` optional)::
       "output": "fitted.json"
     }
 
-The fitted parameters, the loss history and the final gradient norm are written as JSON.
+The schema is the dataclasses below (`FitConfig` and its sections): every key and value is read against their
+annotations, so an error names the key's path, what was expected and what came (`problem.length: expected an
+integer, got '4'`). The fitted parameters, the loss history and the final gradient norm are written as JSON.
 """
 
+import dataclasses
 import json
 import sys
+import types
+import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-_TOP_KEYS = {"problem", "inputs", "target", "start", "free", "optimiser", "steps", "dtype", "output"}
+from typing import Any, Literal
 
 
 class ConfigError(ValueError):
     """A malformed fit configuration file."""
 
 
-def _need(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ConfigError(msg)
+# ------------------------------------------------------------------------------------------------ the schema
+# The file's schema is these dataclasses: `_read` checks every key and value against the fields' annotations,
+# so each section is declared once and its checks follow from the declaration.
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """A random problem (used where `inputs` is absent): q, k (length, dim), v (length, values)."""
+
+    length: int = 4
+    dim: int = 3
+    features: int = 4
+    values: int = 2
+    scale: float = 0.5
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """Given inputs: numeric arrays q (L, D), k (L, D), v (L, N)."""
+
+    q: list[Any]
+    k: list[Any]
+    v: list[Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeGrid:
+    """`num` geometrically spaced observation times from `start` to `stop`."""
+
+    start: float
+    stop: float
+    num: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """What to fit: traces (recorded `data`, or simulated from `params`) or a softmax head's outputs."""
+
+    kind: Literal["traces", "softmax"] = "traces"
+    ts: list[float] | TimeGrid | None = None
+    params: dict[str, float] | None = None
+    data: dict[str, list[Any]] | None = None
+    variables: list[str] = dataclasses.field(default_factory=lambda: ["x", "p"])
+    noise: float = 0.0
+    causal: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Optimiser:
+    name: Literal["adam", "lbfgs", "sgd"] = "adam"
+    learning_rate: float = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """The whole file; `free` is the one required key."""
+
+    free: list[str] | dict[str, Any]
+    problem: Problem = Problem()
+    inputs: Inputs | None = None
+    target: Target = Target()
+    start: dict[str, float] = dataclasses.field(default_factory=dict)
+    optimiser: Optimiser = Optimiser()
+    steps: int = 300
+    dtype: Literal["float32", "float64"] = "float64"
+    output: str | None = None
+
+    def __post_init__(self):  # the checks that span fields, before anything is computed
+        if self.steps < 1:
+            raise ConfigError(f"steps: expected a positive integer, got {self.steps!r}")
+        if isinstance(self.free, dict):
+            for name, spec in self.free.items():
+                _transform(name, spec)
+        if self.target.kind == "traces":
+            if self.target.ts is None:
+                raise ConfigError("target.ts: missing (the observation times of the traces)")
+            if self.target.data is None and self.target.params is None:
+                raise ConfigError("target: expected 'data' (recorded traces) or 'params' (to simulate)")
+
+
+def _describe(tp) -> str:
+    if dataclasses.is_dataclass(tp):
+        return f"an object with keys among {[f.name for f in dataclasses.fields(tp)]}"
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return " or ".join(map(repr, args))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is list:
+        return "a list"
+    if origin is dict:
+        return "an object"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}.get(
+        tp, str(tp)
+    )
+
+
+def _json_kind(tp) -> str:
+    """Which JSON value a type is read from: "object", "array" or "scalar"."""
+    if dataclasses.is_dataclass(tp) or tp is dict or typing.get_origin(tp) is dict:
+        return "object"
+    return "array" if tp is list or typing.get_origin(tp) is list else "scalar"
+
+
+def _read(tp, value, where: str):
+    """`value` (parsed JSON) as type `tp`; raises `ConfigError` naming `where`, what was expected and what came."""
+
+    def fail():
+        raise ConfigError(f"{where}: expected {_describe(tp)}, got {value!r}")
+
+    if tp is Any:
+        return value
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            fail()
+        names = {f.name: f for f in dataclasses.fields(tp)}
+        here = f"{where}: " if where else ""
+        unknown = set(value) - set(names)
+        if unknown:
+            raise ConfigError(f"{here}unknown keys {sorted(unknown)}; expected among {sorted(names)}")
+        required = [n for n, f in names.items() if f.default is f.default_factory is dataclasses.MISSING]
+        for n in required:
+            if n not in value:
+                raise ConfigError(f"{here}missing {n!r}")
+        hints = typing.get_type_hints(tp)
+        return tp(**{n: _read(hints[n], v, f"{where}.{n}" if where else n) for n, v in value.items()})
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return value if value in args else fail()
+    if origin in (typing.Union, types.UnionType):
+        same_kind = [a for a in args if _json_kind(a) == _json_kind(type(value))]
+        if len(same_kind) == 1:  # the value can only mean this option: its own error is the precise one
+            return _read(same_kind[0], value, where)
+        for option in args:
+            try:
+                return _read(option, value, where)
+            except ConfigError:
+                continue
+        fail()
+    if origin is list:
+        if not isinstance(value, list):
+            fail()
+        return [_read(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            fail()
+        return {n: _read(args[1], v, f"{where}.{n}") for n, v in value.items()}
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is type(None) and value is None:
+        return None
+    if tp in (int, bool, str) and type(value) is tp:
+        return value
+    fail()
 
 
 def _transform(name, spec):
@@ -52,12 +207,10 @@ def _transform(name, spec):
     if spec == "identity":
         return Identity()
     if isinstance(spec, dict) and set(spec) == {"bounded"}:
-        b = spec["bounded"]
-        _need(
-            isinstance(b, list) and len(b) == 2 and all(isinstance(x, int | float) for x in b),
-            f"free.{name}.bounded: expected [lo, hi], got {b!r}",
-        )
-        return Bounded(float(b[0]), float(b[1]))
+        bounds = _read(list[float], spec["bounded"], f"free.{name}.bounded")
+        if len(bounds) != 2:
+            raise ConfigError(f"free.{name}.bounded: expected [lo, hi], got {spec['bounded']!r}")
+        return Bounded(*bounds)
     raise ConfigError(
         f"free.{name}: expected 'positive', 'softplus', 'identity' or {{'bounded': [lo, hi]}}, got {spec!r}"
     )
@@ -66,14 +219,12 @@ def _transform(name, spec):
 def _times(ts):
     import numpy as np
 
-    if isinstance(ts, dict):
-        _need(set(ts) == {"start", "stop", "num"}, f"target.ts: expected keys start, stop, num, got {sorted(ts)}")
-        return np.geomspace(float(ts["start"]), float(ts["stop"]), int(ts["num"]))
-    _need(isinstance(ts, list) and ts, f"target.ts: expected a list of times or {{start, stop, num}}, got {ts!r}")
+    if isinstance(ts, TimeGrid):
+        return np.geomspace(ts.start, ts.stop, ts.num)
     return np.asarray(ts, float)
 
 
-def load_config(path) -> dict:
+def load_config(path) -> FitConfig:
     """Read and validate the JSON file; raises `ConfigError` naming the key, what was expected and what came."""
     path = Path(path)
     try:
@@ -88,25 +239,14 @@ def load_config(path) -> dict:
         raise ConfigError(
             f"--config {path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
         ) from None
-    _need(isinstance(cfg, dict), f"--config {path}: expected a JSON object at the top level, got {type(cfg).__name__}")
-    unknown = set(cfg) - _TOP_KEYS
-    _need(not unknown, f"--config {path}: unknown keys {sorted(unknown)}; expected among {sorted(_TOP_KEYS)}")
-    _need("free" in cfg, f"--config {path}: missing 'free' (the parameters to fit)")
-    target = cfg.setdefault("target", {"kind": "traces"})
-    _need(
-        isinstance(target, dict) and target.get("kind", "traces") in ("traces", "softmax"),
-        f"target.kind: expected 'traces' or 'softmax', got {target!r}",
-    )
-    steps = cfg.setdefault("steps", 300)
-    _need(isinstance(steps, int) and steps > 0, f"steps: expected a positive integer, got {steps!r}")
-    _need(
-        cfg.setdefault("dtype", "float64") in ("float32", "float64"),
-        f"dtype: expected 'float32' or 'float64', got {cfg['dtype']!r}",
-    )
-    return cfg
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"--config {path}: expected a JSON object at the top level, got {type(cfg).__name__}")
+    if "free" not in cfg:
+        raise ConfigError(f"--config {path}: missing 'free' (the parameters to fit)")
+    return _read(FitConfig, cfg, "")
 
 
-def run(cfg: dict, *, progress=None) -> dict:
+def run(cfg: FitConfig, *, progress=None) -> dict:
     """Run the fit that `cfg` (from `load_config`) describes; returns the JSON-ready result."""
     import jax
     import jax.numpy as jnp
@@ -116,45 +256,41 @@ def run(cfg: dict, *, progress=None) -> dict:
     from .. import NAParams, PositiveRandomFeatures
     from . import AttentionTarget, NAModel, TraceTarget, fit
 
-    dtype = jnp.float64 if cfg["dtype"] == "float64" else jnp.float32
-    prob = {"length": 4, "dim": 3, "features": 4, "values": 2, "scale": 0.5, "seed": 0, **cfg.get("problem", {})}
-    kq, kk, kv, kf, kn = jax.random.split(jax.random.PRNGKey(int(prob["seed"])), 5)
-    L, D, M, N = (int(prob[n]) for n in ("length", "dim", "features", "values"))
-    if "inputs" in cfg:
+    dtype = jnp.float64 if cfg.dtype == "float64" else jnp.float32
+    prob = cfg.problem
+    kq, kk, kv, kf, kn = jax.random.split(jax.random.PRNGKey(prob.seed), 5)
+    L, D, M, N = prob.length, prob.dim, prob.features, prob.values
+    if cfg.inputs is not None:
         try:
-            q, k, v = (jnp.asarray(cfg["inputs"][n], dtype) for n in ("q", "k", "v"))
-        except (KeyError, TypeError, ValueError) as err:
+            q, k, v = (jnp.asarray(getattr(cfg.inputs, n), dtype) for n in ("q", "k", "v"))
+        except (TypeError, ValueError) as err:
             raise ConfigError(f"inputs: expected numeric arrays q (L, D), k (L, D), v (L, N); {err}") from None
         L, D = q.shape
     else:
-        q = prob["scale"] * jax.random.normal(kq, (L, D), dtype)
-        k = prob["scale"] * jax.random.normal(kk, (L, D), dtype)
+        q = prob.scale * jax.random.normal(kq, (L, D), dtype)
+        k = prob.scale * jax.random.normal(kk, (L, D), dtype)
         v = jax.random.normal(kv, (L, N), dtype)
-    target_cfg = cfg["target"]
-    softmax = target_cfg.get("kind", "traces") == "softmax"
+    target_cfg = cfg.target
+    softmax = target_cfg.kind == "softmax"
     feature_map = PositiveRandomFeatures(D, M, trainable=softmax, key=kf, dtype=dtype)
     try:
-        start = NAParams(**cfg.get("start", {}))
+        start = NAParams(**cfg.start)
     except TypeError as err:
         raise ConfigError(
             f"start: expected NAParams fields (tau_n, tau_s, tau_p, t_write, t_read, tau_f); {err}"
         ) from None
-    model = NAModel(params=start, feature_map=feature_map, causal=bool(target_cfg.get("causal", True)))
+    model = NAModel(params=start, feature_map=feature_map, causal=target_cfg.causal)
 
     target: AttentionTarget | TraceTarget
     if softmax:
         target = AttentionTarget(q, k, v, causal=model.causal)
     else:
-        _need("ts" in target_cfg, "target.ts: missing (the observation times of the traces)")
-        ts = _times(target_cfg["ts"])
-        variables = tuple(target_cfg.get("variables", ["x", "p"]))
-        if "data" in target_cfg:
-            _need(
-                isinstance(target_cfg["data"], dict),
-                f"target.data: expected an object of recorded traces, got {target_cfg['data']!r}",
-            )
+        assert target_cfg.ts is not None  # FitConfig checked it
+        ts = _times(target_cfg.ts)
+        variables = tuple(target_cfg.variables)
+        if target_cfg.data is not None:
             data = {}
-            for n, a in target_cfg["data"].items():
+            for n, a in target_cfg.data.items():
                 try:
                     data[n] = jnp.asarray(np.asarray(a, dtype=float), dtype)
                 except (TypeError, ValueError):
@@ -163,30 +299,29 @@ def run(cfg: dict, *, progress=None) -> dict:
                         "ragged or non-numeric nested lists"
                     ) from None
         else:
-            _need("params" in target_cfg, "target: expected 'data' (recorded traces) or 'params' (to simulate)")
-            truth = NAModel(params=NAParams(**target_cfg["params"]), feature_map=feature_map)
+            assert target_cfg.params is not None  # FitConfig checked it
+            truth = NAModel(params=NAParams(**target_cfg.params), feature_map=feature_map)
             sim = truth.traces(q, k, v, ts, variables=variables)
-            noise = float(target_cfg.get("noise", 0.0))
             data = {}
             for n, key in zip(variables, jax.random.split(kn, len(variables))):
                 clean = getattr(sim, n)
-                data[n] = clean + noise * jnp.sqrt(jnp.mean(clean**2)) * jax.random.normal(key, clean.shape, dtype)
+                data[n] = clean + target_cfg.noise * jnp.sqrt(jnp.mean(clean**2)) * jax.random.normal(
+                    key, clean.shape, dtype
+                )
         try:
             target = TraceTarget(q=q, k=k, v=v, ts=ts, **data)
         except TypeError as err:
             raise ConfigError(f"target.data: expected keys among x, p, s, h; {err}") from None
 
-    free = cfg["free"]
+    free = cfg.free
     if isinstance(free, dict):
         free = {name: _transform(name, spec) for name, spec in free.items()}
-    opt_cfg = {"name": "adam", "learning_rate": 0.05, **cfg.get("optimiser", {})}
     makers = {
-        "adam": lambda: optax.adam(opt_cfg["learning_rate"]),
-        "sgd": lambda: optax.sgd(opt_cfg["learning_rate"]),
+        "adam": lambda: optax.adam(cfg.optimiser.learning_rate),
+        "sgd": lambda: optax.sgd(cfg.optimiser.learning_rate),
         "lbfgs": lambda: optax.lbfgs(),
     }
-    _need(opt_cfg["name"] in makers, f"optimiser.name: expected one of {sorted(makers)}, got {opt_cfg['name']!r}")
-    result = fit(model, target, free, optimiser=makers[opt_cfg["name"]](), steps=cfg["steps"], progress=progress)
+    result = fit(model, target, free, optimiser=makers[cfg.optimiser.name](), steps=cfg.steps, progress=progress)
     fitted = {
         name: np.asarray(value).tolist()
         for name, value in zip(result.free, (eval_name(result.model, n) for n in result.free))
@@ -196,7 +331,7 @@ def run(cfg: dict, *, progress=None) -> dict:
         "loss_history": np.asarray(result.loss_history).tolist(),
         "final_loss": float(result.loss),
         "grad_norm": float(result.grad_norm),
-        "steps": cfg["steps"],
+        "steps": cfg.steps,
     }
 
 
@@ -210,7 +345,7 @@ def _output_path(args, cfg) -> Path:
     """The output file, checked before fitting: its directory exists and is writable, it is not a directory."""
     import os
 
-    path = Path(args.output or cfg.get("output") or "fitted.json")
+    path = Path(args.output or cfg.output or "fitted.json")
     flag = "--output" if args.output else "output"
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
@@ -234,13 +369,13 @@ def _main(args) -> int:
         return 2
     import jax
 
-    if cfg["dtype"] == "float64":
+    if cfg.dtype == "float64":
         jax.config.update("jax_enable_x64", True)  # the command line's own process only
     progress: Callable[[int, Any], None] | None
     try:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg["steps"], desc="fit", unit="step")
+        bar = tqdm(total=cfg.steps, desc="fit", unit="step")
 
         def update(step: int, loss: Any) -> None:
             bar.update(1)
