@@ -256,8 +256,11 @@ def test_cli_rejects_malformed_config(tmp_path, capsys):
         '{"free": ["tau_s"], "target": {"ts": {"start": 0.1, "stop": 1}}}': "target.ts: missing 'num'",
         '{"free": ["tau_s"], "target": {"ts": [0.1, "a"], "params": {}}}': "target.ts[1]: expected a number, got 'a'",
         '{"free": ["tau_s"], "optimiser": {"name": "rmsprop"}}': "optimiser.name: expected 'adam' or",
-        '{"free": {"tau_s": {"bounded": [1]}}}': "free.tau_s.bounded: expected [lo, hi], got [1]",
+        '{"free": {"tau_s": {"bounded": [1]}}}': "free.tau_s.bounded: expected [lo, hi], finite with lo < hi, got [1]",
         '{"free": ["tau_s"], "steps": true}': "steps: expected an integer, got True",
+        '{"free": {"tau_s": {"bounded": [2, 1]}}}': "free.tau_s.bounded: expected [lo, hi], finite with lo < hi",
+        '{"free": ["tau_s"], "target": {"ts": [], "params": {}}}': "target.ts: expected finite, non-negative",
+        '{"free": ["tau_s"], "target": {"ts": 5, "params": {}}}': "target.ts: expected a list or an object",
     }
     for text, message in cases.items():
         path = tmp_path / "fit.json"

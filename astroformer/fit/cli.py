@@ -26,6 +26,7 @@ integer, got '4'`). The fitted parameters, the loss history and the final gradie
 
 import dataclasses
 import json
+import math
 import sys
 import types
 import typing
@@ -72,6 +73,13 @@ class TimeGrid:
     stop: float
     num: int
 
+    def __post_init__(self):
+        if not (0 < self.start < self.stop < math.inf) or self.num < 2:
+            raise ConfigError(
+                f"target.ts: expected 0 < start < stop (finite) and num >= 2, got start={self.start}, "
+                f"stop={self.stop}, num={self.num}"
+            )
+
 
 @dataclasses.dataclass(frozen=True)
 class Target:
@@ -85,6 +93,13 @@ class Target:
     noise: float = 0.0
     causal: bool = True
 
+    def __post_init__(self):
+        ts = self.ts
+        if isinstance(ts, list) and not (
+            ts and all(map(math.isfinite, ts)) and ts[0] >= 0 and all(a < b for a, b in zip(ts, ts[1:]))
+        ):
+            raise ConfigError(f"target.ts: expected finite, non-negative, strictly increasing times, got {ts!r}")
+
 
 @dataclasses.dataclass(frozen=True)
 class Optimiser:
@@ -96,7 +111,7 @@ class Optimiser:
 class FitConfig:
     """The whole file; `free` is the one required key."""
 
-    free: list[str] | dict[str, Any]
+    free: str | list[str] | dict[str, Any]
     problem: Problem = Problem()
     inputs: Inputs | None = None
     target: Target = Target()
@@ -169,7 +184,9 @@ def _read(tp, value, where: str):
     if origin is Literal:
         return value if value in args else fail()
     if origin in (typing.Union, types.UnionType):
-        same_kind = [a for a in args if _json_kind(a) == _json_kind(type(value))]
+        same_kind = [
+            a for a in args if _json_kind(a) == _json_kind(type(value)) and (a is not type(None) or value is None)
+        ]
         if len(same_kind) == 1:  # the value can only mean this option: its own error is the precise one
             return _read(same_kind[0], value, where)
         for option in args:
@@ -208,8 +225,8 @@ def _transform(name, spec):
         return Identity()
     if isinstance(spec, dict) and set(spec) == {"bounded"}:
         bounds = _read(list[float], spec["bounded"], f"free.{name}.bounded")
-        if len(bounds) != 2:
-            raise ConfigError(f"free.{name}.bounded: expected [lo, hi], got {spec['bounded']!r}")
+        if len(bounds) != 2 or not all(map(math.isfinite, bounds)) or not bounds[0] < bounds[1]:
+            raise ConfigError(f"free.{name}.bounded: expected [lo, hi], finite with lo < hi, got {spec['bounded']!r}")
         return Bounded(*bounds)
     raise ConfigError(
         f"free.{name}: expected 'positive', 'softplus', 'identity' or {{'bounded': [lo, hi]}}, got {spec!r}"
