@@ -20,7 +20,7 @@ from ._head._block import na_attention
 from ._head._calcium_read import CalciumCoupling, check_calcium_steps, default_coupling, na_attention_calcium
 from ._head._params import NUM_FEATURES, READ_STEPS, NAParams
 from ._transforms import positive, unwrap
-from ._validate import check_na_layer, check_positive_int
+from ._validate import check_na_layer, check_int
 from .calcium import AbstractCalciumModel, DiffusiveProcesses
 
 
@@ -75,8 +75,8 @@ class AbstractAttention(eqx.Module):
 
 
 def _projections(d_model: int, num_heads: int, key: PRNGKeyArray, dtype=None):
-    check_positive_int("d_model", d_model)
-    check_positive_int("num_heads", num_heads)
+    d_model = check_int("d_model", d_model)
+    num_heads = check_int("num_heads", num_heads)
     if d_model % num_heads:
         raise ValueError(f"d_model: expected a multiple of num_heads={num_heads}, got {d_model}")
     kq, kk, kv, ko = jax.random.split(key, 4)

@@ -92,12 +92,15 @@ def check_output(name: str, out, dtype):
     )
 
 
-def check_positive_int(name: str, value) -> int:
-    """Raise unless `value` is a positive Python/NumPy int (not a bool, not a float such as 2.5)."""
+def check_int(name: str, value, *, minimum: int = 1, or_none: bool = False) -> int:
+    """Raise a `ValueError` naming `name` unless `value` is a Python/NumPy int (not a bool, not a float such as
+    2.5) of at least `minimum`; returns it as a Python int. `or_none`: the argument may also be None, which the
+    caller handles; the message says so. The one integer check of the library."""
     import numbers
 
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name}: expected {'None or ' if or_none else ''}{expected}, got {value!r}")
     return int(value)
 
 
@@ -117,14 +120,14 @@ def check_na_layer(
     not when it is first called)."""
     from ._head._params import NAParams
 
-    check_positive_int("d_model", d_model)
-    check_positive_int("num_heads", num_heads)
+    check_int("d_model", d_model)
+    check_int("num_heads", num_heads)
     if feature_map is None:
-        check_positive_int("num_features", num_features)
+        check_int("num_features", num_features)
     if params is not None and not isinstance(params, NAParams):
         raise TypeError(f"params: expected an astroformer.NAParams or None, got {type(params).__name__}")
     check_choice("mode", mode, ("ode", "equilibrium"))
     check_choice("state", state, ("reduced", "full"))
     check_bool("causal", causal)
-    check_positive_int("read_steps", read_steps)
-    check_positive_int("chunk_size", chunk_size)
+    check_int("read_steps", read_steps)
+    check_int("chunk_size", chunk_size)

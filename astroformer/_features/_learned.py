@@ -52,7 +52,7 @@ class LearnedFeatures(AbstractFeatureMap):
     nonnegative = True
 
     def __init__(self, in_dim: int, num_features: int, *, orthogonal: bool = False, dtype=None, key: PRNGKeyArray):
-        _check_sizes(in_dim, num_features)
+        in_dim, num_features = _check_sizes(in_dim, num_features)
         if num_features % 2:
             raise ValueError(f"num_features: LearnedFeatures needs an even M (M/2 mirrored pairs), got {num_features}")
         dtype = jnp.result_type(float) if dtype is None else dtype

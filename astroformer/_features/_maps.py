@@ -13,6 +13,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
+from .._validate import check_int
 
 
 class AbstractFeatureMap(eqx.Module):
@@ -79,7 +80,7 @@ class PositiveRandomFeatures(AbstractFeatureMap):
         dtype=None,
         key: PRNGKeyArray,
     ):
-        _check_sizes(in_dim, num_features)
+        in_dim, num_features = _check_sizes(in_dim, num_features)
         dtype = jnp.result_type(float) if dtype is None else dtype
         self.W = (_orthogonal_gaussian if orthogonal else _gaussian)(key, num_features, in_dim, dtype)
         self.in_dim = in_dim
@@ -106,7 +107,7 @@ class RandomFourierFeatures(AbstractFeatureMap):
     nonnegative = False
 
     def __init__(self, in_dim: int, num_features: int, *, trainable: bool = False, dtype=None, key: PRNGKeyArray):
-        _check_sizes(in_dim, num_features)
+        in_dim, num_features = _check_sizes(in_dim, num_features)
         if num_features % 2:
             raise ValueError(f"RandomFourierFeatures: num_features must be even, got {num_features}")
         dtype = jnp.result_type(float) if dtype is None else dtype
@@ -134,7 +135,7 @@ class EluFeatures(AbstractFeatureMap):
     nonnegative = True
 
     def __init__(self, in_dim: int, *, trainable: bool = False, dtype=None, key: PRNGKeyArray | None = None):
-        _check_sizes(in_dim, in_dim)
+        in_dim, _ = _check_sizes(in_dim, in_dim)
         dtype = jnp.result_type(float) if dtype is None else dtype
         self.W = jnp.eye(in_dim, dtype=dtype) if trainable else None
         self.in_dim = in_dim
@@ -146,10 +147,8 @@ class EluFeatures(AbstractFeatureMap):
         return jax.nn.elu(u) + 1.0
 
 
-def _check_sizes(in_dim, num_features):
-    for name, value in (("in_dim", in_dim), ("num_features", num_features)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+def _check_sizes(in_dim, num_features) -> tuple[int, int]:
+    return check_int("in_dim", in_dim), check_int("num_features", num_features)
 
 
 def _gaussian(key, rows, cols, dtype):

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._validate import check_int
 from ._maps import (
     AbstractFeatureMap,
     _check_sizes,
@@ -43,8 +44,7 @@ def optimal_A(s: float, d: int) -> float:
     s = float(s)
     if not (math.isfinite(s) and s >= 0):
         raise ValueError(f"s: expected a finite non-negative |x+y|^2, got {s!r}")
-    if not isinstance(d, int) or d < 1:
-        raise ValueError(f"d: expected a positive integer, got {d!r}")
+    d = check_int("d", d)
     u = (d + 2 * s + math.sqrt((d + 2 * s) ** 2 + 8 * d * s)) / (2 * d)
     return (1.0 - u) / 8.0
 
@@ -135,7 +135,7 @@ class OptimalPositiveRandomFeatures(AbstractFeatureMap):
         dtype=None,
         key: PRNGKeyArray,
     ):
-        _check_sizes(in_dim, num_features)
+        in_dim, num_features = _check_sizes(in_dim, num_features)
         if A is not None and s is not None:
             raise ValueError(f"A, s: expected at most one of them, got A={A!r} and s={s!r}")
         if A is None:

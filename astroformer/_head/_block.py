@@ -9,7 +9,7 @@ from jaxtyping import Array, Bool, Float
 
 from .._solvers._linear import linear_attention_state, normalised_linear_attention
 from .._solvers._magnus import Magnus2
-from .._validate import check_bool, check_choice, check_head_inputs, check_output, check_positive_int
+from .._validate import check_bool, check_choice, check_head_inputs, check_output, check_int
 from ._equations import calcium_initial, calcium_mean
 from ._params import MAX_STEPS, READ_STEPS, NAParams
 from ._read import FullReadField, ReducedReadField, RelaxingCalcium, read_grid, solve_read
@@ -78,9 +78,9 @@ def na_attention(
     check_choice("mode", mode, ("ode", "equilibrium"))
     check_choice("state", state, ("reduced", "full"))
     check_bool("causal", causal)
-    check_positive_int("read_steps", read_steps)
-    check_positive_int("chunk_size", chunk_size)
-    check_positive_int("max_steps", max_steps)
+    read_steps = check_int("read_steps", read_steps)
+    chunk_size = check_int("chunk_size", chunk_size)
+    max_steps = check_int("max_steps", max_steps)
     if not isinstance(params, NAParams):
         raise TypeError(f"params: expected an astroformer.NAParams, got {type(params).__name__}")
     phi_q, phi_k, v, present = check_head_inputs(phi_q, phi_k, v, mask)

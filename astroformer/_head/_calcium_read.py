@@ -43,7 +43,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float
 
 from .._solvers._linear import linear_attention_state
 from .._solvers._rosenbrock import Ros2, jacobian_diagonal
-from .._validate import check_head_inputs
+from .._validate import check_head_inputs, check_int
 from ..calcium import AbstractCalciumModel, DiffusiveProcesses, GChI, LiRinzel
 from ..calcium import default_stepsize_controller as _calcium_controller
 from ..calcium._base import _as_float_array as _as_float  # one converter for every model parameter
@@ -203,10 +203,8 @@ def _fastest(params: NAParams, coupling: CalciumCoupling):
 
 def check_calcium_steps(calcium_steps: Any) -> None:
     """Raise unless `calcium_steps` is None or an integer >= 4 (the fixed calcium steps of a read)."""
-    if calcium_steps is not None and (
-        isinstance(calcium_steps, bool) or not isinstance(calcium_steps, int) or calcium_steps < 4
-    ):
-        raise ValueError(f"calcium_steps: expected None or an integer >= 4, got {calcium_steps!r}")
+    if calcium_steps is not None:
+        check_int("calcium_steps", calcium_steps, minimum=4, or_none=True)
 
 
 def calcium_read_grid(params: NAParams, coupling: CalciumCoupling, steps: int, dtype) -> Float[Array, " G"]:
@@ -417,8 +415,7 @@ def na_attention_calcium(
     if not isinstance(coupling, CalciumCoupling):
         raise TypeError(f"coupling: expected a CalciumCoupling, got {type(coupling).__name__}")
     read_steps = READ_STEPS if read_steps is None else read_steps
-    if isinstance(read_steps, bool) or not isinstance(read_steps, int) or read_steps < 2:
-        raise ValueError(f"read_steps: expected an integer >= 2, got {read_steps!r}")
+    read_steps = check_int("read_steps", read_steps, minimum=2)
     check_calcium_steps(calcium_steps)
     if calcium_steps is not None:
         if stepsize_controller is not None or dt0 is not None:

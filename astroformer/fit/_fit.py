@@ -22,6 +22,7 @@ import optax
 from jaxtyping import Array, Float
 
 from .._transforms import AbstractTransform, Constrained, Identity, Positive
+from .._validate import check_int
 from ._model import NAModel
 from ._targets import as_target
 
@@ -149,13 +150,13 @@ class FitResult(eqx.Module):
     free: tuple[str, ...] = eqx.field(static=True)
 
     @property
-    def loss(self) -> Float[Array, ""]:
+    def loss(self) -> Float[Array, "*batch"]:
         """The final loss."""
         return self.loss_history[..., -1]
 
     @property
-    def params(self) -> dict[str, Float[Array, ""]]:
-        """The final value of each scalar free parameter."""
+    def params(self) -> dict[str, Float[Array, "*batch"]]:
+        """The final value of each scalar free parameter (batched as the fits were, under `eqx.filter_vmap`)."""
         return {name: h[..., -1] for name, h in self.param_history.items()}
 
 
@@ -254,8 +255,7 @@ def fit(
     """
     if not isinstance(model, eqx.Module):
         raise TypeError(f"model: expected an NAModel (an Equinox module), got {type(model).__name__}")
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps: expected a positive integer, got {steps!r}")
+    steps = check_int("steps", steps)
     if adjoint is not None:
         if not isinstance(model, NAModel):
             raise TypeError(f"adjoint: only an NAModel carries an adjoint, got a {type(model).__name__}")

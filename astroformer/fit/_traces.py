@@ -23,7 +23,7 @@ from .._head._block import reduced_read
 from .._head._observables import VARIABLES, observables
 from .._head._params import NAParams
 from .._head._write import write_reduced
-from .._validate import check_mask, check_matrix
+from .._validate import check_int, check_mask, check_matrix
 
 
 class Traces(eqx.Module):
@@ -110,8 +110,7 @@ def read_traces(
     for name in variables:
         if name not in VARIABLES:
             raise ValueError(f"variables: expected names among {VARIABLES}, got {name!r}")
-    if not isinstance(substeps, int) or substeps < 1:
-        raise ValueError(f"substeps: expected a positive integer, got {substeps!r}")
+    substeps = check_int("substeps", substeps)
     ts = check_times(ts)
     check_matrix("phi_q", phi_q)
     L, M = phi_q.shape

@@ -37,6 +37,7 @@ from .._features._headwise import HeadwiseFeatures
 from .._head._params import NUM_FEATURES
 from .._features._learned import LearnedFeatures
 from .._features._maps import AbstractFeatureMap
+from .._validate import check_int
 from ._checkpoint import atomic_write, save_checkpoint
 from ._model import Block, Transformer, _dense, _layer_norm, trainable_filter
 
@@ -171,9 +172,10 @@ def distill(
 
     if attention not in ("na-ode", "na-equilibrium"):
         raise ValueError(f"attention: expected 'na-ode' or 'na-equilibrium', got {attention!r}")
-    for name, value in (("num_features", num_features), ("steps", steps), ("batches", batches)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    num_features, steps, batches = (
+        check_int(name, value)
+        for name, value in (("num_features", num_features), ("steps", steps), ("batches", batches))
+    )
     if num_features % 2:
         raise ValueError(
             f"num_features: expected an even M (learned features come in mirrored pairs), got {num_features}"

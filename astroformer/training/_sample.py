@@ -9,6 +9,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Int, PRNGKeyArray
 
 from ..tasks import CharCorpus
+from .._validate import check_int
 from ._model import Transformer
 
 
@@ -68,8 +69,7 @@ def sample(
         raise ValueError(
             f"prompt: expected token ids in [0, {model.vocab_size}), got values in [{prompt.min()}, {prompt.max()}]"
         )
-    if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 1:
-        raise ValueError(f"num_tokens: expected a positive int, got {num_tokens!r}")
+    num_tokens = check_int("num_tokens", num_tokens)
     if not (isinstance(temperature, (int, float)) and temperature > 0 and np.isfinite(temperature)):
         raise ValueError(f"temperature: expected a finite number > 0, got {temperature!r}")
     top_k = model.vocab_size if top_k is None else top_k

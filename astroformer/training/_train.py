@@ -29,6 +29,7 @@ import numpy as np
 import optax
 
 from ..tasks import AbstractTask, Batch, CharCorpus, get_task
+from .._validate import check_int
 from ._checkpoint import CheckpointError, atomic_write, check_metadata, load_checkpoint, save_checkpoint
 from ._config import TrainConfig
 from ._model import Transformer, trainable_filter
@@ -231,10 +232,8 @@ def evaluate(
     """
     from ._parallel import shard_batch
 
-    if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
-        raise ValueError(f"num_batches (--batches): expected a positive int, got {num_batches!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    num_batches = check_int("num_batches (--batches)", num_batches)
+    batch_size = check_int("batch_size", batch_size)
     eval_step = make_eval_step(task) if eval_step is None else eval_step
     metrics, losses = [], []
     for i in range(num_batches):
