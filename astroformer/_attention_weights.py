@@ -61,7 +61,7 @@ def weights_cross_entropy(
     return jnp.sum(jnp.where(present, rows, 0.0)) / jnp.maximum(jnp.sum(present), 1)
 
 
-def total_variation(a: Float[Array, "L L"], b: Float[Array, "L L"]) -> Float[Array, " L"]:
+def total_variation(a: Float[Array, "*batch L L"], b: Float[Array, "*batch L L"]) -> Float[Array, "*batch L"]:
     r"""Total-variation distance of each row, $\frac12\sum_\tau |a_{t\tau} - b_{t\tau}|$, in [0, 1]."""
     return 0.5 * jnp.sum(jnp.abs(a - b), axis=-1)
 

@@ -347,6 +347,7 @@ def test_unknown_y0_key_raises():
         simulate(DiffusiveProcesses(n=3), lambda t: 0.0, SHORT_TS, y0={"p": jnp.ones(4)})
 
 
+@pytest.mark.bad_input
 def test_bad_ts_raises():
     with pytest.raises(ValueError, match=r"`ts` must be strictly increasing.*ts\[1\]"):
         simulate(LiRinzel(), _ip3_jax, np.array([0.0, 1.0, 1.0, 2.0]))

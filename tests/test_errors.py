@@ -20,6 +20,8 @@ import astroformer as af
 
 from conftest import SMALL_HEAD
 
+pytestmark = pytest.mark.bad_input  # every test here checks an error message of astroformer's own
+
 L, M, N = SMALL_HEAD
 
 

@@ -56,6 +56,7 @@ def test_presets_are_valid_configs():
         preset_config("nope")
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     "arg, message",
     [

@@ -466,6 +466,7 @@ def test_zero_sizes(head, change, match):
         af.na_attention(*change(*head), af.NAParams())
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     "option, value, error",
     [
@@ -482,6 +483,7 @@ def test_bad_options(head, option, value, error):
         af.NeuronAstrocyteAttention(8, 2, key=jax.random.PRNGKey(0), **{option: value})
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -497,6 +499,7 @@ def test_layer_validates_at_construction(kwargs, match):
         af.NeuronAstrocyteAttention(kwargs.pop("d_model"), kwargs.pop("num_heads"), key=jax.random.PRNGKey(0), **kwargs)
 
 
+@pytest.mark.bad_input
 def test_trace_target_checks_every_field():
     from astroformer.fit import TraceTarget
 

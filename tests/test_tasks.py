@@ -259,6 +259,7 @@ def test_bits_per_char(small_corpus):
     assert float(bits_per_char(scrambled, partial)) == pytest.approx(float(bits_per_char(logits, partial)))
 
 
+@pytest.mark.bad_input
 def test_metric_errors():
     batch = Copying().batch("train", 2, seed=0)
     with pytest.raises(ValueError, match=r"`outputs` must have shape \(2, 32\), got \(2, 31\)"):
@@ -389,6 +390,7 @@ def test_default_corpus():
         ),
     ],
 )
+@pytest.mark.bad_input
 def test_bad_arguments(build, error, match):
     with pytest.raises(error, match=match):
         build()

@@ -177,7 +177,7 @@ def calcium_mean(phi_q: Float[Array, "*b M"], g: Float[Array, "*b M"]) -> Float[
 
 def relaxing_calcium(
     p0: Float[Array, "*b M"], p_bar: Float[Array, "*b 1"], rate: Float[ArrayLike, ""], t: Float[ArrayLike, "*t"]
-) -> Float[Array, "*b M"]:
+) -> Float[Array, "... M"]:
     r"""$p_j(t) = \bar p + (p_j(0) - \bar p)\,e^{-\kappa t}$, the closed-form calcium of a read with
     $\kappa = NM/\tau_p$ (`rate`, in the units of `t`). `t` broadcasts against `p0`."""
     return p_bar + (p0 - p_bar) * jnp.exp(jnp.negative(rate * t))

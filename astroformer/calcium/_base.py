@@ -98,7 +98,7 @@ class AbstractCalciumModel(eqx.Module):
         self,
         t: Float[ArrayLike, ""],
         y: dict[str, Float[Array, "..."]],
-        drive_value: Float[ArrayLike, ""],
+        drive_value: Float[ArrayLike, "*shape"],
     ) -> dict[str, Float[Array, "..."]]:
         """The time derivative of the state.
 
@@ -107,8 +107,8 @@ class AbstractCalciumModel(eqx.Module):
         - `t`: time, in seconds (scalar). The models here are autonomous apart from the
             drive, but the argument is kept for non-autonomous subclasses.
         - `y`: the state, a dictionary with the keys `state_names`.
-        - `drive_value`: the value of the drive at time `t` (scalar; its meaning and
-            units are documented by each model).
+        - `drive_value`: the value of the drive at time `t` (a scalar, or an array broadcasting with the
+            state's arrays; its meaning and units are documented by each model).
 
         **Returns:**
 

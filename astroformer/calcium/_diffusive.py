@@ -77,7 +77,7 @@ class DiffusiveProcesses(AbstractCalciumModel):
         self,
         t: Float[ArrayLike, ""],
         y: dict[str, Float[Array, " n"]],
-        drive_value: Float[ArrayLike, ""],
+        drive_value: Float[ArrayLike, "*shape"],
     ) -> dict[str, Float[Array, " n"]]:
         r"""All-to-all diffusion plus input.
 

@@ -122,7 +122,7 @@ class GChI(AbstractCalciumModel):
         self,
         t: Float[ArrayLike, ""],
         y: dict[str, Float[Array, "..."]],
-        drive_value: Float[ArrayLike, ""],
+        drive_value: Float[ArrayLike, "*shape"],
     ) -> dict[str, Float[Array, "..."]]:
         """The G-ChI equations (see the class docstring).
 

@@ -113,7 +113,7 @@ class LiRinzel(AbstractCalciumModel):
         self,
         t: Float[ArrayLike, ""],
         y: dict[str, Float[Array, "..."]],
-        drive_value: Float[ArrayLike, ""],
+        drive_value: Float[ArrayLike, "*shape"],
     ) -> dict[str, Float[Array, "..."]]:
         """The Li–Rinzel equations (see the class docstring).
 

@@ -6,17 +6,19 @@ import abc
 import dataclasses
 import math
 import operator
+import typing
 from typing import TYPE_CHECKING, ClassVar
 
 import jax
 import numpy as np
-from jaxtyping import Bool, Int
+from jaxtyping import Array, Bool, Int
 
 #: The random stream of each split: the generator of split `s` for seed `n` is seeded by
 #: `np.random.SeedSequence([n, _SPLIT_IDS[s]])`, so train and eval never share a stream.
 _SPLIT_IDS: dict[str, int] = {"train": 0, "eval": 1}
 
 
+@typing.no_type_check  # JAX and Equinox rebuild it with other leaves (filter specs: True/False); not checked
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True, eq=False)
 class Batch:
@@ -34,9 +36,9 @@ class Batch:
     - `mask`: which positions are scored, bool of shape `(batch, seq_len)`.
     """
 
-    inputs: Int[np.ndarray, "batch seq"]
-    targets: Int[np.ndarray, "batch seq"]
-    mask: Bool[np.ndarray, "batch seq"]
+    inputs: Int[np.ndarray | Array, "batch seq"]
+    targets: Int[np.ndarray | Array, "batch seq"]
+    mask: Bool[np.ndarray | Array, "batch seq"]
 
 
 class AbstractTask(abc.ABC):
@@ -67,7 +69,7 @@ class AbstractTask(abc.ABC):
     def _sample(self, rng: np.random.Generator, batch_size: int, split: str) -> Batch:
         """Draw `batch_size` examples of `split` from `rng`."""
 
-    def batch(self, split: str, batch_size: int, *, seed: int) -> Batch:
+    def batch(self, split: str, batch_size: int, *, seed: int | np.integer) -> Batch:
         """Draw a batch of examples.
 
         **Arguments:**

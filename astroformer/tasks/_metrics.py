@@ -6,6 +6,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int, Shaped
 
 from ._base import Batch
@@ -16,7 +17,9 @@ def _check_batch(batch, owner: str) -> None:
         raise TypeError(f"{owner}: `batch` must be a Batch, got {type(batch).__name__}.")
 
 
-def accuracy(outputs: Float[Array, "batch seq vocab"] | Int[Array, "batch seq"], batch: Batch) -> Shaped[Array, ""]:
+def accuracy(
+    outputs: Float[np.ndarray | Array, "batch seq vocab"] | Int[np.ndarray | Array, "batch seq"], batch: Batch
+) -> Shaped[Array, ""]:
     """The fraction of scored positions whose target is predicted exactly.
 
     Only positions where `batch.mask` is True count: whatever the outputs are elsewhere, the result is the
@@ -60,7 +63,7 @@ def accuracy(outputs: Float[Array, "batch seq vocab"] | Int[Array, "batch seq"],
     return jnp.sum(correct, dtype=jnp.float32) / jnp.sum(mask, dtype=jnp.float32)
 
 
-def bits_per_char(logits: Float[Array, "batch seq vocab"], batch: Batch) -> Shaped[Array, ""]:
+def bits_per_char(logits: Float[np.ndarray | Array, "batch seq vocab"], batch: Batch) -> Shaped[Array, ""]:
     """Mean cross-entropy over the scored positions, in bits per token (per character for `CharLM`).
 
     $$\\mathrm{bpc} = \\frac{1}{\\ln 2}\\,\\frac{1}{|M|}\\sum_{(b,t)\\in M} -\\log \\mathrm{softmax}(z_{bt})_{y_{bt}}$$

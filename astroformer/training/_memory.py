@@ -107,7 +107,7 @@ def available_memory() -> tuple[int | None, str]:
         return None, "host"
 
 
-def _gb(n: float) -> str:
+def _gb(n: int | float) -> str:
     return f"{n / 2**30:.3g} GiB"
 
 
