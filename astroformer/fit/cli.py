@@ -388,13 +388,13 @@ def _main(args) -> int:
 
     if cfg.dtype == "float64":
         jax.config.update("jax_enable_x64", True)  # the command line's own process only
-    progress: Callable[[int, Any], None] | None
+    progress: Callable[[Any, Any], None] | None
     try:
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.steps, desc="fit", unit="step")
 
-        def update(step: int, loss: Any) -> None:
+        def update(step: Any, loss: Any) -> None:  # JAX scalars, from jax.debug.callback
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss):.3e}", refresh=False)
 
