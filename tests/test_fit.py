@@ -271,7 +271,7 @@ def test_cli_rejects_malformed_config(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
-def test_cli_example_recovers_tau_s(tmp_path, capsys):
+def test_cli_example_recovers_tau_s(tmp_path, capsys, x64):  # x64: restores the precision the command sets
     """`astroformer fit --config examples/fit_traces.json` (the README's example) fits tau_s from 0.4 back to
     the 0.2 that simulated its traces, and writes the result where --output says."""
     import json
