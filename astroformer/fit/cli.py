@@ -386,8 +386,9 @@ def _main(args) -> int:
         return 2
     import jax
 
+    x64 = jax.config.read("jax_enable_x64")  # restored below: main() may be called from a Python session
     if cfg.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)  # the command line's own process only
+        jax.config.update("jax_enable_x64", True)
     progress: Callable[[Any, Any], None] | None
     try:
         from tqdm import tqdm
@@ -411,6 +412,7 @@ def _main(args) -> int:
     finally:
         if bar is not None:
             bar.close()
+        jax.config.update("jax_enable_x64", x64)
     path.write_text(json.dumps(out, indent=1))
     print(f"final loss {out['final_loss']:.3e}, gradient norm {out['grad_norm']:.2e}")
     for name, value in out["fitted"].items():
