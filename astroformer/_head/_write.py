@@ -47,7 +47,7 @@ class ReducedMemory(eqx.Module):
 
     def astrocyte_weights(self) -> Float[Array, "L M"]:
         r"""$g_t$ after each token, shape (L, M)."""
-        return linear_recurrence(jnp.exp(self.log_decay)[:, None] * jnp.ones_like(self.g_increments), self.g_increments)
+        return linear_recurrence(jnp.exp(self.log_decay)[:, None], self.g_increments)
 
     def read_weights(self, causal: bool) -> Float[Array, "L M"]:
         r"""The astrocyte weights each query's read starts from: $g_t$ after its own token (causal), or after the

@@ -11,8 +11,11 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
 
-def linear_recurrence(a: Float[Array, "L *K"], b: Float[Array, "L *K"]) -> Float[Array, "L *K"]:  # noqa: F821
-    r"""$y_t = a_t\,y_{t-1} + b_t$ with $y_0 = 0$ (so $y_1 = b_1$), by a parallel associative scan."""
+def linear_recurrence(a: Float[Array, "L *#K"], b: Float[Array, "L *K"]) -> Float[Array, "L *K"]:  # noqa: F821
+    r"""$y_t = a_t\,y_{t-1} + b_t$ with $y_0 = 0$ (so $y_1 = b_1$), by a parallel associative scan.
+
+    `a` broadcasts against `b` after the leading (time) axis: a per-token factor is passed as (L, 1), so the
+    scan carries (and its gradient stores) one factor per token, not one per element."""
 
     def combine(left, right):
         a_l, b_l = left
