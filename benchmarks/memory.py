@@ -516,7 +516,7 @@ def merge(paths: list[Path]) -> dict:
             data = json.load(f)
         if results is None:
             results = data
-            results["merged_from"] = []
+            results["merged_from"] = list(data.get("merged_from", []))  # a merged file keeps its own sources
             continue
         for L, rec in data.get("layer", {}).items():
             for kind, phases in rec.items():

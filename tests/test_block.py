@@ -291,3 +291,34 @@ def test_causality(small_data, kind, causal):
         assert change < 1e-12
     else:
         assert change > 1e-3
+
+
+def test_linear_recurrence_with_per_token_factor_matches_loop():
+    """The recurrences of the write (window-start states, astrocyte weights) take one factor per token, (L, 1),
+    broadcast over the features: the associative scan equals the sequential y_t = a_t y_{t-1} + b_t."""
+    from astroformer._head._equations import window_start_states
+    from astroformer._solvers._linear import linear_recurrence
+
+    rng = np.random.default_rng(0)
+    L, K = 37, 5
+    a = rng.uniform(0.2, 1.0, (L, 1))
+    b = rng.normal(size=(L, K))
+    y, expected = np.zeros(K), []
+    for t in range(L):
+        y = a[t] * y + b[t]
+        expected.append(y)
+    np.testing.assert_allclose(linear_recurrence(jnp.asarray(a), jnp.asarray(b)), np.array(expected), rtol=1e-12)
+    np.testing.assert_allclose(
+        linear_recurrence(jnp.asarray(np.broadcast_to(a, (L, K))), jnp.asarray(b)), np.array(expected), rtol=1e-12
+    )
+    # window starts: y_t = E y_{t-1} + (1 - E) target_{t-1} over presented tokens only, from rest
+    present = rng.uniform(size=L) > 0.3
+    relax = 0.4
+    y, starts = np.zeros(K), []
+    for t in range(L):
+        starts.append(y)
+        if present[t]:
+            y = relax * y + (1 - relax) * b[t]
+    np.testing.assert_allclose(
+        window_start_states(jnp.asarray(b), jnp.asarray(present), relax), np.array(starts), rtol=1e-12, atol=1e-15
+    )
