@@ -568,3 +568,26 @@ def test_memory_estimate_counts_parameters_exactly_and_fails_fast():
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             check_memory(huge, build_task(huge))
+
+
+_CACHE_SCRIPT = """
+import jax, jax.numpy as jnp
+import astroformer as af
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+phi = jnp.ones((8, 4))
+def na_head(phi_q, phi_k, v):
+    return af.na_attention(phi_q, phi_k, v, af.NAParams())
+jax.jit(na_head)(phi, phi, jnp.ones((8, 3))).block_until_ready()
+"""
+
+
+@pytest.mark.parametrize("on_error", ["raise", "nan"])
+def test_compilation_cache_needs_checks_without_host_callbacks(tmp_path, on_error):
+    """The README's compile-time advice: JAX's persistent cache does not store an executable with host callbacks,
+    and astroformer's runtime checks (`eqx.error_if`) raise through one unless EQX_ON_ERROR=nan; so a na-ode
+    function is cached only with that setting. Each case in a fresh process (equinox reads the variable at import)."""
+    cache = tmp_path / "cache"
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache), "EQX_ON_ERROR": on_error, "JAX_PLATFORMS": "cpu"}
+    subprocess.run([sys.executable, "-c", _CACHE_SCRIPT], env=env, check=True, timeout=300)
+    cached = [p.name for p in cache.iterdir() if p.name.startswith("jit_na_head")] if cache.exists() else []
+    assert bool(cached) == (on_error == "nan"), (on_error, sorted(p.name for p in cache.iterdir()))
