@@ -82,7 +82,7 @@ def window_start_states(
     **Returns:** the state at the start of each window, shape (L, K); row 0 is zero.
     """
     relax = jnp.asarray(relax, targets.dtype)
-    a = jnp.where(present, relax, 1.0)[:, None].astype(targets.dtype)  # (L, 1): broadcasts
+    a = jnp.where(present, relax, 1.0)[:, None]  # (L, 1): one factor per token, broadcast over K
     b = jnp.where(present[:, None], (1 - relax) * targets, 0.0)
     # Shift by one: the state at the start of window t depends on windows < t.
     a = jnp.concatenate([jnp.ones_like(a[:1]), a[:-1]])
