@@ -68,25 +68,23 @@ def linear_attention_state(
     qc = q.reshape(n_chunks, C, M)
     kc = keys.reshape(R, n_chunks, C, M).transpose(1, 0, 2, 3)
     vc = values.reshape(R, n_chunks, C, N).transpose(1, 0, 2, 3)
-    a = jnp.cumsum(log_decay.reshape(n_chunks, C), axis=-1)  # local cumulative log decay
-
     tril = jnp.tril(jnp.ones((C, C), dtype=bool))
-    diff = jnp.where(tril, a[:, :, None] - a[:, None, :], 0.0)
-    weights = jnp.where(tril, jnp.exp(diff), 0.0)  # (n, C, C)
-    scores = jnp.einsum("ncm,nrdm->nrcd", qc, kc) * weights[:, None]
-    intra = jnp.einsum("nrcd,nrdv->ncv", scores, vc)
 
-    to_end = jnp.exp(a[:, -1:] - a)  # decay from each token to the chunk's end
-    chunk_kv = jnp.einsum("nd,nrdm,nrdv->nmv", to_end, kc, vc)
-    chunk_decay = jnp.exp(a[:, -1])
+    # One chunk per scan step, carrying the state S (M, N) from chunk to chunk. The step is rematerialised in
+    # the backward pass, so the gradient stores one state per chunk, never the (R, C, C) scores of every chunk.
+    @jax.checkpoint
+    def chunk(state, inputs):
+        q_i, k_i, v_i, log_decay_i = inputs
+        a = jnp.cumsum(log_decay_i)  # local cumulative log decay
+        weights = jnp.where(tril, jnp.exp(jnp.where(tril, a[:, None] - a[None, :], 0.0)), 0.0)  # (C, C)
+        scores = jnp.einsum("cm,rdm->rcd", q_i, k_i) * weights
+        out = jnp.einsum("rcd,rdv->cv", scores, v_i) + (q_i * jnp.exp(a)[:, None]) @ state
+        to_end = jnp.exp(a[-1] - a)  # decay from each token to the chunk's end
+        state = jnp.exp(a[-1]) * state + jnp.einsum("d,rdm,rdv->mv", to_end, k_i, v_i)
+        return state, out
 
-    def step(state, inputs):
-        decay, kv = inputs
-        return decay * state + kv, state
-
-    _, before = jax.lax.scan(step, jnp.zeros((M, N), q.dtype), (chunk_decay, chunk_kv))
-    inter = jnp.einsum("ncm,nmv->ncv", qc * jnp.exp(a)[..., None], before)
-    return (intra + inter).reshape(n_chunks * C, N)[:L]
+    _, out = jax.lax.scan(chunk, jnp.zeros((M, N), q.dtype), (qc, kc, vc, log_decay.reshape(n_chunks, C)))
+    return out.reshape(n_chunks * C, N)[:L]
 
 
 def normalised_linear_attention(

@@ -133,6 +133,7 @@ def distill(
     normaliser_weight: float = 0.0,
     finetune_steps: int = 0,
     finetune_learning_rate: float = 3e-3,
+    finetune_attention_weight: float = 0.0,
     seed: int = 0,
     evaluate_model: bool = True,
     overwrite: bool = False,
@@ -153,6 +154,10 @@ def distill(
     - `finetune_steps`, `finetune_learning_rate`: after the per-head fits, Adam steps on the model's next-token loss
       (training batches, equilibrium reads) that update the feature neurons only (Hedgehog's second stage,
       restricted to the feature neurons: every transferred weight stays the softmax model's). 0: none.
+    - `finetune_attention_weight`: $\mu \ge 0$; the fine-tuning minimises the next-token loss plus $\mu$ times the
+      attention-weight cross-entropy of every head against softmax on the same queries and keys (averaged over
+      layers and heads), so that fine-tuning does not trade the heads' fidelity for bits/char. 0: next-token
+      loss only.
     - `seed`: seeds the feature initialisation and the choice of training windows.
     - `evaluate_model`: evaluate the distilled model (and the softmax one) on the run's eval split and record
       both in `metrics.jsonl`.
@@ -176,6 +181,8 @@ def distill(
         check_int(name, value)
         for name, value in (("num_features", num_features), ("steps", steps), ("batches", batches))
     )
+    if not (isinstance(finetune_attention_weight, (int, float)) and finetune_attention_weight >= 0):
+        raise ValueError(f"finetune_attention_weight: expected a number >= 0, got {finetune_attention_weight!r}")
     if num_features % 2:
         raise ValueError(
             f"num_features: expected an even M (learned features come in mirrored pairs), got {num_features}"
@@ -226,15 +233,24 @@ def distill(
             f"-> {np.round(np.asarray(last), 3).tolist()}"
         )
     if finetune_steps:
-        student, losses = _finetune_features(student, task, finetune_steps, finetune_learning_rate, batch_size, seed)
+        student, losses = _finetune_features(
+            student,
+            task,
+            finetune_steps,
+            finetune_learning_rate,
+            batch_size,
+            seed,
+            attention_weight=finetune_attention_weight,
+        )
         record["finetune"] = {
             "steps": finetune_steps,
             "learning_rate": finetune_learning_rate,
+            "attention_weight": finetune_attention_weight,
             "loss_first": losses[0],
             "loss_last": losses[-1],
         }
         log(
-            f"fine-tuned the feature neurons for {finetune_steps} steps: next-token loss {losses[0]:.4f} -> "
+            f"fine-tuned the feature neurons for {finetune_steps} steps: loss {losses[0]:.4f} -> "
             f"{losses[-1]:.4f} nats"
         )
     record["seconds"] = time.perf_counter() - start
@@ -270,8 +286,37 @@ def distill(
     return new_config, student, record
 
 
-def _finetune_features(model: Transformer, task, steps: int, learning_rate: float, batch_size: int, seed: int):
-    """Adam on the next-token loss over the feature-neuron leaves only; returns the model and the losses."""
+def attention_cross_entropy(model: Transformer, tokens: Int[Array, "B L"]) -> Float[Array, ""]:
+    r"""Mean over layers, heads and sequences of the attention-weight cross-entropy (`AttentionWeightsTarget`)
+    of a student's feature neurons against softmax of its own queries and keys (held fixed: no gradient flows
+    into them).
+
+    Every block's attention must be a `NeuronAstrocyteAttention` with `HeadwiseFeatures`."""
+    from ..fit import AttentionWeightsTarget
+
+    losses = []
+    for block, (q, k, _) in zip(model.blocks, layer_qkv(model, tokens)):
+        maps = _feature_map(block)
+        if not isinstance(maps, HeadwiseFeatures):
+            raise TypeError(f"model: expected HeadwiseFeatures in every block, got {type(maps).__name__}")
+        q, k = jax.lax.stop_gradient(q), jax.lax.stop_gradient(k)
+        per_head = eqx.filter_vmap(lambda m, qh, kh: AttentionWeightsTarget(qh, kh)(m))(maps.maps, q, k)
+        losses.append(jnp.mean(per_head))
+    return jnp.mean(jnp.stack(losses))
+
+
+def _finetune_features(
+    model: Transformer,
+    task,
+    steps: int,
+    learning_rate: float,
+    batch_size: int,
+    seed: int,
+    *,
+    attention_weight: float = 0.0,
+):
+    """Adam on the next-token loss (plus `attention_weight` times `attention_cross_entropy`) over the
+    feature-neuron leaves only; returns the model and the losses."""
     import optax
 
     from ._train import loss_fn
@@ -286,9 +331,16 @@ def _finetune_features(model: Transformer, task, steps: int, learning_rate: floa
     optimiser = optax.adam(learning_rate)
     state = optimiser.init(free)
 
+    def objective(free, batch):
+        student = eqx.combine(free, frozen)
+        loss = loss_fn(student, batch)
+        if attention_weight:
+            loss = loss + attention_weight * attention_cross_entropy(student, jnp.asarray(batch.inputs))
+        return loss
+
     @eqx.filter_jit
     def step(free, state, batch):
-        loss, grads = eqx.filter_value_and_grad(lambda f: loss_fn(eqx.combine(f, frozen), batch))(free)
+        loss, grads = eqx.filter_value_and_grad(objective)(free, batch)
         updates, state = optimiser.update(grads, state, free)
         return eqx.apply_updates(free, updates), state, loss
 
@@ -347,6 +399,12 @@ def register(subparsers) -> None:
         default=3e-3,
         help="learning rate of the fine-tuning (default 3e-3)",
     )
+    p.add_argument(
+        "--finetune-attention-weight",
+        type=float,
+        default=0.0,
+        help="add this weight times the heads' attention-weight cross-entropy to the fine-tuning loss (default 0)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-eval", action="store_true", help="do not evaluate the distilled model")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
@@ -368,6 +426,7 @@ def _distill_command(args) -> int:
             normaliser_weight=args.normaliser_weight,
             finetune_steps=args.finetune_steps,
             finetune_learning_rate=args.finetune_learning_rate,
+            finetune_attention_weight=args.finetune_attention_weight,
             seed=args.seed,
             evaluate_model=not args.no_eval,
             overwrite=args.overwrite,
