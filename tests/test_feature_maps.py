@@ -270,3 +270,66 @@ def test_transfer_copies_the_input_path(getkey):
     student = transfer(teacher, Transformer(11, 8, attention="na-equilibrium", num_features=8, **sizes, key=getkey()))
     tokens = jax.random.randint(getkey(), (2, 8), 0, 11)
     np.testing.assert_array_equal(np.asarray(student.embed(tokens)), np.asarray(teacher.embed(tokens)))
+
+
+def test_attention_cross_entropy_of_a_student_matches_numpy(getkey):
+    """The fine-tuning's attention term: per layer and head, -1/L sum_t sum_{tau<=t} a_sm log a_phi from the
+    queries and keys written out with NumPy (softmax of q.k against the normalised phi(q).phi(k)), averaged."""
+    from astroformer.training import Transformer
+    from astroformer.training._distill import attention_cross_entropy, layer_qkv
+
+    H, L = 2, 8
+    student = Transformer(
+        11,
+        L,
+        attention="na-equilibrium",
+        num_features=8,
+        d_model=16,
+        num_layers=2,
+        num_heads=H,
+        attention_kwargs=dict(feature_map="learned"),
+        key=getkey(),
+    )
+    tokens = jax.random.randint(getkey(), (3, L), 0, 11)
+    got = float(attention_cross_entropy(student, tokens))
+    causal = np.tril(np.ones((L, L), bool))
+    losses = []
+    for block, (q, k, _) in zip(student.blocks, layer_qkv(student, tokens)):
+        fm = block.attention.feature_map
+        for h in range(H):
+            for b in range(tokens.shape[0]):
+                qq, kk = np.asarray(q[h, b], np.float64), np.asarray(k[h, b], np.float64)
+                logits = np.where(causal, qq @ kk.T, -np.inf)
+                sm = np.exp(logits - logits.max(1, keepdims=True))
+                sm /= sm.sum(1, keepdims=True)
+                kern = np.where(causal, np.asarray(fm.for_head(h)(q[h, b]) @ fm.for_head(h)(k[h, b]).T, np.float64), 0)
+                a = kern / kern.sum(1, keepdims=True)
+                losses.append(-np.sum(np.where(causal, sm * np.log(np.where(causal, a, 1.0)), 0.0)) / L)
+    np.testing.assert_allclose(got, np.mean(losses), rtol=1e-4)
+
+
+def test_finetuning_with_the_attention_term_keeps_the_heads_closer_to_softmax(getkey):
+    """Fine-tuning the feature neurons on the next-token loss alone is free to move their attention weights away
+    from softmax's; with the attention term (weight 10) the student's attention cross-entropy ends lower."""
+    from astroformer.tasks import get_task
+    from astroformer.training import Transformer
+    from astroformer.training._distill import _finetune_features, attention_cross_entropy
+
+    task = get_task("induction", vocab_size=8, seq_len=16)
+    student = Transformer(
+        task.vocab_size,
+        16,
+        attention="na-equilibrium",
+        num_features=8,
+        d_model=16,
+        num_layers=1,
+        num_heads=2,
+        attention_kwargs=dict(feature_map="learned"),
+        key=getkey(),
+    )
+    tokens = jnp.asarray(task.batch("train", 8, seed=1).inputs)
+    before = float(attention_cross_entropy(student, tokens))
+    plain, _ = _finetune_features(student, task, 40, 3e-2, 8, 0)
+    joint, _ = _finetune_features(student, task, 40, 3e-2, 8, 0, attention_weight=10.0)
+    ce_plain, ce_joint = (float(attention_cross_entropy(m, tokens)) for m in (plain, joint))
+    assert ce_joint < before and ce_joint < ce_plain, (before, ce_plain, ce_joint)

@@ -249,10 +249,7 @@ def distill(
             "loss_first": losses[0],
             "loss_last": losses[-1],
         }
-        log(
-            f"fine-tuned the feature neurons for {finetune_steps} steps: loss {losses[0]:.4f} -> "
-            f"{losses[-1]:.4f} nats"
-        )
+        log(f"fine-tuned the feature neurons for {finetune_steps} steps: loss {losses[0]:.4f} -> {losses[-1]:.4f} nats")
     record["seconds"] = time.perf_counter() - start
     if attention != "na-equilibrium":
         feature_maps = [_feature_map(b) for b in student.blocks]
