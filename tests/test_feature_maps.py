@@ -217,6 +217,9 @@ def test_distill_writes_a_run_that_eval_loads(tmp_path):
         attention="na-equilibrium",
         steps=20,
         batches=1,
+        finetune_steps=2,
+        finetune_target="teacher",
+        finetune_projections=True,
         evaluate_model=False,
         log=lambda *_: None,
     )
@@ -333,3 +336,44 @@ def test_finetuning_with_the_attention_term_keeps_the_heads_closer_to_softmax(ge
     joint, _ = _finetune_features(student, task, 40, 3e-2, 8, 0, attention_weight=10.0)
     ce_plain, ce_joint = (float(attention_cross_entropy(m, tokens)) for m in (plain, joint))
     assert ce_joint < before and ce_joint < ce_plain, (before, ce_plain, ce_joint)
+
+
+def test_finetuning_frees_what_it_is_asked_to_and_distils_the_teachers_outputs(getkey):
+    """The fine-tuning trains the feature neurons, and the query/key projections only with `projections`; every
+    other weight stays. With a teacher its loss is the cross-entropy against the teacher's next-token
+    distribution (checked at the first step against NumPy from both models' logits)."""
+    from astroformer.tasks import get_task
+    from astroformer.training import Transformer
+    from astroformer.training._distill import _finetune_features
+
+    task = get_task("induction", vocab_size=8, seq_len=16)
+    sizes = dict(d_model=16, num_layers=1, num_heads=2)
+    teacher = Transformer(task.vocab_size, 16, attention="softmax", **sizes, key=getkey())
+    student = Transformer(
+        task.vocab_size,
+        16,
+        attention="na-equilibrium",
+        num_features=8,
+        **sizes,
+        attention_kwargs=dict(feature_map="learned"),
+        key=getkey(),
+    )
+    plain, _ = _finetune_features(student, task, 2, 1e-2, 4, 0)
+    tuned, losses = _finetune_features(student, task, 2, 1e-2, 4, 0, teacher=teacher, projections=True)
+
+    def same(a, b):
+        return all(bool(jnp.array_equal(x, y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+    a0, ap, at = (m.blocks[0].attention for m in (student, plain, tuned))
+    assert not same(ap.feature_map, a0.feature_map) and not same(at.feature_map, a0.feature_map)
+    assert same(ap.query, a0.query) and same(ap.key, a0.key)
+    assert not same(at.query, a0.query) and not same(at.key, a0.key)
+    for m in (plain, tuned):
+        assert same(m.blocks[0].attention.value, a0.value) and same(m.blocks[0].mlp_in, student.blocks[0].mlp_in)
+        assert same(m.embedding, student.embedding)
+    batch = task.batch("train", 4, seed=50_000)
+    log_p = np.asarray(jax.nn.log_softmax(student.batched(jnp.asarray(batch.inputs)), axis=-1), np.float64)
+    target = np.asarray(jax.nn.softmax(teacher.batched(jnp.asarray(batch.inputs)), axis=-1), np.float64)
+    mask = np.asarray(batch.mask, np.float64)
+    expected = -np.sum(np.sum(target * log_p, axis=-1) * mask) / mask.sum()
+    np.testing.assert_allclose(losses[0], expected, rtol=1e-5)

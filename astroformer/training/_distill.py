@@ -9,7 +9,9 @@ $$\min_\phi\ -\frac{1}{BL}\sum_{b,t}\sum_{\tau\le t} a^{\mathrm{sm}}_{t\tau}\log
 
 Queries and keys of layer l are those the *transferred* model computes (layers < l already replaced by their
 distilled equilibrium heads), so each layer is fitted on the inputs it will see. Everything else (embeddings,
-projections, MLPs, norms) is copied unchanged; the astrocyte's time constants are the defaults for M.
+projections, MLPs, norms) is copied unchanged; the astrocyte's time constants are the defaults for M. An optional
+fine-tuning stage then trains the feature neurons (and, if asked, the query and key projections) on the
+next-token loss or on the softmax model's output distribution, optionally with the attention-weight term.
 
     astroformer distill --run-dir SOFTMAX_RUN --out NEW_RUN [--num-features 32] [--steps 600]
 
@@ -134,6 +136,8 @@ def distill(
     finetune_steps: int = 0,
     finetune_learning_rate: float = 3e-3,
     finetune_attention_weight: float = 0.0,
+    finetune_target: str = "next-token",
+    finetune_projections: bool = False,
     seed: int = 0,
     evaluate_model: bool = True,
     overwrite: bool = False,
@@ -158,6 +162,11 @@ def distill(
       attention-weight cross-entropy of every head against softmax on the same queries and keys (averaged over
       layers and heads), so that fine-tuning does not trade the heads' fidelity for bits/char. 0: next-token
       loss only.
+    - `finetune_target`: `"next-token"` (the training text's next characters) or `"teacher"` (the softmax model's
+      next-token distribution: the cross-entropy against it, i.e. knowledge distillation of its outputs).
+    - `finetune_projections`: also fine-tune the attention's query and key projections (Hedgehog's second stage
+      trains the whole model; this frees only what shapes the attention weights). Default: the feature neurons
+      only, every transferred weight stays the softmax model's.
     - `seed`: seeds the feature initialisation and the choice of training windows.
     - `evaluate_model`: evaluate the distilled model (and the softmax one) on the run's eval split and record
       both in `metrics.jsonl`.
@@ -183,6 +192,8 @@ def distill(
     )
     if not (isinstance(finetune_attention_weight, (int, float)) and finetune_attention_weight >= 0):
         raise ValueError(f"finetune_attention_weight: expected a number >= 0, got {finetune_attention_weight!r}")
+    if finetune_target not in ("next-token", "teacher"):
+        raise ValueError(f"finetune_target: expected 'next-token' or 'teacher', got {finetune_target!r}")
     if num_features % 2:
         raise ValueError(
             f"num_features: expected an even M (learned features come in mirrored pairs), got {num_features}"
@@ -241,20 +252,27 @@ def distill(
             batch_size,
             seed,
             attention_weight=finetune_attention_weight,
+            teacher=teacher if finetune_target == "teacher" else None,
+            projections=finetune_projections,
         )
         record["finetune"] = {
             "steps": finetune_steps,
             "learning_rate": finetune_learning_rate,
             "attention_weight": finetune_attention_weight,
+            "target": finetune_target,
+            "projections": bool(finetune_projections),
             "loss_first": losses[0],
             "loss_last": losses[-1],
         }
-        log(f"fine-tuned the feature neurons for {finetune_steps} steps: loss {losses[0]:.4f} -> {losses[-1]:.4f} nats")
+        what = "feature neurons and query/key projections" if finetune_projections else "feature neurons"
+        log(f"fine-tuned the {what} for {finetune_steps} steps: loss {losses[0]:.4f} -> {losses[-1]:.4f} nats")
     record["seconds"] = time.perf_counter() - start
-    if attention != "na-equilibrium":
-        feature_maps = [_feature_map(b) for b in student.blocks]
-        student = transfer(teacher, build_model(new_config, task))
-        student = eqx.tree_at(lambda m: [b.attention.feature_map for b in m.blocks], student, feature_maps)
+    if attention != "na-equilibrium":  # the same weights in the na-ode model (its read parameters differ)
+        student = eqx.tree_at(
+            lambda m: [b.attention.feature_map for b in m.blocks],
+            transfer(student, build_model(new_config, task)),
+            [_feature_map(b) for b in student.blocks],
+        )
     out.mkdir(parents=True, exist_ok=True)
     new_config.save(out / CONFIG)
     opt_state = make_optimizer(new_config).init(eqx.filter(student, trainable_filter(student)))
@@ -311,28 +329,38 @@ def _finetune_features(
     seed: int,
     *,
     attention_weight: float = 0.0,
+    teacher: Transformer | None = None,
+    projections: bool = False,
 ):
-    """Adam on the next-token loss (plus `attention_weight` times `attention_cross_entropy`) over the
-    feature-neuron leaves only; returns the model and the losses."""
+    """Adam on the next-token loss (or, with `teacher`, the cross-entropy against the teacher's next-token
+    distribution), plus `attention_weight` times `attention_cross_entropy`, over the feature-neuron leaves (and the
+    attention's query and key projections if `projections`); returns the model and the losses."""
     import optax
 
     from ._train import loss_fn
 
+    def free_parts(m):
+        names = ("feature_map", "query", "key") if projections else ("feature_map",)
+        return [getattr(b.attention, name) for b in m.blocks for name in names]
+
     spec = jax.tree.map(lambda _: False, model)
-    spec = eqx.tree_at(
-        lambda m: [b.attention.feature_map for b in m.blocks],
-        spec,
-        [jax.tree.map(eqx.is_inexact_array, _feature_map(b)) for b in model.blocks],
-    )
+    spec = eqx.tree_at(free_parts, spec, [jax.tree.map(eqx.is_inexact_array, part) for part in free_parts(model)])
     free, frozen = eqx.partition(model, spec)
     optimiser = optax.adam(learning_rate)
     state = optimiser.init(free)
 
     def objective(free, batch):
         student = eqx.combine(free, frozen)
-        loss = loss_fn(student, batch)
+        tokens = jnp.asarray(batch.inputs)
+        if teacher is None:
+            loss = loss_fn(student, batch)
+        else:
+            target = jax.nn.softmax(teacher.batched(tokens).astype(jnp.float32), axis=-1)
+            log_p = jax.nn.log_softmax(student.batched(tokens).astype(jnp.float32), axis=-1)
+            mask = jnp.asarray(batch.mask, jnp.float32)
+            loss = -jnp.sum(jnp.sum(target * log_p, axis=-1) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
         if attention_weight:
-            loss = loss + attention_weight * attention_cross_entropy(student, jnp.asarray(batch.inputs))
+            loss = loss + attention_weight * attention_cross_entropy(student, tokens)
         return loss
 
     @eqx.filter_jit
@@ -402,6 +430,18 @@ def register(subparsers) -> None:
         default=0.0,
         help="add this weight times the heads' attention-weight cross-entropy to the fine-tuning loss (default 0)",
     )
+    p.add_argument(
+        "--finetune-target",
+        choices=["next-token", "teacher"],
+        default="next-token",
+        help="fine-tune on the text's next characters or on the softmax model's next-token distribution "
+        "(default next-token)",
+    )
+    p.add_argument(
+        "--finetune-projections",
+        action="store_true",
+        help="also fine-tune the attention's query and key projections (default: feature neurons only)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-eval", action="store_true", help="do not evaluate the distilled model")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
@@ -424,6 +464,8 @@ def _distill_command(args) -> int:
             finetune_steps=args.finetune_steps,
             finetune_learning_rate=args.finetune_learning_rate,
             finetune_attention_weight=args.finetune_attention_weight,
+            finetune_target=args.finetune_target,
+            finetune_projections=args.finetune_projections,
             seed=args.seed,
             evaluate_model=not args.no_eval,
             overwrite=args.overwrite,
