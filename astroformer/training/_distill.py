@@ -10,7 +10,7 @@ $$\min_\phi\ -\frac{1}{BL}\sum_{b,t}\sum_{\tau\le t} a^{\mathrm{sm}}_{t\tau}\log
 Queries and keys of layer l are those the *transferred* model computes (layers < l already replaced by their
 distilled equilibrium heads), so each layer is fitted on the inputs it will see. Everything else (embeddings,
 projections, MLPs, norms) is copied unchanged; the astrocyte's time constants are the defaults for M. An optional
-fine-tuning stage then trains the feature neurons (and, if asked, the query and key projections) on the
+fine-tuning stage then trains the feature neurons (and, if asked, the attention layers' projections) on the
 next-token loss or on the softmax model's output distribution, optionally with the attention-weight term.
 
     astroformer distill --run-dir SOFTMAX_RUN --out NEW_RUN [--num-features 32] [--steps 600]
@@ -164,9 +164,9 @@ def distill(
       loss only.
     - `finetune_target`: `"next-token"` (the training text's next characters) or `"teacher"` (the softmax model's
       next-token distribution: the cross-entropy against it, i.e. knowledge distillation of its outputs).
-    - `finetune_projections`: also fine-tune the attention's query and key projections (Hedgehog's second stage
-      trains the whole model; this frees only what shapes the attention weights). Default: the feature neurons
-      only, every transferred weight stays the softmax model's.
+    - `finetune_projections`: also fine-tune the attention layers' projections (query, key, value, output;
+      Hedgehog's second stage trains the whole model, this frees only the attention layers). Default: the
+      feature neurons only, every transferred weight stays the softmax model's.
     - `seed`: seeds the feature initialisation and the choice of training windows.
     - `evaluate_model`: evaluate the distilled model (and the softmax one) on the run's eval split and record
       both in `metrics.jsonl`.
@@ -264,7 +264,7 @@ def distill(
             "loss_first": losses[0],
             "loss_last": losses[-1],
         }
-        what = "feature neurons and query/key projections" if finetune_projections else "feature neurons"
+        what = "feature neurons and attention projections" if finetune_projections else "feature neurons"
         log(f"fine-tuned the {what} for {finetune_steps} steps: loss {losses[0]:.4f} -> {losses[-1]:.4f} nats")
     record["seconds"] = time.perf_counter() - start
     if attention != "na-equilibrium":  # the same weights in the na-ode model (its read parameters differ)
@@ -334,13 +334,14 @@ def _finetune_features(
 ):
     """Adam on the next-token loss (or, with `teacher`, the cross-entropy against the teacher's next-token
     distribution), plus `attention_weight` times `attention_cross_entropy`, over the feature-neuron leaves (and the
-    attention's query and key projections if `projections`); returns the model and the losses."""
+    attention layers' query, key, value and output projections if `projections`); returns the model and the
+    losses."""
     import optax
 
     from ._train import loss_fn
 
     def free_parts(m):
-        names = ("feature_map", "query", "key") if projections else ("feature_map",)
+        names = ("feature_map", "query", "key", "value", "output") if projections else ("feature_map",)
         return [getattr(b.attention, name) for b in m.blocks for name in names]
 
     spec = jax.tree.map(lambda _: False, model)
@@ -440,7 +441,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--finetune-projections",
         action="store_true",
-        help="also fine-tune the attention's query and key projections (default: feature neurons only)",
+        help="also fine-tune the attention layers' projections (query, key, value, output; default: the feature "
+        "neurons only)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-eval", action="store_true", help="do not evaluate the distilled model")
