@@ -214,7 +214,7 @@ def test_distill_writes_a_run_that_eval_loads(tmp_path):
         src,
         tmp_path / "na",
         num_features=8,
-        attention="na-equilibrium",
+        attention="na-ode",
         steps=20,
         batches=1,
         finetune_steps=2,
@@ -223,11 +223,18 @@ def test_distill_writes_a_run_that_eval_loads(tmp_path):
         evaluate_model=False,
         log=lambda *_: None,
     )
-    assert new_config.feature_map == "learned" and new_config.attention == "na-equilibrium"
+    assert new_config.feature_map == "learned" and new_config.attention == "na-ode"
+    assert record["finetune"]["target"] == "teacher" and record["finetune"]["projections"] is True
     ce = record["layers"][0]
     assert all(b < a for a, b in zip(ce["cross_entropy_initial"], ce["cross_entropy_final"]))
+    _, _, teacher, _ = load_run(src)
     _, _, loaded, _ = load_run(tmp_path / "na")
     assert jnp.allclose(loaded.blocks[0].attention.feature_map.maps.W, model.blocks[0].attention.feature_map.maps.W)
+    # The written na-ode run keeps the fine-tuned projections (not the teacher's).
+    for name in ("query", "key", "value", "output"):
+        got = getattr(loaded.blocks[0].attention, name).weight
+        assert jnp.array_equal(got, getattr(model.blocks[0].attention, name).weight), name
+        assert not jnp.array_equal(got, getattr(teacher.blocks[0].attention, name).weight), name
     assert main(["eval", "--run-dir", str(tmp_path / "na"), "--batches", "1"]) == 0
     assert main(["distill", "--run-dir", str(tmp_path / "na"), "--out", str(tmp_path / "x")]) == 2  # not softmax
 
@@ -378,3 +385,25 @@ def test_finetuning_frees_what_it_is_asked_to_and_distils_the_teachers_outputs(g
     mask = np.asarray(batch.mask, np.float64)
     expected = -np.sum(np.sum(target * log_p, axis=-1) * mask) / mask.sum()
     np.testing.assert_allclose(losses[0], expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(finetune_target="labels", finetune_steps=1), "finetune_target: expected 'next-token' or 'teacher'"),
+        (
+            dict(finetune_attention_weight=float("inf"), finetune_steps=1),
+            "finetune_attention_weight: expected a finite",
+        ),
+        (dict(finetune_attention_weight=-1.0, finetune_steps=1), "finetune_attention_weight: expected a finite"),
+        (dict(finetune_steps=-1), "finetune_steps: expected an integer >= 0"),
+        (dict(finetune_target="teacher"), "finetune_target: only used by the fine-tuning"),
+        (dict(finetune_projections=True), "finetune_projections: only used by the fine-tuning"),
+    ],
+)
+def test_distill_rejects_bad_fine_tuning_options(tmp_path, kwargs, match):
+    """Checked before any run is read: the message names the argument, what was expected and what came."""
+    from astroformer.training._distill import distill
+
+    with pytest.raises(ValueError, match=match):
+        distill(tmp_path / "missing", tmp_path / "out", **kwargs)

@@ -6,6 +6,8 @@ and a query reads $q_t^\top S_t$. The causal form is computed chunk by chunk (qu
 recurrence across chunks), so its cost is linear in the sequence length.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
@@ -72,7 +74,8 @@ def linear_attention_state(
 
     # One chunk per scan step, carrying the state S (M, N) from chunk to chunk. The step is rematerialised in
     # the backward pass, so the gradient stores one state per chunk, never the (R, C, C) scores of every chunk.
-    @jax.checkpoint
+    # (Inside a scan the rematerialisation needs no CSE barrier: JAX's documented `prevent_cse=False`.)
+    @functools.partial(jax.checkpoint, prevent_cse=False)
     def chunk(state, inputs):
         q_i, k_i, v_i, log_decay_i = inputs
         a = jnp.cumsum(log_decay_i)  # local cumulative log decay

@@ -22,6 +22,8 @@ Kozachkov, Kastanenka & Krotov, PNAS 2023.
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import sys
 import time
@@ -39,7 +41,7 @@ from .._features._headwise import HeadwiseFeatures
 from .._head._params import NUM_FEATURES
 from .._features._learned import LearnedFeatures
 from .._features._maps import AbstractFeatureMap
-from .._validate import check_int
+from .._validate import check_bool, check_int
 from ._checkpoint import atomic_write, save_checkpoint
 from ._model import Block, Transformer, _dense, _layer_norm, trainable_filter
 
@@ -155,13 +157,15 @@ def distill(
     - `batches`, `batch_size`: training text used for the fit (default batch size: the run's).
     - `normaliser_weight`: $\lambda$ of `AttentionWeightsTarget`: 0 fits the attention weights only
       (Hedgehog); $\lambda > 0$ also fits the astrocyte response to the softmax normaliser.
-    - `finetune_steps`, `finetune_learning_rate`: after the per-head fits, Adam steps on the model's next-token loss
-      (training batches, equilibrium reads) that update the feature neurons only (Hedgehog's second stage,
-      restricted to the feature neurons: every transferred weight stays the softmax model's). 0: none.
-    - `finetune_attention_weight`: $\mu \ge 0$; the fine-tuning minimises the next-token loss plus $\mu$ times the
-      attention-weight cross-entropy of every head against softmax on the same queries and keys (averaged over
-      layers and heads), so that fine-tuning does not trade the heads' fidelity for bits/char. 0: next-token
-      loss only.
+    - `finetune_steps`, `finetune_learning_rate`: after the per-head fits, Adam steps on the fine-tuning loss
+      (training batches, equilibrium reads; see the next three) that update the feature neurons (Hedgehog's
+      second stage, by default restricted to the feature neurons). 0: no fine-tuning, and the three options
+      below must keep their defaults.
+    - `finetune_attention_weight`: $\mu \ge 0$; the fine-tuning loss is the `finetune_target` loss plus $\mu$
+      times the attention-weight cross-entropy of every head against softmax of the student's own queries and
+      keys (averaged over layers and heads), so that fine-tuning does not trade the heads' fidelity for
+      bits/char. With `finetune_projections` the queries and keys move too, so the term then keeps the heads
+      softmax-like rather than close to the teacher's heads. 0: the target's loss only.
     - `finetune_target`: `"next-token"` (the training text's next characters) or `"teacher"` (the softmax model's
       next-token distribution: the cross-entropy against it, i.e. knowledge distillation of its outputs).
     - `finetune_projections`: also fine-tune the attention layers' projections (query, key, value, output;
@@ -190,10 +194,27 @@ def distill(
         check_int(name, value)
         for name, value in (("num_features", num_features), ("steps", steps), ("batches", batches))
     )
-    if not (isinstance(finetune_attention_weight, (int, float)) and finetune_attention_weight >= 0):
-        raise ValueError(f"finetune_attention_weight: expected a number >= 0, got {finetune_attention_weight!r}")
+    finetune_steps = check_int("finetune_steps", finetune_steps, minimum=0)
+    if (
+        isinstance(finetune_attention_weight, bool)
+        or not isinstance(finetune_attention_weight, numbers.Real)
+        or not (math.isfinite(finetune_attention_weight) and finetune_attention_weight >= 0)
+    ):
+        raise ValueError(f"finetune_attention_weight: expected a finite number >= 0, got {finetune_attention_weight!r}")
     if finetune_target not in ("next-token", "teacher"):
         raise ValueError(f"finetune_target: expected 'next-token' or 'teacher', got {finetune_target!r}")
+    check_bool("finetune_projections", finetune_projections)
+    if not finetune_steps:
+        for name, value, default in (
+            ("finetune_attention_weight", finetune_attention_weight, 0.0),
+            ("finetune_target", finetune_target, "next-token"),
+            ("finetune_projections", finetune_projections, False),
+        ):
+            if value != default:
+                raise ValueError(
+                    f"{name}: only used by the fine-tuning; expected finetune_steps > 0 (--finetune-steps), "
+                    f"got finetune_steps=0 and {name}={value!r}"
+                )
     if num_features % 2:
         raise ValueError(
             f"num_features: expected an even M (learned features come in mirrored pairs), got {num_features}"
@@ -265,7 +286,7 @@ def distill(
             "loss_last": losses[-1],
         }
         what = "feature neurons and attention projections" if finetune_projections else "feature neurons"
-        log(f"fine-tuned the {what} for {finetune_steps} steps: loss {losses[0]:.4f} -> {losses[-1]:.4f} nats")
+        log(f"fine-tuned the {what} for {finetune_steps} steps: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     record["seconds"] = time.perf_counter() - start
     if attention != "na-equilibrium":  # the same weights in the na-ode model (its read parameters differ)
         student = eqx.tree_at(
@@ -416,7 +437,8 @@ def register(subparsers) -> None:
         "--finetune-steps",
         type=int,
         default=0,
-        help="then train the feature neurons only on the next-token loss for so many steps (default 0)",
+        help="then fine-tune the feature neurons (see --finetune-target, --finetune-projections, "
+        "--finetune-attention-weight) for so many steps (default 0: no fine-tuning)",
     )
     p.add_argument(
         "--finetune-learning-rate",
