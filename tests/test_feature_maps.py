@@ -390,7 +390,10 @@ def test_finetuning_frees_what_it_is_asked_to_and_distils_the_teachers_outputs(g
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(finetune_target="labels", finetune_steps=1), "finetune_target: expected 'next-token' or 'teacher'"),
+        (
+            dict(finetune_target="labels", finetune_steps=1),
+            "finetune_target: expected one of 'next-token', 'teacher', got 'labels'",
+        ),
         (
             dict(finetune_attention_weight=float("inf"), finetune_steps=1),
             "finetune_attention_weight: expected a finite",

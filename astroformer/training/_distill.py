@@ -41,7 +41,7 @@ from .._features._headwise import HeadwiseFeatures
 from .._head._params import NUM_FEATURES
 from .._features._learned import LearnedFeatures
 from .._features._maps import AbstractFeatureMap
-from .._validate import check_bool, check_int
+from .._validate import check_bool, check_choice, check_int
 from ._checkpoint import atomic_write, save_checkpoint
 from ._model import Block, Transformer, _dense, _layer_norm, trainable_filter
 
@@ -201,8 +201,7 @@ def distill(
         or not (math.isfinite(finetune_attention_weight) and finetune_attention_weight >= 0)
     ):
         raise ValueError(f"finetune_attention_weight: expected a finite number >= 0, got {finetune_attention_weight!r}")
-    if finetune_target not in ("next-token", "teacher"):
-        raise ValueError(f"finetune_target: expected 'next-token' or 'teacher', got {finetune_target!r}")
+    check_choice("finetune_target", finetune_target, ("next-token", "teacher"))
     check_bool("finetune_projections", finetune_projections)
     if not finetune_steps:
         for name, value, default in (
@@ -378,9 +377,9 @@ def _finetune_features(
             loss = loss_fn(student, batch)
         else:
             target = jax.nn.softmax(teacher.batched(tokens).astype(jnp.float32), axis=-1)
-            log_p = jax.nn.log_softmax(student.batched(tokens).astype(jnp.float32), axis=-1)
+            nll = optax.softmax_cross_entropy(student.batched(tokens).astype(jnp.float32), target)
             mask = jnp.asarray(batch.mask, jnp.float32)
-            loss = -jnp.sum(jnp.sum(target * log_p, axis=-1) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+            loss = jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
         if attention_weight:
             loss = loss + attention_weight * attention_cross_entropy(student, tokens)
         return loss
