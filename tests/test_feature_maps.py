@@ -339,8 +339,8 @@ def test_finetuning_with_the_attention_term_keeps_the_heads_closer_to_softmax(ge
     )
     tokens = jnp.asarray(task.batch("train", 8, seed=1).inputs)
     before = float(attention_cross_entropy(student, tokens))
-    plain, _ = _finetune_features(student, task, 40, 3e-2, 8, 0)
-    joint, _ = _finetune_features(student, task, 40, 3e-2, 8, 0, attention_weight=10.0)
+    plain, _, _ = _finetune_features(student, task, 40, 3e-2, 8, 0)
+    joint, _, _ = _finetune_features(student, task, 40, 3e-2, 8, 0, attention_weight=10.0)
     ce_plain, ce_joint = (float(attention_cross_entropy(m, tokens)) for m in (plain, joint))
     assert ce_joint < before and ce_joint < ce_plain, (before, ce_plain, ce_joint)
 
@@ -365,8 +365,9 @@ def test_finetuning_frees_what_it_is_asked_to_and_distils_the_teachers_outputs(g
         attention_kwargs=dict(feature_map="learned"),
         key=getkey(),
     )
-    plain, _ = _finetune_features(student, task, 2, 1e-2, 4, 0)
-    tuned, losses = _finetune_features(student, task, 2, 1e-2, 4, 0, teacher=teacher, projections=True)
+    plain, _, _ = _finetune_features(student, task, 2, 1e-2, 4, 0)
+    tuned, losses, stopped = _finetune_features(student, task, 2, 1e-2, 4, 0, teacher=teacher, projections=True)
+    assert stopped is None and len(losses) == 2
 
     def same(a, b):
         return all(bool(jnp.array_equal(x, y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
@@ -385,6 +386,34 @@ def test_finetuning_frees_what_it_is_asked_to_and_distils_the_teachers_outputs(g
     mask = np.asarray(batch.mask, np.float64)
     expected = -np.sum(np.sum(target * log_p, axis=-1) * mask) / mask.sum()
     np.testing.assert_allclose(losses[0], expected, rtol=1e-5)
+
+
+def test_finetuning_that_overflows_stops_and_keeps_the_last_finite_model(getkey):
+    """A rate far too high with the projections free makes the learned feature rates overflow float32 at the second
+    step (the model's runtime check raises). The fine-tuning stops there, names the failed check, and returns the
+    parameters whose loss was the last finite one: recomputed, that loss comes back."""
+    from astroformer.tasks import get_task
+    from astroformer.training import Transformer
+    from astroformer.training._distill import _finetune_features
+    from astroformer.training._train import loss_fn
+
+    task = get_task("induction", vocab_size=8, seq_len=16)
+    student = Transformer(
+        task.vocab_size,
+        16,
+        attention="na-equilibrium",
+        num_features=8,
+        d_model=16,
+        num_layers=1,
+        num_heads=2,
+        attention_kwargs=dict(feature_map="learned"),
+        key=getkey(),
+    )
+    kept, losses, stopped = _finetune_features(student, task, 4, 1e3, 4, 0, projections=True)
+    assert stopped is not None and stopped["step"] == len(losses) + 1 and 1 <= len(losses) < 4, (losses, stopped)
+    assert "expected finite values" in stopped["reason"], stopped
+    last = float(loss_fn(kept, task.batch("train", 4, seed=50_000 + len(losses) - 1)))
+    np.testing.assert_allclose(last, losses[-1], rtol=1e-5)
 
 
 @pytest.mark.parametrize(

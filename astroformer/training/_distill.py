@@ -264,7 +264,7 @@ def distill(
             f"-> {np.round(np.asarray(last), 3).tolist()}"
         )
     if finetune_steps:
-        student, losses = _finetune_features(
+        student, losses, stopped = _finetune_features(
             student,
             task,
             finetune_steps,
@@ -281,11 +281,20 @@ def distill(
             "attention_weight": finetune_attention_weight,
             "target": finetune_target,
             "projections": bool(finetune_projections),
-            "loss_first": losses[0],
-            "loss_last": losses[-1],
+            "loss_first": losses[0] if losses else None,
+            "loss_last": losses[-1] if losses else None,
+            "steps_done": len(losses),
+            "stopped": stopped,
         }
         what = "feature neurons and attention projections" if finetune_projections else "feature neurons"
-        log(f"fine-tuned the {what} for {finetune_steps} steps: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+        if stopped is not None:
+            log(
+                f"fine-tuning stopped at step {stopped['step']} of {finetune_steps}: {stopped['reason']}; kept the "
+                f"model of step {len(losses)} (the last with a finite loss); lower --finetune-learning-rate (now "
+                f"{finetune_learning_rate}) to go further"
+            )
+        if losses:
+            log(f"fine-tuned the {what} for {len(losses)} steps: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     record["seconds"] = time.perf_counter() - start
     if attention != "na-equilibrium":  # the same weights in the na-ode model (its read parameters differ)
         student = eqx.tree_at(
@@ -354,11 +363,16 @@ def _finetune_features(
 ):
     """Adam on the next-token loss (or, with `teacher`, the cross-entropy against the teacher's next-token
     distribution), plus `attention_weight` times `attention_cross_entropy`, over the feature-neuron leaves (and the
-    attention layers' query, key, value and output projections if `projections`); returns the model and the
-    losses."""
+    attention layers' query, key, value and output projections if `projections`).
+
+    Returns `(model, losses, stopped)`. A step whose gradients are not all finite is skipped
+    (`optax.apply_if_finite`; `MAX_SKIPPED_IN_A_ROW` in a row end the fine-tuning). A step that fails a runtime
+    check of the model (e.g. learned feature rates that overflow float32 once the free queries and keys have
+    grown) or whose loss is not finite ends the fine-tuning early instead of losing the run: `model` is then the last one whose loss was finite, `losses` holds the
+    completed steps and `stopped` is `{"step": i, "reason": ...}` (None when every step ran)."""
     import optax
 
-    from ._train import loss_fn
+    from ._train import MAX_SKIPPED_IN_A_ROW, loss_fn, skipped_in_a_row
 
     def free_parts(m):
         names = ("feature_map", "query", "key", "value", "output") if projections else ("feature_map",)
@@ -367,7 +381,7 @@ def _finetune_features(
     spec = jax.tree.map(lambda _: False, model)
     spec = eqx.tree_at(free_parts, spec, [jax.tree.map(eqx.is_inexact_array, part) for part in free_parts(model)])
     free, frozen = eqx.partition(model, spec)
-    optimiser = optax.adam(learning_rate)
+    optimiser = optax.apply_if_finite(optax.adam(learning_rate), max_consecutive_errors=2**31 - 1)  # we stop first
     state = optimiser.init(free)
 
     def objective(free, batch):
@@ -390,11 +404,38 @@ def _finetune_features(
         updates, state = optimiser.update(grads, state, free)
         return eqx.apply_updates(free, updates), state, loss
 
-    losses = []
+    losses: list[float] = []
+    stopped, good = None, free  # `good`: the parameters of the last finite loss
     for i in range(steps):
-        free, state, loss = step(free, state, task.batch("train", batch_size, seed=50_000 + seed * 10_000 + i))
-        losses.append(float(loss))
-    return eqx.combine(free, frozen), losses
+        batch = task.batch("train", batch_size, seed=50_000 + seed * 10_000 + i)
+        try:
+            new_free, new_state, loss = step(free, state, batch)
+            loss = float(loss)
+        except RuntimeError as error:  # a runtime check of the model failed on these parameters
+            stopped = {"step": i + 1, "reason": _runtime_reason(error)}
+            break
+        if not math.isfinite(loss):
+            stopped = {"step": i + 1, "reason": f"loss: expected a finite value, got {loss}"}
+            break
+        in_a_row = int(skipped_in_a_row(new_state))
+        if in_a_row >= MAX_SKIPPED_IN_A_ROW:
+            stopped = {
+                "step": i + 1,
+                "reason": f"gradients: expected finite values, got NaN/inf {in_a_row} steps in a row",
+            }
+            break
+        losses.append(loss)
+        good, free, state = free, new_free, new_state
+    return eqx.combine(free if stopped is None else good, frozen), losses, stopped
+
+
+def _runtime_reason(error: Exception) -> str:
+    """The message of a runtime check (equinox prints it after the traceback inside the jitted code)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if "RuntimeError: " in line:
+            return line.split("RuntimeError: ", 1)[1]
+    return lines[0] if lines else type(error).__name__
 
 
 # ------------------------------------------------------------------------------------------ command line
