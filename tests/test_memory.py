@@ -12,7 +12,7 @@ import pytest
 
 import astroformer as af
 
-L0 = 512  # large enough that the per-token arrays dominate fixed buffers; M=16, N=8 keep compiles cheap
+L0 = 2048  # large enough that the per-token arrays dominate fixed (per-chunk) buffers; M=16, N=8 keep compiles cheap
 M, N = 16, 8
 
 
@@ -38,9 +38,17 @@ def test_block_temporary_memory_linear_in_L(kind):
     assert 1.5 < ratio <= 2.2, (kind, small, large)
 
 
+def test_ode_block_memory_within_twice_the_equilibrium():
+    """The simulated read stores no more than twice what the closed form stores (the memory issue's goal): the
+    chunked head keeps no (L, M) intermediate but the read's end z. A change that materialises the astrocyte
+    weights, the initial calcium or the read's trajectory over the whole sequence again fails."""
+    ode, equilibrium = temp_bytes("na-ode", L0), temp_bytes("na-equilibrium", L0)
+    assert ode <= 2 * equilibrium, (ode, equilibrium)
+
+
 def test_softmax_temporary_memory_superlinear_in_L():
-    small, large = temp_bytes("softmax", L0), temp_bytes("softmax", 2 * L0)
-    assert large / small > 3.0, (small, large)  # the L×L scores: ~4x
+    small, large = temp_bytes("softmax", 512), temp_bytes("softmax", 1024)
+    assert large / small > 3.0, (small, large)  # the L×L scores: ~4x (at 2048 XLA's fusion of them lowers it to 2.4)
 
 
 # ------------------------------------------------------------------------------ the longest-L search

@@ -146,3 +146,34 @@ def test_vmapped_layer_forward_compiles_over_many_queries():
     batched = jax.jit(lambda m, x: jax.vmap(m)(x))(layer, x)
     one = jax.jit(lambda m, x: m(x))
     np.testing.assert_allclose(batched, jnp.stack([one(layer, x[0]), one(layer, x[1])]), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk_size", [5, 64], ids=["five-chunks", "one-chunk"])
+def test_chunked_head_with_a_mask_matches_the_whole_sequence_form(chunk_size):
+    """The default causal head runs write, astrocyte weights, read and readout chunk by chunk, carrying the
+    neurons' window states, g and the readout's state (`_causal_ode_chunks`). With absent tokens and a length
+    that is not a multiple of the chunk, values and gradients (inputs and every time constant) equal the
+    whole-sequence form solved by diffrax with its own adjoint."""
+    Lm = 23
+    kq, kk, kv, kw = jax.random.split(jax.random.PRNGKey(11), 4)
+    phi_q = jax.random.uniform(kq, (Lm, M), jnp.float64, 0.2, 1.5)
+    phi_k = jax.random.uniform(kk, (Lm, M), jnp.float64, 0.2, 1.5)
+    v = jax.random.normal(kv, (Lm, N), jnp.float64)
+    w = jax.random.normal(kw, (Lm, N), jnp.float64)
+    mask = jnp.ones(Lm, bool).at[jnp.array([0, 4, 5, 17])].set(False)
+    _, _, _, _, params = _inputs()
+
+    def loss(adjoint):
+        def f(phi_q, phi_k, v, params):
+            x = af.na_attention(
+                phi_q, phi_k, v, params, mask=mask, read_steps=6, adjoint=adjoint, chunk_size=chunk_size
+            )
+            return jnp.sum(x * w)
+
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3)))(phi_q, phi_k, v, params)
+
+    (value, grads), (ref_value, ref_grads) = loss(None), loss(diffrax.RecursiveCheckpointAdjoint(checkpoints=6))
+    assert abs(float(ref_value)) > 0.1
+    np.testing.assert_allclose(value, ref_value, rtol=1e-12)
+    for got, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+        np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12)

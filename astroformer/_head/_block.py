@@ -5,15 +5,16 @@ from typing import Literal
 import diffrax
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 from jaxtyping import Array, Bool, Float
 
-from .._solvers._linear import linear_attention_state, normalised_linear_attention
+from .._solvers._linear import causal_chunk, linear_attention_state, normalised_linear_attention
 from .._solvers._magnus import Magnus2
 from .._validate import check_bool, check_choice, check_head_inputs, check_output, check_int
 from ._equations import calcium_initial, calcium_mean
 from ._params import MAX_STEPS, READ_STEPS, NAParams
 from ._read import FullReadField, ReducedReadField, RelaxingCalcium, read_grid, solve_read
-from ._write import ReducedMemory, write_full, write_reduced
+from ._write import ReducedMemory, write_full, write_reduced, write_reduced_from
 
 
 def na_attention(
@@ -102,10 +103,76 @@ def na_attention(
         return check_output(
             "na_attention", _ode_full(phi_q, phi_k, v, params, present, causal=causal, **opts), phi_q.dtype
         )
+    if causal and _default_read(solver, stepsize_controller, adjoint):
+        out = _causal_ode_chunks(
+            phi_q, phi_k, v, params, present, read_steps=read_steps, chunk_size=chunk_size, throw=throw
+        )
+        return check_output("na_attention", out, phi_q.dtype)
     memory = write_reduced(phi_k, v, params, present)
     z = reduced_read(phi_q, memory, params, v.shape[-1], causal=causal, **opts)
     out = linear_attention_state(z, memory.keys, memory.values, memory.log_decay, causal=causal, chunk_size=chunk_size)
     return check_output("na_attention", out, phi_q.dtype)
+
+
+def _default_read(solver, stepsize_controller, adjoint) -> bool:
+    """Whether the reduced read takes its default: `Magnus2` on the fixed grid with the custom VJP."""
+    return (solver is None or type(solver) is Magnus2) and stepsize_controller is None and adjoint is None
+
+
+def _read_field(phi_q, g, params: NAParams, N: int) -> ReducedReadField:
+    r"""The reduced read's field of queries `phi_q` starting from astrocyte weights `g` (both (L, M)): calcium
+    $p(0) = \phi(q) \odot g$ relaxing to its mean $\bar p$ at the rate $\kappa = N M T_r / \tau_p$."""
+    M = phi_q.shape[-1]
+    p_bar = calcium_mean(phi_q, g)[..., None]
+    source = RelaxingCalcium(p0=calcium_initial(phi_q, g), p_bar=p_bar, kappa=N * M * params.t_read / params.tau_p)
+    return ReducedReadField(phi_q=phi_q, source=source, params=params)
+
+
+def _causal_ode_chunks(phi_q, phi_k, v, params: NAParams, present, *, read_steps: int, chunk_size: int, throw: bool):
+    r"""The default causal reduced head (write, astrocyte weights, read, readout) one chunk of `chunk_size`
+    tokens at a time, equal to the whole-sequence form (`write_reduced`, `reduced_read`,
+    `linear_attention_state`; tests) but with no (L, M) intermediate.
+
+    One `lax.scan` over the chunks carries what the stream keeps from one chunk to the next: the feature and
+    output neurons' states at the start of the next window ($h$, $x$), the astrocyte weights $g$ and the
+    readout's trace state $S$ (M, N). Each chunk writes its tokens (`write_reduced_from`), forms its $g_t$
+    (`ReducedMemory.astrocyte_weights`), reads its queries (`solve_read`, custom VJP) and reads them out
+    (`causal_chunk`). The step is rematerialised in the backward pass except for the read's end $z$ (saved by
+    name, (L, M) in all), so the gradient stores the carries and $z$, and the read's trajectory is recomputed once
+    (by its own backward), as in the whole-sequence form."""
+    L, M = phi_q.shape
+    N = v.shape[-1]
+    C = min(chunk_size, L)
+    n_chunks = -(-L // C)
+    pad = n_chunks * C - L
+    if pad:  # absent tokens at the end: they write nothing, and their outputs are cut off
+        phi_q, phi_k, v = (jnp.pad(a, ((0, pad), (0, 0))) for a in (phi_q, phi_k, v))
+        present = jnp.pad(present, (0, pad))
+    grid = read_grid(params, N, M, read_steps, phi_q.dtype)
+
+    def step(carry, inputs):
+        h0, x0, g0, state = carry
+        q_i, k_i, v_i, live_i = inputs
+        memory, (h1, x1) = write_reduced_from(k_i, v_i, params, live_i, h0, x0)
+        g = memory.astrocyte_weights(g0)
+        z = solve_read(_read_field(q_i, g, params, N), grid, throw=throw)[1]
+        z = checkpoint_name(z, "read_end")
+        state, out = causal_chunk(state, z, memory.keys, memory.values, memory.log_decay)
+        return (h1, x1, g[-1], state), out
+
+    dtype = phi_q.dtype
+    carry = (jnp.zeros(M, dtype), jnp.zeros(N, dtype), jnp.zeros(M, dtype), jnp.zeros((M, N), dtype))
+    if n_chunks == 1:  # one chunk: no loop and nothing to rematerialise (compiles faster)
+        return step(carry, (phi_q, phi_k, v, present))[1][:L]
+    step = jax.checkpoint(step, prevent_cse=False, policy=jax.checkpoint_policies.save_only_these_names("read_end"))
+    xs = (
+        phi_q.reshape(n_chunks, C, M),
+        phi_k.reshape(n_chunks, C, M),
+        v.reshape(n_chunks, C, N),
+        present.reshape(n_chunks, C),
+    )
+    _, out = jax.lax.scan(step, carry, xs)
+    return out.reshape(n_chunks * C, N)[:L]
 
 
 def _default_tolerances(dtype):
@@ -130,13 +197,9 @@ def reduced_read(
     r"""Solve every query's reduced read at once; returns $z(T_r)$, shape (L, M) (or the diffrax solution
     when `saveat` is given)."""
     L, M = phi_q.shape
-    g = memory.read_weights(causal)
-    p0 = calcium_initial(phi_q, g)
-    source = RelaxingCalcium(p0=p0, p_bar=calcium_mean(phi_q, g)[..., None], kappa=N * M * params.t_read / params.tau_p)
-    field = ReducedReadField(phi_q=phi_q, source=source, params=params)
+    field = _read_field(phi_q, memory.read_weights(causal), params, N)
     grid = read_grid(params, N, M, read_steps, phi_q.dtype)
-    default = solver is None or type(solver) is Magnus2
-    if default and stepsize_controller is None and adjoint is None and saveat is None:
+    if _default_read(solver, stepsize_controller, adjoint) and saveat is None:
         return solve_read(field, grid, throw=throw)[1]  # the default: one fixed-grid solve, custom VJP
     solver = Magnus2() if solver is None else solver
     dt0 = None

@@ -81,13 +81,21 @@ def window_start_states(
 
     **Returns:** the state at the start of each window, shape (L, K); row 0 is zero.
     """
+    return window_states(targets, present, relax, jnp.zeros_like(targets[0]))[0]
+
+
+def window_states(
+    targets: Float[Array, "L K"], present: Bool[Array, " L"], relax: Float[ArrayLike, ""], initial: Float[Array, " K"]
+) -> tuple[Float[Array, "L K"], Float[Array, " K"]]:
+    r"""`window_start_states` of a stream that starts from `initial` (the state at the start of the first
+    window) instead of rest, e.g. one chunk of a longer sequence: returns the state at the start of each
+    window, (L, K) (row 0 is `initial`), and at the end of the last one, (K,) (the next chunk's `initial`)."""
     relax = jnp.asarray(relax, targets.dtype)
     a = jnp.where(present, relax, 1.0)[:, None]  # (L, 1): one factor per token, broadcast over K
     b = jnp.where(present[:, None], (1 - relax) * targets, 0.0)
-    # Shift by one: the state at the start of window t depends on windows < t.
-    a = jnp.concatenate([jnp.ones_like(a[:1]), a[:-1]])
-    b = jnp.concatenate([jnp.zeros_like(b[:1]), b[:-1]])
-    return linear_recurrence(a, b)
+    b = b.at[0].add(a[0] * initial)
+    after = linear_recurrence(a, b)  # the state at the end of each window
+    return jnp.concatenate([initial[None].astype(after.dtype), after[:-1]]), after[-1]
 
 
 # Tripartite synapses

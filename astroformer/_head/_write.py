@@ -27,7 +27,7 @@ from ._equations import (
     output_neurons_rhs,
     weights_rhs,
     window_integrals,
-    window_start_states,
+    window_states,
 )
 from ._params import NAParams
 
@@ -45,9 +45,12 @@ class ReducedMemory(eqx.Module):
     g_increments: Float[Array, "L M"]
     log_decay: Float[Array, " L"]
 
-    def astrocyte_weights(self) -> Float[Array, "L M"]:
-        r"""$g_t$ after each token, shape (L, M)."""
-        return linear_recurrence(jnp.exp(self.log_decay)[:, None], self.g_increments)
+    def astrocyte_weights(self, initial: Float[Array, " M"] | None = None) -> Float[Array, "L M"]:
+        r"""$g_t$ after each token, shape (L, M); from `initial` (g before the first token, (M,)) instead of 0 when
+        given (a chunk of a longer sequence)."""
+        decay = jnp.exp(self.log_decay)[:, None]
+        increments = self.g_increments if initial is None else self.g_increments.at[0].add(decay[0] * initial)
+        return linear_recurrence(decay, increments)
 
     def read_weights(self, causal: bool) -> Float[Array, "L M"]:
         r"""The astrocyte weights each query's read starts from: $g_t$ after its own token (causal), or after the
@@ -66,11 +69,25 @@ class ReducedMemory(eqx.Module):
 def write_reduced(
     phi_k: Float[Array, "L M"], v: Float[Array, "L N"], params: NAParams, present: Bool[Array, " L"]
 ) -> ReducedMemory:
-    """Exact closed-form write phase (see module docstring)."""
+    """Exact closed-form write phase (see module docstring), from rest."""
+    return write_reduced_from(phi_k, v, params, present, jnp.zeros_like(phi_k[0]), jnp.zeros_like(v[0]))[0]
+
+
+def write_reduced_from(
+    phi_k: Float[Array, "L M"],
+    v: Float[Array, "L N"],
+    params: NAParams,
+    present: Bool[Array, " L"],
+    h0: Float[Array, " M"],
+    x0: Float[Array, " N"],
+) -> tuple[ReducedMemory, tuple[Float[Array, " M"], Float[Array, " N"]]]:
+    """`write_reduced` of a stream whose feature and output neurons start the first window at `h0`, `x0`
+    (a chunk of a longer sequence): returns the chunk's memory and the neurons' states at the end of its last
+    window (the next chunk's `h0`, `x0`)."""
     M = phi_k.shape[-1]
     relax = jnp.exp(-jnp.asarray(params.t_write) / params.tau_n)
-    h_start = window_start_states(phi_k, present, relax)
-    x_start = window_start_states(v, present, relax)
+    h_start, h_end = window_states(phi_k, present, relax, h0)
+    x_start, x_end = window_states(v, present, relax, x0)
     k1, k2 = hebbian_write_keys(phi_k, h_start, window_integrals(params.t_write, params.tau_n, params.tau_f))
     live = present[:, None]
     k1 = jnp.where(live, k1, 0.0) / params.t_write
@@ -78,7 +95,7 @@ def write_reduced(
     keys = jnp.stack([k1, k2]) / M
     values = jnp.stack([v, x_start - v])
     log_decay = jnp.where(present, params.log_write_decay(), 0.0).astype(phi_k.dtype)
-    return ReducedMemory(keys=keys, values=values, g_increments=k1, log_decay=log_decay)
+    return ReducedMemory(keys=keys, values=values, g_increments=k1, log_decay=log_decay), (h_end, x_end)
 
 
 class WriteField(eqx.Module):

@@ -70,24 +70,37 @@ def linear_attention_state(
     qc = q.reshape(n_chunks, C, M)
     kc = keys.reshape(R, n_chunks, C, M).transpose(1, 0, 2, 3)
     vc = values.reshape(R, n_chunks, C, N).transpose(1, 0, 2, 3)
-    tril = jnp.tril(jnp.ones((C, C), dtype=bool))
 
     # One chunk per scan step, carrying the state S (M, N) from chunk to chunk. The step is rematerialised in
     # the backward pass, so the gradient stores one state per chunk, never the (R, C, C) scores of every chunk.
     # (Inside a scan the rematerialisation needs no CSE barrier: JAX's documented `prevent_cse=False`.)
     @functools.partial(jax.checkpoint, prevent_cse=False)
     def chunk(state, inputs):
-        q_i, k_i, v_i, log_decay_i = inputs
-        a = jnp.cumsum(log_decay_i)  # local cumulative log decay
-        weights = jnp.where(tril, jnp.exp(jnp.where(tril, a[:, None] - a[None, :], 0.0)), 0.0)  # (C, C)
-        scores = jnp.einsum("cm,rdm->rcd", q_i, k_i) * weights
-        out = jnp.einsum("rcd,rdv->cv", scores, v_i) + (q_i * jnp.exp(a)[:, None]) @ state
-        to_end = jnp.exp(a[-1] - a)  # decay from each token to the chunk's end
-        state = jnp.exp(a[-1]) * state + jnp.einsum("d,rdm,rdv->mv", to_end, k_i, v_i)
-        return state, out
+        return causal_chunk(state, *inputs)
 
     _, out = jax.lax.scan(chunk, jnp.zeros((M, N), q.dtype), (qc, kc, vc, log_decay.reshape(n_chunks, C)))
     return out.reshape(n_chunks * C, N)[:L]
+
+
+def causal_chunk(
+    state: Float[Array, "M N"],
+    q: Float[Array, "C M"],
+    keys: Float[Array, "R C M"],
+    values: Float[Array, "R C N"],
+    log_decay: Float[Array, " C"],
+) -> tuple[Float[Array, "M N"], Float[Array, "C N"]]:
+    r"""One chunk of the causal `linear_attention_state`: given the state $S$ after the tokens before the chunk,
+    returns the state after its last token and its outputs $o_t = q_t^\top S_t$, exactly (quadratic in the
+    chunk's length C, the decay inside the chunk taken from its own cumulative `log_decay`)."""
+    C = q.shape[0]
+    tril = jnp.tril(jnp.ones((C, C), dtype=bool))
+    a = jnp.cumsum(log_decay)  # local cumulative log decay
+    weights = jnp.where(tril, jnp.exp(jnp.where(tril, a[:, None] - a[None, :], 0.0)), 0.0)  # (C, C)
+    scores = jnp.einsum("cm,rdm->rcd", q, keys) * weights
+    out = jnp.einsum("rcd,rdv->cv", scores, values) + (q * jnp.exp(a)[:, None]) @ state
+    to_end = jnp.exp(a[-1] - a)  # decay from each token to the chunk's end
+    state = jnp.exp(a[-1]) * state + jnp.einsum("d,rdm,rdv->mv", to_end, keys, values)
+    return state, out
 
 
 def normalised_linear_attention(
