@@ -293,6 +293,20 @@ def test_causality(small_data, kind, causal):
         assert change > 1e-3
 
 
+def test_decayed_recurrence_of_underflowing_factors_has_finite_gradients():
+    """Fast neurons (T_w / tau_n = 1000) make the write's relaxation factor e^{-1000} underflow float32; the
+    recurrence takes its log, so the state is the last input alone and the gradient (e.g. into tau_n when it is
+    fitted) is finite: d y_t / d log a_t = a_t y_{t-1} = 0, d y_t / d b_t = 1."""
+    from astroformer._solvers._linear import decayed_recurrence
+
+    log_a = jnp.full((6,), -1000.0, jnp.float32)
+    b = jnp.arange(1.0, 13.0, dtype=jnp.float32).reshape(6, 2)
+    np.testing.assert_array_equal(decayed_recurrence(log_a, b), b)
+    grad_log_a, grad_b = jax.grad(lambda la, bb: jnp.sum(decayed_recurrence(la, bb)), argnums=(0, 1))(log_a, b)
+    np.testing.assert_array_equal(grad_log_a, np.zeros(6))
+    np.testing.assert_array_equal(grad_b, np.ones((6, 2)))
+
+
 def test_linear_recurrence_with_per_token_factor_matches_loop():
     """The recurrences of the write (window-start states, astrocyte weights) take one factor per token, (L, 1),
     broadcast over the features: the associative scan equals the sequential y_t = a_t y_{t-1} + b_t."""
@@ -310,6 +324,19 @@ def test_linear_recurrence_with_per_token_factor_matches_loop():
     np.testing.assert_allclose(linear_recurrence(jnp.asarray(a), jnp.asarray(b)), np.array(expected), rtol=1e-12)
     np.testing.assert_allclose(
         linear_recurrence(jnp.asarray(np.broadcast_to(a, (L, K))), jnp.asarray(b)), np.array(expected), rtol=1e-12
+    )
+    # one log factor per step: the dense (L, L) form (short sequences, every chunk) and the scan (long ones)
+    from astroformer._solvers._linear import DENSE_RECURRENCE, decayed_recurrence
+
+    np.testing.assert_allclose(decayed_recurrence(jnp.log(jnp.asarray(a[:, 0])), jnp.asarray(b)), expected, rtol=1e-12)
+    reps = -(-(DENSE_RECURRENCE + 1) // L)  # longer than the dense form's limit: the associative scan
+    a_long, b_long = np.tile(a, (reps, 1)), np.tile(b, (reps, 1))
+    y, long_expected = np.zeros(K), []
+    for t in range(len(b_long)):
+        y = a_long[t] * y + b_long[t]
+        long_expected.append(y)
+    np.testing.assert_allclose(
+        decayed_recurrence(jnp.log(jnp.asarray(a_long[:, 0])), jnp.asarray(b_long)), long_expected, rtol=1e-11
     )
     # window starts: y_t = E y_{t-1} + (1 - E) target_{t-1} over presented tokens only, from rest
     present = rng.uniform(size=L) > 0.3

@@ -27,7 +27,7 @@ p_bar = (1/NM) sum_ij p_ij(0) = (1/M) sum_j phi_j(q) g_j:
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-from .._solvers._linear import linear_recurrence
+from .._solvers._linear import decayed_recurrence
 from .._solvers._special import exp_mean2, psi
 
 # Neurons
@@ -81,20 +81,25 @@ def window_start_states(
 
     **Returns:** the state at the start of each window, shape (L, K); row 0 is zero.
     """
-    return window_states(targets, present, relax, jnp.zeros_like(targets[0]))[0]
+    return window_states(targets, present, jnp.log(jnp.asarray(relax, targets.dtype)), jnp.zeros_like(targets[0]))[0]
 
 
 def window_states(
-    targets: Float[Array, "L K"], present: Bool[Array, " L"], relax: Float[ArrayLike, ""], initial: Float[Array, " K"]
+    targets: Float[Array, "L K"],
+    present: Bool[Array, " L"],
+    log_relax: Float[ArrayLike, ""],
+    initial: Float[Array, " K"],
 ) -> tuple[Float[Array, "L K"], Float[Array, " K"]]:
     r"""`window_start_states` of a stream that starts from `initial` (the state at the start of the first
-    window) instead of rest, e.g. one chunk of a longer sequence: returns the state at the start of each
-    window, (L, K) (row 0 is `initial`), and at the end of the last one, (K,) (the next chunk's `initial`)."""
-    relax = jnp.asarray(relax, targets.dtype)
-    a = jnp.where(present, relax, 1.0)[:, None]  # (L, 1): one factor per token, broadcast over K
-    b = jnp.where(present[:, None], (1 - relax) * targets, 0.0)
-    b = b.at[0].add(a[0] * initial)
-    after = linear_recurrence(a, b)  # the state at the end of each window
+    window) instead of rest, e.g. one chunk of a longer sequence, with the relaxation given by its log,
+    $\log E = -T_w/\tau_n$ (`log_relax`; exact where $E$ itself underflows): returns the state at the start of
+    each window, (L, K) (row 0 is `initial`), and at the end of the last one, (K,) (the next chunk's
+    `initial`)."""
+    log_relax = jnp.asarray(log_relax, targets.dtype)
+    log_a = jnp.where(present, log_relax, 0.0)  # one factor per token; an absent token takes no time
+    b = jnp.where(present[:, None], -jnp.expm1(log_relax) * targets, 0.0)  # (1 - E) y*
+    b = b.at[0].add(jnp.exp(log_a[0]) * initial)
+    after = decayed_recurrence(log_a, b)  # the state at the end of each window
     return jnp.concatenate([initial[None].astype(after.dtype), after[:-1]]), after[-1]
 
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from .._solvers._linear import linear_recurrence
+from .._solvers._linear import decayed_recurrence
 from ._equations import (
     feature_neurons_rhs,
     hebbian_rhs,
@@ -48,9 +48,10 @@ class ReducedMemory(eqx.Module):
     def astrocyte_weights(self, initial: Float[Array, " M"] | None = None) -> Float[Array, "L M"]:
         r"""$g_t$ after each token, shape (L, M); from `initial` (g before the first token, (M,)) instead of 0 when
         given (a chunk of a longer sequence)."""
-        decay = jnp.exp(self.log_decay)[:, None]
-        increments = self.g_increments if initial is None else self.g_increments.at[0].add(decay[0] * initial)
-        return linear_recurrence(decay, increments)
+        increments = self.g_increments
+        if initial is not None:
+            increments = increments.at[0].add(jnp.exp(self.log_decay[0]) * initial)
+        return decayed_recurrence(self.log_decay, increments)
 
     def read_weights(self, causal: bool) -> Float[Array, "L M"]:
         r"""The astrocyte weights each query's read starts from: $g_t$ after its own token (causal), or after the
@@ -85,9 +86,9 @@ def write_reduced_from(
     (a chunk of a longer sequence): returns the chunk's memory and the neurons' states at the end of its last
     window (the next chunk's `h0`, `x0`)."""
     M = phi_k.shape[-1]
-    relax = jnp.exp(-jnp.asarray(params.t_write) / params.tau_n)
-    h_start, h_end = window_states(phi_k, present, relax, h0)
-    x_start, x_end = window_states(v, present, relax, x0)
+    log_relax = -jnp.asarray(params.t_write) / params.tau_n
+    h_start, h_end = window_states(phi_k, present, log_relax, h0)
+    x_start, x_end = window_states(v, present, log_relax, x0)
     k1, k2 = hebbian_write_keys(phi_k, h_start, window_integrals(params.t_write, params.tau_n, params.tau_f))
     live = present[:, None]
     k1 = jnp.where(live, k1, 0.0) / params.t_write

@@ -27,6 +27,29 @@ def linear_recurrence(a: Float[Array, "L *#K"], b: Float[Array, "L *K"]) -> Floa
     return jax.lax.associative_scan(combine, (a, b))[1]
 
 
+DENSE_RECURRENCE = 128
+"""Up to this many steps `decayed_recurrence` is one (L, L) matrix product, beyond it an associative scan."""
+
+
+def decayed_recurrence(log_a: Float[Array, " L"], b: Float[Array, "L *K"]) -> Float[Array, "L *K"]:  # noqa: F821
+    r"""$y_t = e^{\ell_t}\,y_{t-1} + b_t$ with $y_0 = 0$ (so $y_1 = b_1$), from the log factors $\ell_t$ = `log_a`
+    (one per step, $\le 0$ for a decay; $-\infty$ allowed) broadcast over the trailing axes of `b`.
+
+    Up to `DENSE_RECURRENCE` steps (every chunk of the chunked head) it is one product with the (L, L) lower
+    triangle $W_{t\tau} = e^{\sum_{\tau < u \le t} \ell_u}$: each exponent is a sum over exactly its own steps (a
+    cumulative sum down each column of the masked log factors, Mamba-2's "segsum"), never a difference of two
+    long cumulative sums, so nothing is lost to cancellation. It traces and compiles to a few operations where the
+    associative scan (`linear_recurrence`, used for longer sequences) unrolls a log-depth tree of slices."""
+    L = b.shape[0]
+    if L > DENSE_RECURRENCE:
+        return linear_recurrence(jnp.exp(log_a).reshape((L,) + (1,) * (b.ndim - 1)), b)
+    below = jnp.tril(jnp.ones((L, L), bool), -1)  # [u, tau]: u > tau
+    lower = jnp.tril(jnp.ones((L, L), bool))  # [t, tau]: t >= tau
+    segments = jnp.cumsum(jnp.where(below, log_a[:, None], 0.0), axis=0)  # [t, tau] = sum_{tau < u <= t} log a_u
+    weights = jnp.where(lower, jnp.exp(jnp.where(lower, segments, 0.0)), 0.0)
+    return jnp.tensordot(weights.astype(b.dtype), b, axes=1)
+
+
 def linear_attention_state(
     q: Float[Array, "L M"],
     keys: Float[Array, "R L M"],
