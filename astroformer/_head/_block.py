@@ -68,7 +68,9 @@ def na_attention(
       reads that end far from equilibrium (e.g. $\tau_n = \tau_s = 0.1\,T_r$) need more (about 1% error at
       8 steps, 0.1% at 16). Measured by `benchmarks/attention_speed.py`.
     - `max_steps`: per-solve step budget of adaptive solvers; running out raises an error.
-    - `chunk_size`: chunk length of the causal linear-time readout.
+    - `chunk_size`: chunk length of the causal forms: the default ODE head runs write, read and readout one chunk
+      at a time (so its memory is the equilibrium's, not O(L M) per intermediate); the equilibrium and other
+      reads chunk their linear-time readout.
     - `throw`: raise on solver failure (diffrax's `throw`).
 
     **Returns:** the outputs $x$ at the end of each read (or $x^*$), shape (L, N).
@@ -131,7 +133,7 @@ def _read_field(phi_q, g, params: NAParams, N: int) -> ReducedReadField:
 def _causal_ode_chunks(phi_q, phi_k, v, params: NAParams, present, *, read_steps: int, chunk_size: int, throw: bool):
     r"""The default causal reduced head (write, astrocyte weights, read, readout) one chunk of `chunk_size`
     tokens at a time, equal to the whole-sequence form (`write_reduced`, `reduced_read`,
-    `linear_attention_state`; tests) but with no (L, M) intermediate.
+    `linear_attention_state`; tests) but with no (L, M) intermediate other than the read's end $z$.
 
     One `lax.scan` over the chunks carries what the stream keeps from one chunk to the next: the feature and
     output neurons' states at the start of the next window ($h$, $x$), the astrocyte weights $g$ and the
