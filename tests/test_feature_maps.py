@@ -318,15 +318,11 @@ def test_attention_cross_entropy_of_a_student_matches_numpy(getkey):
     np.testing.assert_allclose(got, np.mean(losses), rtol=1e-4)
 
 
-def test_finetuning_with_the_attention_term_keeps_the_heads_closer_to_softmax(getkey):
-    """Fine-tuning the feature neurons on the next-token loss alone is free to move their attention weights away
-    from softmax's; with the attention term (weight 10) the student's attention cross-entropy ends lower."""
-    from astroformer.tasks import get_task
+def _learned_student(task, key):
+    """A one-layer, two-head na-equilibrium model with learned feature neurons (M = 8) for `task`."""
     from astroformer.training import Transformer
-    from astroformer.training._distill import _finetune_features, attention_cross_entropy
 
-    task = get_task("induction", vocab_size=8, seq_len=16)
-    student = Transformer(
+    return Transformer(
         task.vocab_size,
         16,
         attention="na-equilibrium",
@@ -335,8 +331,18 @@ def test_finetuning_with_the_attention_term_keeps_the_heads_closer_to_softmax(ge
         num_layers=1,
         num_heads=2,
         attention_kwargs=dict(feature_map="learned"),
-        key=getkey(),
+        key=key,
     )
+
+
+def test_finetuning_with_the_attention_term_keeps_the_heads_closer_to_softmax(getkey):
+    """Fine-tuning the feature neurons on the next-token loss alone is free to move their attention weights away
+    from softmax's; with the attention term (weight 10) the student's attention cross-entropy ends lower."""
+    from astroformer.tasks import get_task
+    from astroformer.training._distill import _finetune_features, attention_cross_entropy
+
+    task = get_task("induction", vocab_size=8, seq_len=16)
+    student = _learned_student(task, getkey())
     tokens = jnp.asarray(task.batch("train", 8, seed=1).inputs)
     before = float(attention_cross_entropy(student, tokens))
     plain, _, _ = _finetune_features(student, task, 40, 3e-2, 8, 0)
@@ -393,22 +399,11 @@ def test_finetuning_that_overflows_stops_and_keeps_the_last_finite_model(getkey)
     step (the model's runtime check raises). The fine-tuning stops there, names the failed check, and returns the
     parameters whose loss was the last finite one: recomputed, that loss comes back."""
     from astroformer.tasks import get_task
-    from astroformer.training import Transformer
     from astroformer.training._distill import _finetune_features
     from astroformer.training._train import loss_fn
 
     task = get_task("induction", vocab_size=8, seq_len=16)
-    student = Transformer(
-        task.vocab_size,
-        16,
-        attention="na-equilibrium",
-        num_features=8,
-        d_model=16,
-        num_layers=1,
-        num_heads=2,
-        attention_kwargs=dict(feature_map="learned"),
-        key=getkey(),
-    )
+    student = _learned_student(task, getkey())
     kept, losses, stopped = _finetune_features(student, task, 4, 1e3, 4, 0, projections=True)
     assert stopped is not None and stopped["step"] == len(losses) + 1 and 1 <= len(losses) < 4, (losses, stopped)
     assert "expected finite values" in stopped["reason"], stopped
