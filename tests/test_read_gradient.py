@@ -177,3 +177,22 @@ def test_chunked_head_with_a_mask_matches_the_whole_sequence_form(chunk_size):
     np.testing.assert_allclose(value, ref_value, rtol=1e-12)
     for got, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
         np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12)
+
+
+def test_chunked_head_promotes_mixed_dtypes_like_the_whole_sequence_form():
+    """Inputs of different float dtypes (float32 keys, float64 queries and values) are promoted once for the
+    whole stream, so the chunks' carries keep one dtype; the result equals the whole-sequence form's on the
+    promoted inputs (which itself would write the float32 keys in float32)."""
+    phi_q, phi_k, v, _, params = _inputs()
+    phi_k32 = phi_k.astype(jnp.float32)
+    chunked = af.na_attention(phi_q, phi_k32, v, params, read_steps=6, chunk_size=4)
+    whole = af.na_attention(
+        phi_q,
+        phi_k32.astype(jnp.float64),
+        v,
+        params,
+        read_steps=6,
+        adjoint=diffrax.RecursiveCheckpointAdjoint(checkpoints=6),
+    )
+    assert chunked.dtype == whole.dtype == jnp.float64
+    np.testing.assert_allclose(chunked, whole, rtol=1e-12)

@@ -144,6 +144,10 @@ def _causal_ode_chunks(phi_q, phi_k, v, params: NAParams, present, *, read_steps
     (by its own backward), as in the whole-sequence form."""
     L, M = phi_q.shape
     N = v.shape[-1]
+    # One dtype for the whole stream (the scan's carries must keep theirs): the inputs' and the parameters'
+    # promoted together, as the whole-sequence form computes in.
+    dtype = jnp.result_type(phi_q, phi_k, v, *jax.tree.leaves(params))
+    phi_q, phi_k, v = (a.astype(dtype) for a in (phi_q, phi_k, v))
     C = min(chunk_size, L)
     n_chunks = -(-L // C)
     pad = n_chunks * C - L
@@ -162,7 +166,6 @@ def _causal_ode_chunks(phi_q, phi_k, v, params: NAParams, present, *, read_steps
         state, out = causal_chunk(state, z, memory.keys, memory.values, memory.log_decay)
         return (h1, x1, g[-1], state), out
 
-    dtype = phi_q.dtype
     carry = (jnp.zeros(M, dtype), jnp.zeros(N, dtype), jnp.zeros(M, dtype), jnp.zeros((M, N), dtype))
     if n_chunks == 1:  # one chunk: no loop and nothing to rematerialise (compiles faster)
         return step(carry, (phi_q, phi_k, v, present))[1][:L]

@@ -70,7 +70,7 @@ def window_start_states(
 
     The stream starts from rest ($y = 0$) and windows follow each other without gaps, so at the start of
     window $t$: $y_t = E\,y_{t-1} + (1 - E)\,y^\star_{t-1}$ with $E = e^{-T_w/\tau_n}$ (`relax`), an exact
-    linear recurrence solved by a parallel (associative) scan. A token that is not `present` is skipped: no
+    linear recurrence (`decayed_recurrence`). A token that is not `present` is skipped: no
     time passes and the state carries over.
 
     **Arguments:**

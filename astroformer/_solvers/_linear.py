@@ -47,7 +47,9 @@ def decayed_recurrence(log_a: Float[Array, " L"], b: Float[Array, "L *K"]) -> Fl
     lower = jnp.tril(jnp.ones((L, L), bool))  # [t, tau]: t >= tau
     segments = jnp.cumsum(jnp.where(below, log_a[:, None], 0.0), axis=0)  # [t, tau] = sum_{tau < u <= t} log a_u
     weights = jnp.where(lower, jnp.exp(jnp.where(lower, segments, 0.0)), 0.0)
-    return jnp.tensordot(weights.astype(b.dtype), b, axes=1)
+    # Full float32 precision where a platform would otherwise use reduced-precision products (TF32 on GPUs): these
+    # are the neurons' states and the astrocyte weights, not an attention read.
+    return jnp.tensordot(weights.astype(b.dtype), b, axes=1, precision=jax.lax.Precision.HIGHEST)
 
 
 def linear_attention_state(

@@ -41,6 +41,7 @@ from .._features._headwise import HeadwiseFeatures
 from .._head._params import NUM_FEATURES
 from .._features._learned import LearnedFeatures
 from .._features._maps import AbstractFeatureMap
+from .._errors import runtime_message
 from .._validate import check_bool, check_choice, check_int
 from ._checkpoint import atomic_write, save_checkpoint
 from ._model import Block, Transformer, _dense, _layer_norm, trainable_filter
@@ -264,7 +265,7 @@ def distill(
             f"-> {np.round(np.asarray(last), 3).tolist()}"
         )
     if finetune_steps:
-        student, losses, stopped = _finetune_features(
+        student, losses, report = _finetune_features(
             student,
             task,
             finetune_steps,
@@ -284,8 +285,10 @@ def distill(
             "loss_first": losses[0] if losses else None,
             "loss_last": losses[-1] if losses else None,
             "steps_done": len(losses),
-            "stopped": stopped,
+            "skipped_steps": report["skipped_steps"],
+            "stopped": report["stopped"],
         }
+        stopped = report["stopped"]
         what = "feature neurons and attention projections" if finetune_projections else "feature neurons"
         if stopped is not None:
             log(
@@ -294,7 +297,8 @@ def distill(
                 f"{finetune_learning_rate}) to go further"
             )
         if losses:
-            log(f"fine-tuned the {what} for {len(losses)} steps: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+            skips = f" ({report['skipped_steps']} skipped: non-finite gradients)" if report["skipped_steps"] else ""
+            log(f"fine-tuned the {what} for {len(losses)} steps{skips}: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     record["seconds"] = time.perf_counter() - start
     if attention != "na-equilibrium":  # the same weights in the na-ode model (its read parameters differ)
         student = eqx.tree_at(
@@ -365,11 +369,12 @@ def _finetune_features(
     distribution), plus `attention_weight` times `attention_cross_entropy`, over the feature-neuron leaves (and the
     attention layers' query, key, value and output projections if `projections`).
 
-    Returns `(model, losses, stopped)`. A step whose gradients are not all finite is skipped
-    (`optax.apply_if_finite`; `MAX_SKIPPED_IN_A_ROW` in a row end the fine-tuning). A step that fails a runtime
-    check of the model (e.g. learned feature rates that overflow float32 once the free queries and keys have
-    grown) or whose loss is not finite ends the fine-tuning early instead of losing the run: `model` is then the last one whose loss was finite, `losses` holds the
-    completed steps and `stopped` is `{"step": i, "reason": ...}` (None when every step ran)."""
+    Returns `(model, losses, report)`. A step whose gradients are not all finite is skipped, leaving the
+    parameters unchanged (`optax.apply_if_finite`; `MAX_SKIPPED_IN_A_ROW` in a row end the fine-tuning). A step
+    that fails a runtime check of the model (e.g. learned feature rates that overflow float32 once the free
+    queries and keys have grown) or whose loss is not finite ends the fine-tuning early instead of losing the
+    run: `model` is then the last one whose loss was finite. `losses` holds the loss of every completed step,
+    skipped ones included; `report` is `{"stopped": None or {"step": i, "reason": ...}, "skipped_steps": n}`."""
     import optax
 
     from ._train import MAX_SKIPPED_IN_A_ROW, loss_fn, skipped_in_a_row
@@ -405,19 +410,20 @@ def _finetune_features(
         return eqx.apply_updates(free, updates), state, loss
 
     losses: list[float] = []
-    stopped, good = None, free  # `good`: the parameters of the last finite loss
+    stopped, good, skipped = None, free, 0  # `good`: the parameters of the last finite loss
     for i in range(steps):
         batch = task.batch("train", batch_size, seed=50_000 + seed * 10_000 + i)
         try:
             new_free, new_state, loss = step(free, state, batch)
             loss = float(loss)
-        except RuntimeError as error:  # a runtime check of the model failed on these parameters
-            stopped = {"step": i + 1, "reason": _runtime_reason(error)}
+        except eqx.EquinoxRuntimeError as error:  # a runtime check of the model failed on these parameters
+            stopped = {"step": i + 1, "reason": runtime_message(error)}
             break
         if not math.isfinite(loss):
             stopped = {"step": i + 1, "reason": f"loss: expected a finite value, got {loss}"}
             break
         in_a_row = int(skipped_in_a_row(new_state))
+        skipped += in_a_row > 0
         if in_a_row >= MAX_SKIPPED_IN_A_ROW:
             stopped = {
                 "step": i + 1,
@@ -426,16 +432,8 @@ def _finetune_features(
             break
         losses.append(loss)
         good, free, state = free, new_free, new_state
-    return eqx.combine(free if stopped is None else good, frozen), losses, stopped
-
-
-def _runtime_reason(error: Exception) -> str:
-    """The message of a runtime check (equinox prints it after the traceback inside the jitted code)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for line in lines:
-        if "RuntimeError: " in line:
-            return line.split("RuntimeError: ", 1)[1]
-    return lines[0] if lines else type(error).__name__
+    report = {"stopped": stopped, "skipped_steps": skipped}
+    return eqx.combine(free if stopped is None else good, frozen), losses, report
 
 
 # ------------------------------------------------------------------------------------------ command line
