@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from astroformer import NAParams, PositiveRandomFeatures
 from astroformer._head._block import reduced_read
 from astroformer._solvers._linear import linear_attention_state
-from astroformer._head._read import ReducedReadField, RelaxingCalcium, _step, read_grid
+from astroformer._head._read import QUERY_CHUNK, ReducedReadField, RelaxingCalcium, _step, read_grid
 from astroformer._head._write import write_reduced
 
 from ._common import compile_time, machine_info, pyplot, summarise, time_call, write_json
@@ -25,21 +25,30 @@ from ._common import compile_time, machine_info, pyplot, summarise, time_call, w
 
 def scan_read(phi_q, memory, params, N, *, causal, read_steps):
     """The reduced read with the same `Magnus2` steps on the same grid (in step time, as the default solve),
-    written as a `lax.scan`."""
+    written as a `lax.scan`, on the same chunks of `QUERY_CHUNK` queries as the default solve (a `lax.map` over
+    them when L is longer), so that the two differ only in diffrax's machinery."""
     L, M = phi_q.shape
     g = memory.astrocyte_weights()
     if not causal:
         g = jnp.broadcast_to(g[-1], g.shape)
-    p0 = phi_q * g
-    source = RelaxingCalcium(p0=p0, p_bar=jnp.mean(p0, -1, keepdims=True), kappa=N * M * params.t_read / params.tau_p)
-    field = ReducedReadField(phi_q=phi_q, source=source, params=params)
     grid = read_grid(params, N, M, read_steps, phi_q.dtype)
 
-    def body(y, k):
-        return _step(field, grid, k, y), None
+    def read(rows):
+        q, g_rows = rows
+        p0 = q * g_rows
+        kappa = N * M * params.t_read / params.tau_p
+        source = RelaxingCalcium(p0=p0, p_bar=jnp.mean(p0, -1, keepdims=True), kappa=kappa)
+        field = ReducedReadField(phi_q=q, source=source, params=params)
 
-    y, _ = jax.lax.scan(body, (jnp.zeros_like(phi_q), jnp.zeros_like(phi_q)), jnp.arange(read_steps))
-    return y[1]
+        def body(y, k):
+            return _step(field, grid, k, y), None
+
+        y, _ = jax.lax.scan(body, (jnp.zeros_like(q), jnp.zeros_like(q)), jnp.arange(read_steps))
+        return y[1]
+
+    if L <= QUERY_CHUNK:
+        return read((phi_q, g))
+    return jax.lax.map(read, (phi_q, g), batch_size=QUERY_CHUNK)
 
 
 def diffrax_read(phi_q, memory, params, N, *, causal, read_steps):
