@@ -98,8 +98,7 @@ def window_states(
     log_relax = jnp.asarray(log_relax, targets.dtype)
     log_a = jnp.where(present, log_relax, 0.0)  # one factor per token; an absent token takes no time
     b = jnp.where(present[:, None], -jnp.expm1(log_relax) * targets, 0.0)  # (1 - E) y*
-    b = b.at[0].add(jnp.exp(log_a[0]) * initial)
-    after = decayed_recurrence(log_a, b)  # the state at the end of each window
+    after = decayed_recurrence(log_a, b, initial)  # the state at the end of each window
     return jnp.concatenate([initial[None].astype(after.dtype), after[:-1]]), after[-1]
 
 

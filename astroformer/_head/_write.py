@@ -48,10 +48,7 @@ class ReducedMemory(eqx.Module):
     def astrocyte_weights(self, initial: Float[Array, " M"] | None = None) -> Float[Array, "L M"]:
         r"""$g_t$ after each token, shape (L, M); from `initial` (g before the first token, (M,)) instead of 0 when
         given (a chunk of a longer sequence)."""
-        increments = self.g_increments
-        if initial is not None:
-            increments = increments.at[0].add(jnp.exp(self.log_decay[0]) * initial)
-        return decayed_recurrence(self.log_decay, increments)
+        return decayed_recurrence(self.log_decay, self.g_increments, initial)
 
     def read_weights(self, causal: bool) -> Float[Array, "L M"]:
         r"""The astrocyte weights each query's read starts from: $g_t$ after its own token (causal), or after the

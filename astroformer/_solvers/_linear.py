@@ -31,9 +31,14 @@ DENSE_RECURRENCE = 128
 """Up to this many steps `decayed_recurrence` is one (L, L) matrix product, beyond it an associative scan."""
 
 
-def decayed_recurrence(log_a: Float[Array, " L"], b: Float[Array, "L *K"]) -> Float[Array, "L *K"]:  # noqa: F821
-    r"""$y_t = e^{\ell_t}\,y_{t-1} + b_t$ with $y_0 = 0$ (so $y_1 = b_1$), from the log factors $\ell_t$ = `log_a`
-    (one per step, $\le 0$ for a decay; $-\infty$ allowed) broadcast over the trailing axes of `b`.
+def decayed_recurrence(
+    log_a: Float[Array, " L"],
+    b: Float[Array, "L *K"],  # noqa: F821
+    initial: Float[Array, "*K"] | None = None,  # noqa: F821
+) -> Float[Array, "L *K"]:  # noqa: F821
+    r"""$y_t = e^{\ell_t}\,y_{t-1} + b_t$ from $y_0$ = `initial` (default 0, so $y_1 = b_1$), with the log factors
+    $\ell_t$ = `log_a` (one per step, $\le 0$ for a decay; $-\infty$ allowed) broadcast over the trailing axes of
+    `b`. A given `initial` (e.g. the state a chunk of a longer sequence starts from) enters through the first step.
 
     Up to `DENSE_RECURRENCE` steps (every chunk of the chunked head) it is one product with the (L, L) lower
     triangle $W_{t\tau} = e^{\sum_{\tau < u \le t} \ell_u}$: each exponent is a sum over exactly its own steps (a
@@ -41,6 +46,8 @@ def decayed_recurrence(log_a: Float[Array, " L"], b: Float[Array, "L *K"]) -> Fl
     long cumulative sums, so nothing is lost to cancellation. It traces and compiles to a few operations where the
     associative scan (`linear_recurrence`, used for longer sequences) unrolls a log-depth tree of slices."""
     L = b.shape[0]
+    if initial is not None:
+        b = b.at[0].add(jnp.exp(log_a[0]) * initial)
     if L > DENSE_RECURRENCE:
         return linear_recurrence(jnp.exp(log_a).reshape((L,) + (1,) * (b.ndim - 1)), b)
     below = jnp.tril(jnp.ones((L, L), bool), -1)  # [u, tau]: u > tau
