@@ -47,6 +47,10 @@ def test_random_maps_are_unbiased_for_exp_qk(name):
 def _all_maps(D, M, key):
     maps = {name: make(D, M, key) for name, make in RANDOM_MAPS.items()}
     maps["learned"] = af.LearnedFeatures(D, M, key=key)
+    envelope = af.LearnedFeatures(D, M, envelope="learned", key=key)  # moved off its initial (fixed) envelope
+    maps["learned-envelope"] = eqx.tree_at(
+        lambda m: (m.mu, m.log_gamma), envelope, (jnp.linspace(-0.5, 0.5, D), jnp.linspace(-0.7, 0.4, D))
+    )
     return maps
 
 
@@ -74,13 +78,52 @@ def test_gradients_match_finite_differences(x64):
         auto = jnp.sum(jax.grad(f)(u) * du)
         fd = (f(u + eps * du) - f(u - eps * du)) / (2 * eps)
         assert jnp.allclose(auto, fd, rtol=1e-6, atol=1e-9), (name, auto, fd)
-    learned = maps["learned"]
-    dW = jax.random.normal(jax.random.PRNGKey(7), learned.W.shape)
-    db = jax.random.normal(jax.random.PRNGKey(8), learned.b.shape)
-    g = jax.jit(lambda W, b: jnp.sum(c * eqx.tree_at(lambda m: (m.W, m.b), learned, (W, b))(u)))
-    gW, gb = jax.grad(g, argnums=(0, 1))(learned.W, learned.b)
-    fd = (g(learned.W + eps * dW, learned.b + eps * db) - g(learned.W - eps * dW, learned.b - eps * db)) / (2 * eps)
-    assert jnp.allclose(jnp.sum(gW * dW) + jnp.sum(gb * db), fd, rtol=1e-6, atol=1e-9)
+    # ... and with respect to every trainable leaf of the learned maps (tuning, and the learned envelope).
+    for name in ("learned", "learned-envelope"):
+        learned = maps[name]
+        params, rest = eqx.partition(learned, eqx.is_array)
+        direction = jax.tree.map(lambda a: jax.random.normal(jax.random.PRNGKey(a.size), a.shape), params)
+        g = jax.jit(lambda p, rest=rest: jnp.sum(c * eqx.combine(p, rest)(u)))
+        auto = sum(jnp.sum(a * d) for a, d in zip(jax.tree.leaves(jax.grad(g)(params)), jax.tree.leaves(direction)))
+        shifted = [jax.tree.map(lambda p, d, sign=sign: p + sign * eps * d, params, direction) for sign in (1, -1)]
+        fd = (g(shifted[0]) - g(shifted[1])) / (2 * eps)
+        assert len(jax.tree.leaves(params)) == (4 if name == "learned-envelope" else 2)
+        assert jnp.allclose(auto, fd, rtol=1e-6, atol=1e-9), (name, auto, fd)
+
+
+def test_learned_envelope_starts_as_the_fixed_one_and_its_rates_stay_bounded(getkey):
+    D, M = 5, 12
+    key = getkey()
+    fixed = af.LearnedFeatures(D, M, key=key)
+    learned = af.LearnedFeatures(D, M, envelope="learned", key=key)
+    assert (fixed.envelope, learned.envelope) == ("fixed", "learned")
+    u = 2.0 * jax.random.normal(getkey(), (7, D))
+    assert jnp.array_equal(fixed(u), learned(u))  # same tuning, and the envelope starts at mu = 0, gamma = 1
+    # The docstring's bound, M^{-1/2} exp(|b_j| +- w_j.mu + sum_d w_jd^2 / (2 gamma_d)), against the rates at many
+    # inputs (some at the maximiser of each neuron, mu +- w_j / gamma, where the bound is attained).
+    moved = eqx.tree_at(
+        lambda m: (m.b, m.mu, m.log_gamma),
+        learned,
+        (jnp.linspace(-1.0, 1.0, M // 2), jnp.linspace(-0.3, 0.6, D), jnp.linspace(-1.0, 1.0, D)),
+    )
+    gamma = jnp.exp(moved.log_gamma)
+    quad = 0.5 * jnp.sum(moved.W**2 / gamma, axis=-1)
+    bound = jnp.concatenate(
+        [jnp.exp(moved.b + moved.W @ moved.mu + quad), jnp.exp(-moved.b - moved.W @ moved.mu + quad)]
+    )
+    bound = bound / math.sqrt(M)
+    argmax = jnp.concatenate([moved.mu + moved.W / gamma, moved.mu - moved.W / gamma])  # neuron j's best input
+    inputs = jnp.concatenate([3.0 * jax.random.normal(getkey(), (200, D)), argmax])
+    rates = moved(inputs)
+    assert bool(jnp.all(rates <= bound * (1 + 1e-5)))
+    assert jnp.allclose(jnp.diagonal(rates[200:]), bound, rtol=1e-5)  # attained
+    assert bool(jnp.all(jnp.isfinite(moved(1e4 * inputs))))
+
+
+@pytest.mark.bad_input
+def test_learned_features_reject_an_unknown_envelope(getkey):
+    with pytest.raises(ValueError, match="envelope: expected 'fixed' or 'learned', got 'gaussian'"):
+        af.LearnedFeatures(5, 12, envelope="gaussian", key=getkey())
 
 
 def test_optimal_A_minimises_the_closed_form_second_moment():
@@ -137,12 +180,15 @@ def test_feature_maps_by_name_in_layers_config_and_filter(getkey):
     x = jax.random.normal(getkey(), (12, 16))
     for name in af.FEATURE_MAPS:
         layer = af.make_attention("na-equilibrium", 16, 2, num_features=8, feature_map=name, key=getkey())
-        if name in ("oprf", "learned"):  # a shared map runs like the default; the per-head one is new
+        if name in ("oprf", "learned", "learned-envelope"):  # a shared map runs like the default; per-head ones are new
             out = layer(x)
             assert out.shape == (12, 16) and bool(jnp.all(jnp.isfinite(out))), name
         spec = trainable_filter(layer)
-        W_spec = spec.feature_map.maps.W if name == "learned" else spec.feature_map.W
-        assert bool(W_spec) == (name == "learned"), name
+        learned = name.startswith("learned")
+        W_spec = spec.feature_map.maps.W if learned else spec.feature_map.W
+        assert bool(W_spec) == learned, name
+        if name == "learned-envelope":
+            assert spec.feature_map.maps.mu and spec.feature_map.maps.log_gamma
     learned = af.make_attention("na-equilibrium", 16, 2, num_features=8, feature_map="learned", key=getkey())
     assert isinstance(learned.feature_map, af.HeadwiseFeatures) and learned.feature_map.maps.W.shape == (2, 4, 8)
     with pytest.raises(ValueError, match="feature_map: expected one of"):
@@ -223,13 +269,15 @@ def test_distill_writes_a_run_that_eval_loads(tmp_path):
         evaluate_model=False,
         log=lambda *_: None,
     )
-    assert new_config.feature_map == "learned" and new_config.attention == "na-ode"
+    assert new_config.feature_map == "learned-envelope" and new_config.attention == "na-ode"
     assert record["finetune"]["target"] == "teacher" and record["finetune"]["projections"] is True
     ce = record["layers"][0]
     assert all(b < a for a, b in zip(ce["cross_entropy_initial"], ce["cross_entropy_final"]))
     _, _, teacher, _ = load_run(src)
     _, _, loaded, _ = load_run(tmp_path / "na")
     assert jnp.allclose(loaded.blocks[0].attention.feature_map.maps.W, model.blocks[0].attention.feature_map.maps.W)
+    loaded_map, fitted_map = loaded.blocks[0].attention.feature_map.maps, model.blocks[0].attention.feature_map.maps
+    assert jnp.allclose(loaded_map.log_gamma, fitted_map.log_gamma) and not jnp.allclose(fitted_map.log_gamma, 0.0)
     # The written na-ode run keeps the fine-tuned projections (not the teacher's).
     for name in ("query", "key", "value", "output"):
         got = getattr(loaded.blocks[0].attention, name).weight

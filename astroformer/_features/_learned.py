@@ -18,9 +18,22 @@ normaliser only at initialisation, or when the normaliser is part of the loss
 Hedgehog itself normalises each half with a softmax over the features; on this library's trained character
 heads the unnormalised form above reached a lower attention-weight cross-entropy at the same M and steps.
 
+**Learned envelope** (`envelope="learned"`, the feature map `"learned-envelope"`): the Gaussian envelope gets a
+learned centre $\mu$ and per-dimension precision $\gamma = e^{\log\gamma}$,
+
+$$\phi(u) = M^{-1/2} \exp\!\big([z,\ -z] - \tfrac12 \textstyle\sum_d \gamma_d (u_d - \mu_d)^2\big),$$
+
+a receptive field shared by all feature neurons of the head. It multiplies every rate of a token by the same
+factor, so for a key it sets how strongly that token is written at all, which the tuning $W, b$ alone can only
+approximate. At initialisation ($\mu = 0$, $\gamma = 1$) it is the fixed envelope above. On the fidelity
+benchmark's trained character heads it fits softmax's attention weights better at the same M and steps (README,
+"Fidelity").
+
 Reference: Zhang, Bhatia, Kumbong & Ré, "The Hedgehog & the Porcupine: Expressive Linear Attentions with
 Softmax Mimicry", ICLR 2024; Choromanski et al., ICLR 2021 (the envelope).
 """
+
+from typing import Literal
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -31,37 +44,66 @@ from ._maps import AbstractFeatureMap, _check_sizes, _gaussian, _orthogonal_gaus
 
 class LearnedFeatures(AbstractFeatureMap):
     r"""Learned feature neurons (after Hedgehog, Zhang et al. 2024):
-    $\phi(u) = M^{-1/2}\exp([Wu + b, -Wu - b] - |u|^2/2)$.
+    $\phi(u) = M^{-1/2}\exp([Wu + b, -Wu - b] - |u|^2/2)$, or with a learned envelope
+    $\phi(u) = M^{-1/2}\exp([Wu + b, -Wu - b] - \tfrac12\sum_d \gamma_d (u_d - \mu_d)^2)$.
 
     **Arguments:**
 
     - `in_dim`: D; `num_features`: M, even (M/2 tuning directions, each with a mirrored neuron).
     - `orthogonal`: initialise the rows of W in orthogonal blocks (as `PositiveRandomFeatures(orthogonal=True)`).
+    - `envelope`: `"fixed"` (the positive random features' $e^{-|u|^2/2}$) or `"learned"` (trainable centre
+      `mu` (D,) and log-precision `log_gamma` (D,), initialised to the fixed envelope).
     - `key`: PRNG key (keyword-only).
 
-    **Shapes:** (..., D) → (..., M). Rates are positive and at most $M^{-1/2} e^{|w_j|^2/2 + |b_j|}$ whatever the
-    input (finite for large |u|; they underflow to 0 far from every $w_j$). `W` and `b` are trainable
-    (`trainable` is always True).
+    **Shapes:** (..., D) → (..., M). Rates are positive and at most
+    $M^{-1/2} \exp(|b_j| \pm w_j\cdot\mu + \tfrac12\sum_d w_{jd}^2/\gamma_d)$ whatever the input ($\mu = 0$,
+    $\gamma = 1$ for the fixed envelope): finite for large |u|, where they underflow to 0. `W`, `b` (and `mu`,
+    `log_gamma`) are trainable (`trainable` is always True).
     """
 
     W: Float[Array, "half D"]
     b: Float[Array, " half"]
+    mu: Float[Array, " D"] | None
+    log_gamma: Float[Array, " D"] | None
     in_dim: int = eqx.field(static=True)
     num_features: int = eqx.field(static=True)
     trainable = True
     nonnegative = True
 
-    def __init__(self, in_dim: int, num_features: int, *, orthogonal: bool = False, dtype=None, key: PRNGKeyArray):
+    def __init__(
+        self,
+        in_dim: int,
+        num_features: int,
+        *,
+        orthogonal: bool = False,
+        envelope: Literal["fixed", "learned"] = "fixed",
+        dtype=None,
+        key: PRNGKeyArray,
+    ):
         in_dim, num_features = _check_sizes(in_dim, num_features)
         if num_features % 2:
             raise ValueError(f"num_features: LearnedFeatures needs an even M (M/2 mirrored pairs), got {num_features}")
+        if envelope not in ("fixed", "learned"):
+            raise ValueError(f"envelope: expected 'fixed' or 'learned', got {envelope!r}")
         dtype = jnp.result_type(float) if dtype is None else dtype
         self.W = (_orthogonal_gaussian if orthogonal else _gaussian)(key, num_features // 2, in_dim, dtype)
         self.b = jnp.zeros(num_features // 2, dtype)
+        learned = envelope == "learned"
+        self.mu = jnp.zeros(in_dim, dtype) if learned else None
+        self.log_gamma = jnp.zeros(in_dim, dtype) if learned else None
         self.in_dim = in_dim
         self.num_features = num_features
 
+    @property
+    def envelope(self) -> str:
+        """`"learned"` if the envelope has a trainable centre and precision, else `"fixed"`."""
+        return "fixed" if self.mu is None else "learned"
+
     def __call__(self, u: Float[Array, "*batch D"]) -> Float[Array, "*batch M"]:
         z = u @ self.W.T + self.b
-        envelope = 0.5 * jnp.sum(u * u, axis=-1, keepdims=True) + 0.5 * jnp.log(jnp.asarray(self.num_features, z.dtype))
+        if self.mu is None or self.log_gamma is None:
+            quadratic = jnp.sum(u * u, axis=-1, keepdims=True)
+        else:
+            quadratic = jnp.sum(jnp.exp(self.log_gamma) * (u - self.mu) ** 2, axis=-1, keepdims=True)
+        envelope = 0.5 * quadratic + 0.5 * jnp.log(jnp.asarray(self.num_features, z.dtype))
         return jnp.exp(jnp.concatenate([z, -z], axis=-1) - envelope)

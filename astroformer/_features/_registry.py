@@ -9,7 +9,7 @@ from ._maps import AbstractFeatureMap, PositiveRandomFeatures
 from ._oprf import OptimalPositiveRandomFeatures
 
 #: Names accepted by `make_feature_map`.
-FEATURE_MAPS = ("prf", "orthogonal", "oprf", "orthogonal-oprf", "learned")
+FEATURE_MAPS = ("prf", "orthogonal", "oprf", "orthogonal-oprf", "learned", "learned-envelope")
 
 
 def make_feature_map(
@@ -23,6 +23,8 @@ def make_feature_map(
       its default $A$, frozen; i.i.d. or orthogonal directions.
     - `"learned"`: `LearnedFeatures` (Hedgehog, Zhang et al. 2024), trainable, one tuning per head
       (`HeadwiseFeatures`) when `num_heads` is given.
+    - `"learned-envelope"`: `LearnedFeatures(envelope="learned")`, the same with a trainable Gaussian envelope
+      (centre and per-dimension precision), per head likewise.
     """
     if name == "prf":
         return PositiveRandomFeatures(in_dim, num_features, dtype=dtype, key=key)
@@ -32,10 +34,11 @@ def make_feature_map(
         return OptimalPositiveRandomFeatures(
             in_dim, num_features, orthogonal=name == "orthogonal-oprf", dtype=dtype, key=key
         )
-    if name == "learned":
-        if num_heads is None:
-            return LearnedFeatures(in_dim, num_features, dtype=dtype, key=key)
-        return HeadwiseFeatures.build(
-            lambda k: LearnedFeatures(in_dim, num_features, dtype=dtype, key=k), num_heads, key=key
-        )
+    if name in ("learned", "learned-envelope"):
+        envelope = "learned" if name == "learned-envelope" else "fixed"
+
+        def make(k):
+            return LearnedFeatures(in_dim, num_features, envelope=envelope, dtype=dtype, key=k)
+
+        return make(key) if num_heads is None else HeadwiseFeatures.build(make, num_heads, key=key)
     raise ValueError(f"feature_map: expected one of {', '.join(FEATURE_MAPS)}, got {name!r}")

@@ -105,20 +105,23 @@ def distill_heads(
     key,
     normaliser_weight: float = 0.0,
     orthogonal: bool = False,
+    envelope: str = "learned",
 ) -> tuple[HeadwiseFeatures, Array, Array]:
-    """Fit `LearnedFeatures` to every head's softmax weights (one `astroformer.fit` per head, vmapped).
+    """Fit `LearnedFeatures` to every head's softmax weights (one `astroformer.fit` per head, vmapped); `envelope`
+    (`"fixed"` or `"learned"`) is `LearnedFeatures`' envelope: a learned one is fitted too.
 
     **Returns:** `(maps, initial_loss, final_loss)`, the losses per head (H,)."""
     from ..fit import AttentionWeightsTarget, fit
 
     H, _, _, D = q.shape
     maps = HeadwiseFeatures.build(
-        lambda k_: LearnedFeatures(D, num_features, orthogonal=orthogonal, key=k_), H, key=key
+        lambda k_: LearnedFeatures(D, num_features, orthogonal=orthogonal, envelope=envelope, key=k_), H, key=key
     )
+    free = ["W", "b"] + (["mu", "log_gamma"] if envelope == "learned" else [])
 
     def one(m, qh, kh):
         target = AttentionWeightsTarget(qh, kh, normaliser_weight=normaliser_weight)
-        result = fit(m, target, ["W", "b"], steps=steps, learning_rate=learning_rate)
+        result = fit(m, target, free, steps=steps, learning_rate=learning_rate)
         return result.model, result.loss_history[0], result.loss_history[-1]
 
     fitted, first, last = eqx.filter_vmap(one)(maps.maps, q, k)
@@ -131,6 +134,7 @@ def distill(
     *,
     num_features: int = NUM_FEATURES,
     attention: str = "na-ode",
+    feature_map: str = "learned-envelope",
     steps: int = 600,
     learning_rate: float = 0.05,
     batches: int = 8,
@@ -154,6 +158,8 @@ def distill(
     - `out`: the new run directory (must not hold a run unless `overwrite`).
     - `num_features`: M learned feature neurons per head (even).
     - `attention`: `"na-ode"` (simulated reads) or `"na-equilibrium"`: the kind written to the new config.
+    - `feature_map`: `"learned-envelope"` (default: `LearnedFeatures` whose Gaussian envelope is fitted too) or
+      `"learned"` (the positive random features' fixed envelope $e^{-|u|^2/2}$).
     - `steps`, `learning_rate`: Adam steps and rate of each head's fit.
     - `batches`, `batch_size`: training text used for the fit (default batch size: the run's).
     - `normaliser_weight`: $\lambda$ of `AttentionWeightsTarget`: 0 fits the attention weights only
@@ -203,6 +209,7 @@ def distill(
     ):
         raise ValueError(f"finetune_attention_weight: expected a finite number >= 0, got {finetune_attention_weight!r}")
     check_choice("finetune_target", finetune_target, ("next-token", "teacher"))
+    check_choice("feature_map", feature_map, ("learned", "learned-envelope"))
     check_bool("finetune_projections", finetune_projections)
     if not finetune_steps:
         for name, value, default in (
@@ -229,7 +236,9 @@ def distill(
     tokens = jnp.concatenate(
         [jnp.asarray(task.batch("train", batch_size, seed=10_000 + seed * 1000 + i).inputs) for i in range(batches)]
     )
-    new_config = config.replace(attention=attention, feature_map="learned", num_features=num_features, run_dir=str(out))
+    new_config = config.replace(
+        attention=attention, feature_map=feature_map, num_features=num_features, run_dir=str(out)
+    )
     # Distil on a copy read at equilibrium (exact kernel attention: the inputs of the next layer, cheaply).
     student = transfer(teacher, build_model(new_config.replace(attention="na-equilibrium"), task))
     key = jax.random.PRNGKey(seed)
@@ -237,6 +246,7 @@ def distill(
         "kind": "distill",
         "source": str(run_dir),
         "num_features": num_features,
+        "feature_map": feature_map,
         "steps": steps,
         "learning_rate": learning_rate,
         "normaliser_weight": normaliser_weight,
@@ -254,6 +264,7 @@ def distill(
             steps=steps,
             learning_rate=learning_rate,
             normaliser_weight=normaliser_weight,
+            envelope="learned" if feature_map == "learned-envelope" else "fixed",
             key=jax.random.fold_in(key, layer),
         )
         student = eqx.tree_at(lambda m: _feature_map(m.blocks[layer]), student, maps)  # called at once: no late binding
@@ -462,6 +473,13 @@ def register(subparsers) -> None:
         default="na-ode",
         help="attention kind of the new run (default na-ode)",
     )
+    p.add_argument(
+        "--feature-map",
+        choices=["learned-envelope", "learned"],
+        default="learned-envelope",
+        help="learned feature neurons with a fitted Gaussian envelope (default) or the fixed one of positive "
+        "random features",
+    )
     p.add_argument("--steps", type=int, default=600, help="Adam steps per head (default 600)")
     p.add_argument("--learning-rate", "--lr", type=float, default=0.05, help="learning rate of the fits (default 0.05)")
     p.add_argument("--batches", type=int, default=8, help="training batches used for the fit (default 8)")
@@ -519,6 +537,7 @@ def _distill_command(args) -> int:
             args.out,
             num_features=args.num_features,
             attention=args.attention,
+            feature_map=args.feature_map,
             steps=args.steps,
             learning_rate=args.learning_rate,
             batches=args.batches,
