@@ -28,7 +28,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -105,7 +105,7 @@ def distill_heads(
     key,
     normaliser_weight: float = 0.0,
     orthogonal: bool = False,
-    envelope: str = "learned",
+    envelope: Literal["fixed", "learned"] = "learned",
 ) -> tuple[HeadwiseFeatures, Array, Array]:
     """Fit `LearnedFeatures` to every head's softmax weights (one `astroformer.fit` per head, vmapped); `envelope`
     (`"fixed"` or `"learned"`) is `LearnedFeatures`' envelope: a learned one is fitted too.
