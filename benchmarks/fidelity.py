@@ -268,11 +268,11 @@ def main(argv=None):
                     curves[f"learned/{M}"] = dict(
                         softmax=np.asarray(exact).tolist(), astrocyte=np.asarray(astro).tolist()
                     )
-        row = dict(map="learned", M=M, run_dir=str(path), **_summarise(acc))
+        row = dict(map=dconfig.feature_map, M=M, run_dir=str(path), **_summarise(acc))
         rows.append(row)
-        distilled.append((M, dmodel, path))
+        distilled.append((M, dmodel, path, dconfig.feature_map))
         print(
-            f"{'learned':>15} M={M:>6}: normaliser error {row['normaliser_median_relative_error']:.3f}, corr "
+            f"{dconfig.feature_map:>15} M={M:>6}: normaliser error {row['normaliser_median_relative_error']:.3f}, corr "
             f"{row['normaliser_correlation']:.3f}; weights TV {row['attention_tv_median']:.3f}; outputs "
             f"{row['output_relative_error_equilibrium']:.3f}",
             flush=True,
@@ -330,13 +330,13 @@ def main(argv=None):
     downstream = []
     save(downstream, baseline, True)
     D = model.d_model // model.blocks[0].attention.num_heads
-    for M, dmodel, dpath in distilled:
+    for M, dmodel, dpath, map_name in distilled:
         maps = [b.attention.feature_map for b in dmodel.blocks]
         for mode in ("equilibrium", "ode"):
             value = bpc(transferred(model, maps, NAParams(tau_s=0.01 / M), mode))
             downstream.append(
                 dict(
-                    map="learned",
+                    map=map_name,
                     M=M,
                     mode=mode,
                     t_read=1.0,
@@ -346,7 +346,7 @@ def main(argv=None):
                 )
             )
             print(
-                f"transferred {'learned':>15} M={M:>5} {mode:<11}: {value:.3f} bits/char (softmax {baseline:.3f}, "
+                f"transferred {map_name:>15} M={M:>5} {mode:<11}: {value:.3f} bits/char (softmax {baseline:.3f}, "
                 f"{value / baseline - 1:+.1%}; {dpath.name})",
                 flush=True,
             )
@@ -380,7 +380,7 @@ def _plot(results, path):
         Ms = [M for M, _ in pts]
         axes[0].plot(Ms, [r["normaliser_median_relative_error"] for _, r in pts], marker="o", label=name)
         axes[1].plot(Ms, [r["attention_tv_median"] for _, r in pts], marker="o", label=name)
-        if name != "learned":
+        if not name.startswith("learned"):
             axes[2].plot(
                 Ms, [r["normaliser_closed_form_relative_variance_median"] for _, r in pts], marker="o", label=name
             )
