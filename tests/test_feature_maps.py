@@ -261,6 +261,7 @@ def test_distill_writes_a_run_that_eval_loads(tmp_path):
         tmp_path / "na",
         num_features=8,
         attention="na-ode",
+        feature_map="learned-envelope",
         steps=20,
         batches=1,
         finetune_steps=2,
