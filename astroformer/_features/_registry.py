@@ -11,6 +11,9 @@ from ._oprf import OptimalPositiveRandomFeatures
 #: Names accepted by `make_feature_map`.
 FEATURE_MAPS = ("prf", "orthogonal", "oprf", "orthogonal-oprf", "learned", "learned-envelope")
 
+#: The learned maps by name, and the `LearnedFeatures` envelope of each.
+LEARNED_ENVELOPES = {"learned": "fixed", "learned-envelope": "learned"}
+
 
 def make_feature_map(
     name: str, in_dim: int, num_features: int, *, num_heads: int | None = None, dtype=None, key: PRNGKeyArray
@@ -34,8 +37,8 @@ def make_feature_map(
         return OptimalPositiveRandomFeatures(
             in_dim, num_features, orthogonal=name == "orthogonal-oprf", dtype=dtype, key=key
         )
-    if name in ("learned", "learned-envelope"):
-        envelope = "learned" if name == "learned-envelope" else "fixed"
+    if name in LEARNED_ENVELOPES:
+        envelope = LEARNED_ENVELOPES[name]
 
         def make(k):
             return LearnedFeatures(in_dim, num_features, envelope=envelope, dtype=dtype, key=k)

@@ -21,6 +21,7 @@ Kozachkov, Kastanenka & Krotov, PNAS 2023.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import numbers
@@ -40,6 +41,7 @@ from .._attention import NeuronAstrocyteAttention
 from .._features._headwise import HeadwiseFeatures
 from .._head._params import NUM_FEATURES
 from .._features._learned import LearnedFeatures
+from .._features._registry import LEARNED_ENVELOPES
 from .._features._maps import AbstractFeatureMap
 from .._errors import runtime_message
 from .._validate import check_bool, check_choice, check_int
@@ -117,7 +119,7 @@ def distill_heads(
     maps = HeadwiseFeatures.build(
         lambda k_: LearnedFeatures(D, num_features, orthogonal=orthogonal, envelope=envelope, key=k_), H, key=key
     )
-    free = ["W", "b"] + (["mu", "log_gamma"] if envelope == "learned" else [])
+    free = [f.name for f in dataclasses.fields(maps.maps) if eqx.is_array(getattr(maps.maps, f.name))]
 
     def one(m, qh, kh):
         target = AttentionWeightsTarget(qh, kh, normaliser_weight=normaliser_weight)
@@ -210,7 +212,7 @@ def distill(
     ):
         raise ValueError(f"finetune_attention_weight: expected a finite number >= 0, got {finetune_attention_weight!r}")
     check_choice("finetune_target", finetune_target, ("next-token", "teacher"))
-    check_choice("feature_map", feature_map, ("learned", "learned-envelope"))
+    check_choice("feature_map", feature_map, tuple(LEARNED_ENVELOPES))
     check_bool("finetune_projections", finetune_projections)
     if not finetune_steps:
         for name, value, default in (
@@ -265,7 +267,7 @@ def distill(
             steps=steps,
             learning_rate=learning_rate,
             normaliser_weight=normaliser_weight,
-            envelope="learned" if feature_map == "learned-envelope" else "fixed",
+            envelope=LEARNED_ENVELOPES[feature_map],
             key=jax.random.fold_in(key, layer),
         )
         student = eqx.tree_at(lambda m: _feature_map(m.blocks[layer]), student, maps)  # called at once: no late binding
@@ -476,7 +478,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--feature-map",
-        choices=["learned", "learned-envelope"],
+        choices=list(LEARNED_ENVELOPES),
         default="learned",
         help="learned feature neurons with the fixed envelope of positive random features (default) or with a "
         "fitted Gaussian envelope (learned-envelope)",
