@@ -151,8 +151,8 @@ def test_variance_ordering_prf_orthogonal_oprf_on_sharp_inputs():
         "orthogonal": RANDOM_MAPS["orthogonal"],
         "oprf": lambda D, M, key: af.OptimalPositiveRandomFeatures(D, M, s=s, key=key),
     }
-    # Vmapped op by op, as the unbiasedness test runs: this test's one jitted program of constants hung in XLA's
-    # compilation on CI (twice, at the same place; not reproduced on another machine of the same size).
+    # Vmapped op by op, as the unbiasedness test runs: this test's one jitted program of constants hung inside XLA
+    # (compile or run) on CI, twice at the same place; not reproduced on another machine of the same size.
     ratio = {name: np.asarray(_estimates(make, x, x, M, 1000)) / exact for name, make in makers.items()}
     med = {name: float(np.median(np.abs(np.log(r)))) for name, r in ratio.items()}
     assert med["prf"] > med["orthogonal"] > med["oprf"], med
