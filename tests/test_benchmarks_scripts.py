@@ -162,3 +162,13 @@ def test_long_context_quick(tmp_path):
         assert finite_positive(run["bits_per_char"]) and run["steps"] == data["config"]["steps"]
         assert run["footprint"] <= budget
         assert run["context"] == (data["L_softmax"] if run["attention"] == "softmax" else data["L_long"])
+
+
+def test_read_schemes_quick(tmp_path):
+    data = run_quick("read_schemes", tmp_path)
+    rows = {row["case"]: row["relative_error"] for row in data["rows"]}
+    settled, transient = rows["layer default (N=32, M=64)"], rows["tau_n = tau_s = 0.1 T_r"]
+    default = "Magnus2, geometric grid (default)"
+    assert settled[default]["8"] < 1e-9  # a read that settles: Magnus2 is exact up to the reference's tolerance
+    for errors in transient.values():  # a transient read: every scheme converges as the steps double
+        assert 0 < errors["8"] < errors["4"] < 1
