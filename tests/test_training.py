@@ -342,3 +342,26 @@ def test_greedy_sampling_matches_a_python_loop(char_model):
     for _ in range(12):
         context.append(int(jnp.argmax(call(model, jnp.asarray(context[-8:], jnp.int32))[-1])))
     assert drawn.tolist() == context[len(prompt) :]
+
+
+def test_weight_decay_shrinks_matrices_only_per_head_maps_included():
+    # With zero gradients an AdamW step is the decay alone: x -> x (1 - lr wd). One learned feature map per head
+    # stacks its leaves on a head axis, so its bias b (H, M/2) and envelope (H, D) must not count as matrices.
+    config = TrainConfig(feature_map="learned-envelope", learning_rate=0.1, warmup=0, weight_decay=0.5, steps=10)
+    model = build_model(config, build_task(config))
+    trainable = eqx.filter(model, trainable_filter(model))
+    trainable = eqx.tree_at(  # b, mu and log_gamma start at 0, where decay would change nothing
+        lambda m: [getattr(m.blocks[0].attention.feature_map.maps, name) for name in ("b", "mu", "log_gamma")],
+        trainable,
+        replace_fn=lambda x: x + 1.0,
+    )
+    optimizer = make_optimizer(config)
+    grads = jax.tree.map(jnp.zeros_like, trainable)
+    updates, _ = optimizer.update(grads, optimizer.init(trainable), trainable)
+    moved = eqx.apply_updates(trainable, updates)
+    fm, fm_moved = trainable.blocks[0].attention.feature_map.maps, moved.blocks[0].attention.feature_map.maps
+    for name in ("b", "mu", "log_gamma"):
+        np.testing.assert_array_equal(getattr(fm_moved, name), getattr(fm, name), err_msg=name)
+    np.testing.assert_allclose(fm_moved.W, fm.W * (1 - 0.1 * 0.5), rtol=1e-6)
+    emb, emb_moved = jax.tree.leaves(trainable)[0], jax.tree.leaves(moved)[0]
+    assert emb.ndim == 2 and not np.allclose(emb_moved, emb)

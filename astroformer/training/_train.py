@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from .._features._headwise import HeadwiseFeatures
 from ..tasks import AbstractTask, Batch, CharCorpus, get_task
 from .._validate import check_int
 from ._checkpoint import CheckpointError, atomic_write, check_metadata, load_checkpoint, save_checkpoint
@@ -142,16 +143,28 @@ def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """Global-norm clipping followed by AdamW (Loshchilov & Hutter 2019) on `learning_rate_schedule`; weight
     decay applies to matrices (ndim ≥ 2: embeddings, positions, weights) only, not to biases or LayerNorm
-    gains. Wrapped in `optax.apply_if_finite`: a step whose gradients are not all finite leaves the parameters and
-    AdamW's state unchanged and counts itself in the optimiser state (`notfinite_count`, consecutive), which is
-    checkpointed with it. optax's own limit is set out of reach (it would apply a non-finite step after that many
-    in a row): the training loop gives up at `MAX_SKIPPED_IN_A_ROW` instead, with an error."""
-    decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)  # noqa: E731
+    gains (`decay_mask`). Wrapped in `optax.apply_if_finite`: a step whose gradients are not all finite leaves the
+    parameters and AdamW's state unchanged and counts itself in the optimiser state (`notfinite_count`,
+    consecutive), which is checkpointed with it. optax's own limit is set out of reach (it would apply a non-finite
+    step after that many in a row): the training loop gives up at `MAX_SKIPPED_IN_A_ROW` instead, with an error."""
     adamw = optax.chain(
         optax.clip_by_global_norm(config.grad_clip),
         optax.adamw(learning_rate_schedule(config), b1=0.9, b2=0.95, weight_decay=config.weight_decay, mask=decay_mask),
     )
     return optax.apply_if_finite(adamw, max_consecutive_errors=2**31 - 1)  # the counter saturates below it
+
+
+def decay_mask(params):
+    """True for the leaves of `params` that weight decay applies to: matrices (ndim ≥ 2), counting the dimensions
+    of a per-head feature map's leaves (`HeadwiseFeatures`) without their leading head axis, so that a learned
+    map's tuning W (M/2, D) per head is decayed and its bias b and envelope (mu, log_gamma) are not."""
+
+    def per_node(node):
+        if isinstance(node, HeadwiseFeatures):
+            return jax.tree.map(lambda x: x.ndim - 1 >= 2, node)
+        return node.ndim >= 2
+
+    return jax.tree.map(per_node, params, is_leaf=lambda x: isinstance(x, HeadwiseFeatures))
 
 
 def skipped_in_a_row(opt_state) -> jax.Array:
