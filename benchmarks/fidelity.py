@@ -265,7 +265,7 @@ def main(argv=None):
             for h in range(Q.shape[0]):
                 exact, astro = _accumulate(acc, Q[h], K[h], V[h], fm.for_head(h))
                 if layer == 0 and h == 0:
-                    curves[f"learned/{M}"] = dict(
+                    curves[f"{dconfig.feature_map}/{M}"] = dict(
                         softmax=np.asarray(exact).tolist(), astrocyte=np.asarray(astro).tolist()
                     )
         row = dict(map=dconfig.feature_map, M=M, run_dir=str(path), **_summarise(acc))

@@ -82,13 +82,19 @@ def test_gradients_match_finite_differences(x64):
     for name in ("learned", "learned-envelope"):
         learned = maps[name]
         params, rest = eqx.partition(learned, eqx.is_array)
-        direction = jax.tree.map(lambda a: jax.random.normal(jax.random.PRNGKey(a.size), a.shape), params)
         g = jax.jit(lambda p, rest=rest: jnp.sum(c * eqx.combine(p, rest)(u)))
-        auto = sum(jnp.sum(a * d) for a, d in zip(jax.tree.leaves(jax.grad(g)(params)), jax.tree.leaves(direction)))
-        shifted = [jax.tree.map(lambda p, d, sign=sign: p + sign * eps * d, params, direction) for sign in (1, -1)]
-        fd = (g(shifted[0]) - g(shifted[1])) / (2 * eps)
-        assert len(jax.tree.leaves(params)) == (4 if name == "learned-envelope" else 2)
-        assert jnp.allclose(auto, fd, rtol=1e-6, atol=1e-9), (name, auto, fd)
+        grads, treedef = jax.tree.flatten(jax.grad(g)(params))
+        leaves = jax.tree.leaves(params)
+        assert len(leaves) == (4 if name == "learned-envelope" else 2)
+        for i, (leaf, grad) in enumerate(zip(leaves, grads)):  # one leaf at a time: a swapped gradient fails
+            d = jax.random.normal(jax.random.PRNGKey(10 + i), leaf.shape)
+            shifted = [
+                jax.tree.unflatten(treedef, [x + sign * eps * d if j == i else x for j, x in enumerate(leaves)])
+                for sign in (1, -1)
+            ]
+            fd = (g(shifted[0]) - g(shifted[1])) / (2 * eps)
+            auto = jnp.sum(grad * d)
+            assert jnp.allclose(auto, fd, rtol=1e-6, atol=1e-9), (name, i, auto, fd)
 
 
 def test_learned_envelope_starts_as_the_fixed_one_and_its_rates_stay_bounded(getkey):
@@ -210,13 +216,15 @@ def test_headwise_maps_give_each_head_its_own_tuning(getkey):
         hw(u[:2])
 
 
-def test_distillation_lowers_the_attention_error(getkey):
+@pytest.mark.parametrize("envelope", ["fixed", "learned"])
+def test_distillation_lowers_the_attention_error(getkey, envelope):
     from astroformer.training._distill import distill_heads
 
     H, B, L, D = 2, 4, 16, 4
     q = 1.2 * jax.random.normal(getkey(), (H, B, L, D))
     k = 1.2 * jax.random.normal(getkey(), (H, B, L, D))
-    maps, first, last = distill_heads(q, k, 16, steps=150, learning_rate=0.05, key=getkey())
+    maps, first, last = distill_heads(q, k, 16, steps=150, learning_rate=0.05, envelope=envelope, key=getkey())
+    assert maps.maps.envelope == envelope
     initial = af.HeadwiseFeatures.build(lambda key: af.LearnedFeatures(D, 16, key=key), H, key=getkey())
 
     def tv(hw):
@@ -476,6 +484,7 @@ def test_finetuning_that_overflows_stops_and_keeps_the_last_finite_model(getkey)
         (dict(finetune_steps=-1), "finetune_steps: expected an integer >= 0"),
         (dict(finetune_target="teacher"), "finetune_target: only used by the fine-tuning"),
         (dict(finetune_projections=True), "finetune_projections: only used by the fine-tuning"),
+        (dict(feature_map="prf"), "feature_map: expected one of 'learned', 'learned-envelope', got 'prf'"),
     ],
 )
 def test_distill_rejects_bad_fine_tuning_options(tmp_path, kwargs, match):

@@ -56,9 +56,11 @@ class LearnedFeatures(AbstractFeatureMap):
     - `key`: PRNG key (keyword-only).
 
     **Shapes:** (..., D) → (..., M). Rates are positive and at most
-    $M^{-1/2} \exp(|b_j| \pm w_j\cdot\mu + \tfrac12\sum_d w_{jd}^2/\gamma_d)$ whatever the input ($\mu = 0$,
-    $\gamma = 1$ for the fixed envelope): finite for large |u|, where they underflow to 0. `W`, `b` (and `mu`,
-    `log_gamma`) are trainable (`trainable` is always True).
+    $M^{-1/2} \exp(|b_j + w_j\cdot\mu| + \tfrac12\sum_d w_{jd}^2/\gamma_d)$ whatever the input (attained at
+    $u = \mu \pm w_j/\gamma$; $\mu = 0$, $\gamma = 1$ for the fixed envelope): finite for large |u|, where they
+    underflow to 0. The bound grows without limit as a precision $\gamma_d \to 0$ (the envelope then no longer
+    confines $u_d$); no floor is imposed on it. `W`, `b` (and `mu`, `log_gamma`) are trainable (`trainable` is
+    always True).
     """
 
     W: Float[Array, "half D"]
@@ -101,6 +103,8 @@ class LearnedFeatures(AbstractFeatureMap):
 
     def __call__(self, u: Float[Array, "*batch D"]) -> Float[Array, "*batch M"]:
         z = u @ self.W.T + self.b
+        if (self.mu is None) != (self.log_gamma is None):
+            raise ValueError("mu, log_gamma: expected both arrays (learned envelope) or both None (fixed), got one of each")
         if self.mu is None or self.log_gamma is None:
             quadratic = jnp.sum(u * u, axis=-1, keepdims=True)
         else:

@@ -107,7 +107,7 @@ def distill_heads(
     key,
     normaliser_weight: float = 0.0,
     orthogonal: bool = False,
-    envelope: Literal["fixed", "learned"] = "learned",
+    envelope: Literal["fixed", "learned"] = "fixed",
 ) -> tuple[HeadwiseFeatures, Array, Array]:
     """Fit `LearnedFeatures` to every head's softmax weights (one `astroformer.fit` per head, vmapped); `envelope`
     (`"fixed"` or `"learned"`) is `LearnedFeatures`' envelope: a learned one is fitted too.
