@@ -104,7 +104,9 @@ class LearnedFeatures(AbstractFeatureMap):
     def __call__(self, u: Float[Array, "*batch D"]) -> Float[Array, "*batch M"]:
         z = u @ self.W.T + self.b
         if (self.mu is None) != (self.log_gamma is None):
-            raise ValueError("mu, log_gamma: expected both arrays (learned envelope) or both None (fixed), got one of each")
+            raise ValueError(
+                "mu, log_gamma: expected both arrays (learned envelope) or both None (fixed), got one of each"
+            )
         if self.mu is None or self.log_gamma is None:
             quadratic = jnp.sum(u * u, axis=-1, keepdims=True)
         else:
