@@ -172,3 +172,11 @@ def test_read_schemes_quick(tmp_path):
     assert settled[default]["8"] < 1e-9  # a read that settles: Magnus2 is exact up to the reference's tolerance
     for errors in transient.values():  # a transient read: every scheme converges as the steps double
         assert 0 < errors["8"] < errors["4"] < 1
+
+
+def test_distill_envelope_quick(tmp_path):
+    data = run_quick("distill_envelope", tmp_path)
+    assert set(data["envelopes"]) == {"fixed", "learned"}
+    for row in data["envelopes"].values():
+        assert len(row["tv_median_per_head"]) == 4 and all(0 <= tv <= 1 for tv in row["tv_median_per_head"])
+        assert all(last < first for first, last in zip(row["loss_first_per_head"], row["loss_last_per_head"]))

@@ -1,0 +1,106 @@
+"""The learned envelope against the fixed one, head by head: learned feature neurons fitted to the first layer
+of the fidelity benchmark's softmax character model, with each envelope, compared on held-out text.
+
+For each head of layer 0, `distill_heads` (one `astroformer.fit` per head on the attention-weight
+cross-entropy, the first step of `astroformer distill`) fits `LearnedFeatures` with `envelope="fixed"` and with
+`envelope="learned"`, from the same initial tuning, on the teacher's queries and keys over training text. The
+score is the median, over the tokens of held-out sequences, of the total-variation distance between the
+learned map's attention weights and softmax's (causal).
+
+    python -m benchmarks.distill_envelope [--quick] [--run-dir DIR] [--out PATH]
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from astroformer._attention_weights import kernel_weights, softmax_weights, total_variation
+from astroformer.training._distill import distill_heads, layer_qkv
+
+from ._common import RESULTS_DIR, machine_info, pyplot, write_json
+from .fidelity import softmax_model
+
+ENVELOPES = ("fixed", "learned")
+
+
+def held_out_tv(maps, q, k) -> list[float]:
+    """Median attention-weight TV to softmax per head, over every token of the sequences in q, k (H, B, L, D)."""
+    out = []
+    for h in range(q.shape[0]):
+        fm = maps.for_head(h)
+        ours = jax.vmap(lambda qq, kk, fm=fm: kernel_weights(fm(qq), fm(kk)))(q[h], k[h])
+        out.append(float(jnp.median(total_variation(ours, jax.vmap(softmax_weights)(q[h], k[h])))))
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a briefly trained teacher, small fits (CI smoke test)")
+    parser.add_argument("--run-dir", type=Path, default=None, help="the softmax teacher's run (trained if absent)")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    out_path = Path(args.out) if args.out else RESULTS_DIR / "distill_envelope.json"
+    # The fidelity benchmark's teacher (the same directory, trained if absent: 1,500 steps, about a minute).
+    run_dir = args.run_dir or out_path.parent / ("fidelity-run-quick" if args.quick else "fidelity-run")
+    config, task, model = softmax_model(run_dir, args.quick)
+    M, steps, batches, held_out = (16, 20, 2, 4) if args.quick else (256, 1500, 8, 16)
+    train_tokens = jnp.concatenate(
+        [jnp.asarray(task.batch("train", config.batch_size, seed=10_000 + i).inputs) for i in range(batches)]
+    )
+    eval_tokens = jnp.asarray(task.batch("eval", held_out, seed=0).inputs)
+    q, k, _ = layer_qkv(model, train_tokens)[0]
+    q_eval, k_eval, _ = layer_qkv(model, eval_tokens)[0]
+    rows = {}
+    for envelope in ENVELOPES:
+        start = time.perf_counter()
+        maps, first, last = distill_heads(
+            q, k, M, steps=steps, learning_rate=0.05, envelope=envelope, key=jax.random.PRNGKey(0)
+        )
+        rows[envelope] = dict(
+            tv_median_per_head=held_out_tv(maps, q_eval, k_eval),
+            loss_first_per_head=np.asarray(first).tolist(),
+            loss_last_per_head=np.asarray(last).tolist(),
+            seconds=time.perf_counter() - start,
+        )
+        tv = " / ".join(f"{x:.3f}" for x in rows[envelope]["tv_median_per_head"])
+        print(f"{envelope:8s} held-out TV per head {tv}  ({rows[envelope]['seconds']:.0f} s)", flush=True)
+    results = dict(
+        config=dict(
+            teacher=str(run_dir),
+            layer=0,
+            num_features=M,
+            steps=steps,
+            learning_rate=0.05,
+            train_sequences=int(train_tokens.shape[0]),
+            held_out_sequences=held_out,
+            seq_len=int(train_tokens.shape[1]),
+        ),
+        machine=machine_info(),
+        envelopes=rows,
+    )
+    path = write_json(results, out_path)
+    _plot(rows, path.with_suffix(".png"))
+    print(f"wrote {path}")
+    return results
+
+
+def _plot(rows, path):
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    H = len(rows[ENVELOPES[0]]["tv_median_per_head"])
+    width = 0.8 / len(rows)
+    for i, (envelope, row) in enumerate(rows.items()):
+        ax.bar(np.arange(H) + i * width, row["tv_median_per_head"], width, label=f"{envelope} envelope")
+    ax.set(xlabel="head of layer 0", ylabel="median attention TV to softmax (held out)", xticks=np.arange(H) + 0.4)
+    ax.set_xticklabels([str(h) for h in range(H)])
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
