@@ -86,7 +86,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke test)")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--read-steps", type=int, default=16)
+    parser.add_argument("--read-steps", type=int, default=8, help="the library default")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     B, H, L, D, M = (2, 2, 32, 8, 16) if args.quick else (8, 4, 256, 32, 64)
@@ -115,10 +115,16 @@ def main(argv=None):
     # Same numbers from both implementations (they apply the same steps).
     same = float(jnp.max(jnp.abs(fns["block/diffrax/forward"](*inputs) - fns["block/scan/forward"](*inputs))))
     results["max_abs_difference_diffrax_vs_scan"] = same
+    # Forwards are timed against forwards and forward+backward against forward+backward, the implementation that
+    # goes first alternating every round: a call's time depends on what ran just before it (below).
     times = {name: [] for name in fns}
-    for _ in range(repeats):  # interleaved: every case once per round
-        for name, fn in fns.items():
-            times[name].append(time_call(fn, *inputs))
+    for r in range(repeats):
+        for kind in ("forward", "forward+backward"):
+            for scope in ("read", "block"):
+                impls = ("diffrax", "scan") if r % 2 == 0 else ("scan", "diffrax")
+                for impl in impls:
+                    name = f"{scope}/{impl}/{kind}"
+                    times[name].append(time_call(fns[name], *inputs))
     ratios = {}
     for name in fns:
         results["cases"][name].update(summarise(times[name]))
@@ -126,6 +132,32 @@ def main(argv=None):
         for kind in ("forward", "forward+backward"):
             d, s = times[f"{scope}/diffrax/{kind}"], times[f"{scope}/scan/{kind}"]
             ratios[f"{scope}/{kind}"] = statistics.median(d) / statistics.median(s)
+    # What ran just before a call changes its time. Measured: each forward timed right after the heaviest case
+    # (autodiff of the scan through the block, untimed) and right after an untimed call of itself.
+    heavy = fns["block/scan/forward+backward"]
+    before = {"after_heaviest_case": lambda name: heavy(*inputs), "after_itself": lambda name: fns[name](*inputs)}
+    predecessor = {
+        label: {f"{scope}/{impl}": [] for scope in ("read", "block") for impl in ("diffrax", "scan")}
+        for label in before
+    }
+    for r in range(repeats):
+        for label, run_before in before.items():
+            for scope in ("read", "block"):
+                for impl in ("diffrax", "scan") if r % 2 == 0 else ("scan", "diffrax"):
+                    name = f"{scope}/{impl}/forward"
+                    jax.block_until_ready(run_before(name))
+                    predecessor[label][f"{scope}/{impl}"].append(time_call(fns[name], *inputs))
+    medians = {label: {key: statistics.median(ts) for key, ts in cases.items()} for label, cases in predecessor.items()}
+    results["forward_by_predecessor"] = {
+        "median_s": medians,
+        "ratio_diffrax_over_scan": {
+            label: {scope: m[f"{scope}/diffrax"] / m[f"{scope}/scan"] for scope in ("read", "block")}
+            for label, m in medians.items()
+        },
+        "slowdown_after_heaviest_case": {
+            key: medians["after_heaviest_case"][key] / medians["after_itself"][key] for key in medians["after_itself"]
+        },
+    }
     results["ratio_diffrax_over_scan"] = ratios
     path = write_json(results, args.out, "solver_overhead.json")
     _plot(results, path.with_suffix(".png"))
@@ -134,6 +166,8 @@ def main(argv=None):
         print(
             f"  {key:<24} {ratio:5.2f}x   ({1e3 * results['cases'][key.replace('/', '/diffrax/', 1)]['median']:.1f} ms)"
         )
+    for label, r in results["forward_by_predecessor"]["ratio_diffrax_over_scan"].items():
+        print(f"  forward, {label.replace('_', ' ')}: " + ", ".join(f"{k} {v:.2f}x" for k, v in r.items()))
     print(f"wrote {path}")
     return results
 

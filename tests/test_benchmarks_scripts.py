@@ -49,6 +49,12 @@ def test_solver_overhead_quick(tmp_path):
     for case in data["cases"].values():
         assert all(finite_positive(t) for t in case["times"]) and case["median"] >= case["min"]
     assert all(finite_positive(r) for r in data["ratio_diffrax_over_scan"].values())
+    by_predecessor = data["forward_by_predecessor"]
+    assert set(by_predecessor["median_s"]) == {"after_heaviest_case", "after_itself"}
+    for medians in by_predecessor["median_s"].values():
+        assert set(medians) == {"read/diffrax", "read/scan", "block/diffrax", "block/scan"}
+        assert all(finite_positive(t) for t in medians.values())
+    assert all(finite_positive(r) for r in by_predecessor["slowdown_after_heaviest_case"].values())
 
 
 def test_work_precision_quick(tmp_path):
