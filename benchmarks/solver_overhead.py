@@ -3,7 +3,10 @@
 Both versions apply the identical `Magnus2` step on the identical grid, so they compute the same numbers; the
 ratio is what diffrax's machinery (step-size controller, saving; the default read's backward is its custom
 VJP, a `lax.scan` of the steps' VJPs, against autodiff of the scan) costs. Measured for
-the read alone and for the whole block (write + read + readout), forward and forward+backward, interleaved.
+the read alone and for the whole block (write + read + readout), forward and forward+backward: forwards are
+timed against forwards and forward+backward against forward+backward, the implementation that goes first
+alternating every round. A call's time depends on what ran just before it, so that effect is measured too
+(`forward_by_predecessor`: every forward right after the heaviest case, and right after itself).
 
     python -m benchmarks.solver_overhead [--quick] [--out PATH]
 """
