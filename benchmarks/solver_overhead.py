@@ -85,6 +85,11 @@ def make_block(read, *, read_only, read_steps):
     return forward, backward
 
 
+def _alternating(round_index):
+    """The two implementations in the order they are timed in a round: which goes first alternates."""
+    return ("diffrax", "scan") if round_index % 2 == 0 else ("scan", "diffrax")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke test)")
@@ -124,8 +129,7 @@ def main(argv=None):
     for r in range(repeats):
         for kind in ("forward", "forward+backward"):
             for scope in ("read", "block"):
-                impls = ("diffrax", "scan") if r % 2 == 0 else ("scan", "diffrax")
-                for impl in impls:
+                for impl in _alternating(r):
                     name = f"{scope}/{impl}/{kind}"
                     times[name].append(time_call(fns[name], *inputs))
     ratios = {}
@@ -146,7 +150,7 @@ def main(argv=None):
     for r in range(repeats):
         for label, run_before in before.items():
             for scope in ("read", "block"):
-                for impl in ("diffrax", "scan") if r % 2 == 0 else ("scan", "diffrax"):
+                for impl in _alternating(r):
                     name = f"{scope}/{impl}/forward"
                     jax.block_until_ready(run_before(name))
                     predecessor[label][f"{scope}/{impl}"].append(time_call(fns[name], *inputs))
