@@ -403,7 +403,7 @@ def _finetune_features(
     optimiser = optax.apply_if_finite(optax.adam(learning_rate), max_consecutive_errors=2**31 - 1)  # we stop first
     state = optimiser.init(free)
 
-    def objective(free, batch):
+    def objective(free, frozen, teacher, batch):
         student = eqx.combine(free, frozen)
         tokens = jnp.asarray(batch.inputs)
         if teacher is None:
@@ -417,9 +417,11 @@ def _finetune_features(
             loss = loss + attention_weight * attention_cross_entropy(student, tokens)
         return loss
 
+    # The frozen weights and the teacher are arguments, not constants closed over: XLA would otherwise embed
+    # every one of their arrays in the compiled step.
     @eqx.filter_jit
-    def step(free, state, batch):
-        loss, grads = eqx.filter_value_and_grad(objective)(free, batch)
+    def step(free, frozen, teacher, state, batch):
+        loss, grads = eqx.filter_value_and_grad(objective)(free, frozen, teacher, batch)
         updates, state = optimiser.update(grads, state, free)
         return eqx.apply_updates(free, updates), state, loss
 
@@ -428,7 +430,7 @@ def _finetune_features(
     for i in range(steps):
         batch = task.batch("train", batch_size, seed=50_000 + seed * 10_000 + i)
         try:
-            new_free, new_state, loss = step(free, state, batch)
+            new_free, new_state, loss = step(free, frozen, teacher, state, batch)
             loss = float(loss)
         except eqx.EquinoxRuntimeError as error:  # a runtime check of the model failed on these parameters
             stopped = {"step": i + 1, "reason": runtime_message(error)}
