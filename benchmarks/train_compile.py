@@ -5,12 +5,21 @@ with only `attention` changed: the jitted train step (`make_train_step`) is lowe
 (`compile_s`), then timed on the same batch, interleaved across kinds (median of `--repeats`), giving
 tokens/s and the ratio to softmax measured in the same run.
 
-    python -m benchmarks.train_compile [--kinds softmax na-ode] [--repeats N] [--out PATH]
+    python -m benchmarks.train_compile [--kinds softmax na-ode] [--repeats N] [--processes P] [--out PATH]
+
+With `--processes P` the whole measurement runs P times, each in a fresh Python process (a cold compile every
+time: nothing is cached between them), and the JSON keeps every run plus, per kind, the compile times' and
+throughput ratios' minimum, median and maximum over the runs (`summary`): one compile is too noisy a sample on a
+shared machine.
 """
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import equinox as eqx
@@ -43,8 +52,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kinds", nargs="+", default=["softmax", "na-ode"])
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--processes", type=int, default=1, help="fresh processes to repeat the measurement in")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    if args.processes < 1:
+        parser.error(f"--processes: expected a positive integer, got {args.processes}")
+    if args.processes > 1:
+        return _in_processes(args)
     results = {"benchmark": "train_compile", "machine": machine_info(), "kinds": {}}
     prepared = {}
     for kind in args.kinds:
@@ -87,6 +101,39 @@ def main(argv=None):
             f"{kind:15s} compile {rec['compile_s']:6.1f} s  step {rec['step_median_s'] * 1e3:7.1f} ms  "
             f"{rec['tokens_per_s']:8.0f} tokens/s  (throughput / softmax "
             f"{rec.get('throughput_ratio_to_softmax', float('nan')):.2f})"
+        )
+    print(f"wrote {path}")
+    return results
+
+
+def _in_processes(args):
+    """The measurement repeated in `args.processes` fresh processes, with a summary over them."""
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.processes):
+            out = os.path.join(tmp, f"run{i}.json")
+            command = [sys.executable, "-m", "benchmarks.train_compile", "--kinds", *args.kinds]
+            subprocess.run([*command, "--repeats", str(args.repeats), "--out", out], check=True)
+            with open(out) as f:
+                runs.append(json.load(f))
+    summary = {}
+    for kind in args.kinds:
+        records = [run["kinds"][kind] for run in runs]
+        fields = {"compile_s": [r["compile_s"] for r in records], "step_median_s": [r["step_median_s"] for r in records]}
+        if "throughput_ratio_to_softmax" in records[0]:
+            fields["throughput_ratio_to_softmax"] = [r["throughput_ratio_to_softmax"] for r in records]
+        summary[kind] = {
+            name: {"min": min(v), "median": statistics.median(v), "max": max(v), "values": v} for name, v in fields.items()
+        }
+    results = {"benchmark": "train_compile", "machine": machine_info(), "processes": args.processes}
+    results |= {"summary": summary, "runs": runs}
+    path = write_json(results, args.out, "train_compile.json")
+    for kind, rec in summary.items():
+        c = rec["compile_s"]
+        ratio = rec.get("throughput_ratio_to_softmax", {}).get("median", float("nan"))
+        print(
+            f"{kind:15s} compile {c['min']:.1f}-{c['max']:.1f} s (median {c['median']:.1f}) over {args.processes} "
+            f"processes; throughput / softmax median {ratio:.2f}"
         )
     print(f"wrote {path}")
     return results

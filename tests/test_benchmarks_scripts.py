@@ -186,3 +186,25 @@ def test_distill_envelope_quick(tmp_path):
     for row in data["envelopes"].values():
         assert len(row["tv_median_per_head"]) == 4 and all(0 <= tv <= 1 for tv in row["tv_median_per_head"])
         assert all(last < first for first, last in zip(row["loss_first_per_head"], row["loss_last_per_head"]))
+
+
+def test_train_compile_in_fresh_processes(tmp_path):
+    """`--processes 2`: two cold compiles of the default train step per kind, each run kept and summarised."""
+    out = tmp_path / "train_compile.json"
+    command = [sys.executable, "-m", "benchmarks.train_compile", "--kinds", "softmax", "na-equilibrium"]
+    proc = subprocess.run(
+        [*command, "--repeats", "1", "--processes", "2", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["processes"] == 2 and len(data["runs"]) == 2
+    for kind in ("softmax", "na-equilibrium"):
+        compile_s = data["summary"][kind]["compile_s"]
+        values = [run["kinds"][kind]["compile_s"] for run in data["runs"]]
+        assert compile_s["values"] == values and all(finite_positive(v) for v in values)
+        assert compile_s["min"] == min(values) and compile_s["max"] == max(values)
+    assert data["summary"]["softmax"]["throughput_ratio_to_softmax"]["values"] == [1.0, 1.0]
