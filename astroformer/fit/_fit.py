@@ -18,6 +18,7 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jaxtyping import Array, Float
 
@@ -271,10 +272,15 @@ def fit(
             read_steps=model.read_steps,
             substeps=model.substeps,
         )
+    lowering = "learning_rate" if optimiser is None else "the optimiser's learning rate"
     if optimiser is None:
-        if not learning_rate > 0:
-            raise ValueError(f"learning_rate: expected a positive number, got {learning_rate!r}")
-        optimiser = _adam(float(learning_rate))
+        try:
+            rate = float(learning_rate)
+        except (TypeError, ValueError):
+            rate = float("nan")
+        if not 0 < rate < float("inf"):
+            raise ValueError(f"learning_rate: expected a positive finite number, got {learning_rate!r}")
+        optimiser = _adam(rate)
     elif not isinstance(optimiser, optax.GradientTransformation):
         raise TypeError(f"optimiser: expected an optax.GradientTransformation, got {type(optimiser).__name__}")
     mode = _gradient_mode(model, gradient)
@@ -283,6 +289,13 @@ def fit(
     dtype = jnp.result_type(float) if dtype is None else dtype
     u0, frozen = param.split(model, dtype)
     fitted, losses, gnorm, norms, history = _run(u0, frozen, target, param, optimiser, steps, mode, progress)
+    finite = np.isfinite(np.asarray(losses))
+    if not finite.all():
+        first = int(np.argmin(finite))
+        raise RuntimeError(
+            f"fit: the loss became {float(np.asarray(losses)[first])} at step {first} of {steps} (step 0 is the "
+            f"start): the optimiser diverged or the target holds NaN/inf; lower {lowering} or check the target"
+        )
     history = {label: history[name] for label, name in zip(param.labels, param.names) if name in history}
     return FitResult(
         model=fitted,
