@@ -55,6 +55,15 @@ class Problem:
     scale: float = 0.5
     seed: int = 0
 
+    def __post_init__(self):
+        for name in ("length", "dim", "features", "values"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"problem.{name}: expected a positive integer, got {getattr(self, name)!r}")
+        if not self.scale > 0:
+            raise ConfigError(f"problem.scale: expected a positive number, got {self.scale!r}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"problem.seed: expected an integer in [0, 2**32), got {self.seed!r}")
+
 
 @dataclasses.dataclass(frozen=True)
 class Inputs:
@@ -94,6 +103,8 @@ class Target:
     causal: bool = True
 
     def __post_init__(self):
+        if not self.noise >= 0:
+            raise ConfigError(f"target.noise: expected a non-negative number, got {self.noise!r}")
         ts = self.ts
         if isinstance(ts, list) and not (
             ts and all(map(math.isfinite, ts)) and ts[0] >= 0 and all(a < b for a, b in zip(ts, ts[1:]))
@@ -105,6 +116,10 @@ class Target:
 class Optimiser:
     name: Literal["adam", "lbfgs", "sgd"] = "adam"
     learning_rate: float = 0.05
+
+    def __post_init__(self):
+        if not self.learning_rate > 0:
+            raise ConfigError(f"optimiser.learning_rate: expected a positive number, got {self.learning_rate!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +219,8 @@ def _read(tp, value, where: str):
             fail()
         return {n: _read(args[1], v, f"{where}.{n}") for n, v in value.items()}
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):  # JSON's NaN / Infinity extensions, which json.loads accepts
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is type(None) and value is None:
         return None
@@ -282,6 +299,19 @@ def run(cfg: FitConfig, *, progress=None) -> dict:
             q, k, v = (jnp.asarray(getattr(cfg.inputs, n), dtype) for n in ("q", "k", "v"))
         except (TypeError, ValueError) as err:
             raise ConfigError(f"inputs: expected numeric arrays q (L, D), k (L, D), v (L, N); {err}") from None
+        for name, arr in zip("qkv", (q, k, v)):
+            if arr.ndim != 2 or not arr.size:
+                raise ConfigError(
+                    f"inputs.{name}: expected a non-empty 2-D array ({'L, N' if name == 'v' else 'L, D'}), "
+                    f"got shape {tuple(arr.shape)}"
+                )
+            if not bool(jnp.all(jnp.isfinite(arr))):
+                raise ConfigError(f"inputs.{name}: expected finite numbers, got NaN or inf")
+        if k.shape != q.shape or v.shape[0] != q.shape[0]:
+            raise ConfigError(
+                f"inputs: expected q and k of one shape (L, D) and v of L rows, got q {tuple(q.shape)}, "
+                f"k {tuple(k.shape)}, v {tuple(v.shape)}"
+            )
         L, D = q.shape
     else:
         q = prob.scale * jax.random.normal(kq, (L, D), dtype)
@@ -315,9 +345,17 @@ def run(cfg: FitConfig, *, progress=None) -> dict:
                         f"target.data.{n}: expected a rectangular numeric array (T, L, ...), got "
                         "ragged or non-numeric nested lists"
                     ) from None
+                if not bool(jnp.all(jnp.isfinite(data[n]))):
+                    raise ConfigError(f"target.data.{n}: expected finite numbers, got NaN or inf")
         else:
             assert target_cfg.params is not None  # FitConfig checked it
-            truth = NAModel(params=NAParams(**target_cfg.params), feature_map=feature_map)
+            try:
+                truth_params = NAParams(**target_cfg.params)
+            except TypeError as err:
+                raise ConfigError(
+                    f"target.params: expected NAParams fields (tau_n, tau_s, tau_p, t_write, t_read, tau_f); {err}"
+                ) from None
+            truth = NAModel(params=truth_params, feature_map=feature_map)
             sim = truth.traces(q, k, v, ts, variables=variables)
             data = {}
             for n, key in zip(variables, jax.random.split(kn, len(variables))):
@@ -359,11 +397,16 @@ def eval_name(model, name: str):
 
 
 def _output_path(args, cfg) -> Path:
-    """The output file, checked before fitting: its directory exists and is writable, it is not a directory."""
+    """The output file, checked before fitting: its directory exists and is writable, it is not a directory, it
+    is not the config file, and an existing file is replaced only with `--overwrite`."""
     import os
 
     path = Path(args.output or cfg.output or "fitted.json")
     flag = "--output" if args.output else "output"
+    if not str(args.output or cfg.output or "fitted.json").strip():
+        raise ConfigError(f"{flag}: expected a file path, got an empty string")
+    if path.exists() and Path(args.config).exists() and path.resolve() == Path(args.config).resolve():
+        raise ConfigError(f"{flag}: expected a file other than the config, got {str(path)!r}, which is --config")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise ConfigError(
@@ -374,6 +417,8 @@ def _output_path(args, cfg) -> Path:
         raise ConfigError(f"{flag}: expected a file path, got {str(path)!r}, which is a directory")
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise ConfigError(f"{flag}: expected a writable path, got {str(path)!r} (permission denied)")
+    if path.exists() and not args.overwrite:
+        raise ConfigError(f"{flag}: {str(path)!r} already exists; choose another output or replace it with --overwrite")
     return path
 
 
@@ -430,6 +475,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--config", required=True, help="JSON file describing the target and the free parameters")
     p.add_argument("--output", default=None, help="where to write the fitted parameters (JSON)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=_main)
 
 
