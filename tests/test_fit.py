@@ -290,3 +290,63 @@ def test_cli_example_recovers_tau_s(tmp_path, capsys):
     np.testing.assert_allclose(out["fitted"]["params.tau_s"], config["target"]["params"]["tau_s"], rtol=1e-3)
     assert "params.tau_s" in capsys.readouterr().out
     assert not jax.config.jax_enable_x64
+
+
+def test_cli_rejects_non_finite_and_out_of_range_values(tmp_path, capsys):
+    """JSON's NaN / Infinity (which `json.loads` accepts) and out-of-range sizes, rates and seeds are refused
+    before anything is computed, each naming its key; the output file is then not written."""
+    from astroformer.fit.cli import main
+
+    base = '"free": ["tau_s"], "target": {"ts": [0.1, 0.2], "params": {}}'
+    cases = {
+        f'{{{base}, "optimiser": {{"learning_rate": NaN}}}}': "optimiser.learning_rate: expected a finite number",
+        f'{{{base}, "optimiser": {{"learning_rate": -0.1}}}}': "optimiser.learning_rate: expected a positive number",
+        f'{{{base}, "problem": {{"scale": Infinity}}}}': "problem.scale: expected a finite number",
+        f'{{{base}, "problem": {{"length": 0}}}}': "problem.length: expected a positive integer, got 0",
+        f'{{{base}, "problem": {{"dim": -2}}}}': "problem.dim: expected a positive integer, got -2",
+        f'{{{base}, "problem": {{"seed": 100000000000000000000}}}}': "problem.seed: expected an integer in [0, 2**32)",
+        '{"free": ["tau_s"], "target": {"ts": [0.1], "params": {}, "noise": -1}}': "target.noise: expected a non-negative",
+        '{"free": ["tau_s"], "target": {"ts": [0.1], "params": {"tau_zz": 1}}}': "target.params: expected NAParams fields",
+        '{"free": ["tau_s"], "start": {"tau_s": NaN}, "target": {"ts": [0.1], "params": {}}}': "start.tau_s: expected a finite",
+    }
+    output = tmp_path / "out.json"
+    for text, message in cases.items():
+        path = tmp_path / "fit.json"
+        path.write_text(text)
+        assert main(["fit", "--config", str(path), "--output", str(output)]) == 2, text
+        assert message in capsys.readouterr().err, text
+        assert not output.exists()
+
+
+def test_cli_never_overwrites_its_output_or_config_unasked(tmp_path, capsys):
+    """An existing output is replaced only with --overwrite, and the config file never is."""
+    from astroformer.fit.cli import main
+
+    config = tmp_path / "fit.json"
+    text = '{"free": ["tau_s"], "steps": 1, "target": {"ts": [0.1, 0.2], "params": {}}}'
+    config.write_text(text)
+    assert main(["fit", "--config", str(config), "--output", str(config), "--overwrite"]) == 2
+    assert "other than the config" in capsys.readouterr().err and config.read_text() == text
+    output = tmp_path / "mine.json"
+    output.write_text("keep me")
+    assert main(["fit", "--config", str(config), "--output", str(output)]) == 2
+    assert "already exists" in capsys.readouterr().err and output.read_text() == "keep me"
+
+
+def test_fit_refuses_a_bad_learning_rate_and_says_when_the_loss_diverges():
+    """A non-finite learning rate is refused up front; a finite one so large that a trace fit diverges raises,
+    naming the step where the loss stopped being finite, instead of returning NaN parameters."""
+    from astroformer.fit import NAModel, TraceTarget, fit
+
+    kq, kk, kv = jax.random.split(jax.random.key(1), 3)
+    phi_q, phi_k = jax.random.uniform(kq, (6, 8)), jax.random.uniform(kk, (6, 8))
+    v = jax.random.normal(kv, (6, 2))
+    ts = jnp.linspace(0.02, 1.0, 5)
+    truth = NAModel(af.NAParams(tau_n=0.05, tau_s=0.2, tau_p=1.0))
+    target = TraceTarget.from_traces(truth.traces(phi_q, phi_k, v, ts, variables=("x",)), phi_q, phi_k, v)
+    start = NAModel(af.NAParams(tau_n=0.1, tau_s=0.4, tau_p=1.0))
+    for bad in (float("inf"), float("nan"), 0.0):
+        with pytest.raises(ValueError, match="learning_rate: expected a positive finite number"):
+            fit(start, target, ["tau_s"], steps=1, learning_rate=bad)
+    with pytest.raises(RuntimeError, match=r"fit: the loss became nan at step \d of 2 .* lower learning_rate"):
+        fit(start, target, ["tau_s"], steps=2, learning_rate=1e10)
