@@ -104,6 +104,24 @@ def check_int(name: str, value, *, minimum: int = 1, or_none: bool = False) -> i
     return int(value)
 
 
+MAX_SEED = 2**31
+"""Seeds are integers in [0, MAX_SEED): every PRNG the library seeds (JAX's keys, NumPy's generators, offsets such
+as `seed * 10_000 + step`) takes them without overflow."""
+
+
+def seed_argument(text: str) -> int:
+    """An argparse `type` for `--seed`: an integer in [0, `MAX_SEED`), else argparse's error naming the flag."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**31), got {text}")
+    return value
+
+
 def check_bool(name: str, value) -> bool:
     """Raise unless `value` is a bool (so that e.g. `causal="no"`, which is truthy, is not taken as True)."""
     import numpy as np

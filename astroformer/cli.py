@@ -108,6 +108,8 @@ def _simulate_inner(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ._validate import seed_argument
+
     parser = argparse.ArgumentParser(prog="astroformer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sim = sub.add_parser("simulate", help="run one head in every mode on random tokens and compare")
@@ -116,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--features", type=int, nargs="+", default=[64, 1024, 16384], help="feature counts M")
     sim.add_argument("--scale", type=float, default=1.0, help="typical query/key norm")
     sim.add_argument("--t-read", type=float, default=1.0, help="read window T_r")
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--seed", type=seed_argument, default=0)
     sim.add_argument("--figure", default="astroformer-read.png", help="where to save the read's time courses")
     sim.set_defaults(func=_simulate)
     for extra in _extra_commands():

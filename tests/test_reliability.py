@@ -182,6 +182,80 @@ def test_run_without_checkpoint_gives_one_message(tmp_path, capsys):
     assert "--overwrite" in messages[0] and "--checkpoint-every" in messages[0]
 
 
+def test_a_directory_that_is_not_a_run_is_never_replaced(tmp_path, capsys):
+    """A directory with the user's own `config.json` is not a run: `train` refuses it even with --overwrite
+    (which would move the file away and delete it), and leaves every file as it was. An empty --run-dir (the
+    current directory) is refused too."""
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "config.json").write_text('{"my": "settings"}')
+    (user / "notes.txt").write_text("keep")
+    before = _files(user)
+    for flag in ([], ["--overwrite"]):
+        assert cli_main(["train", "--run-dir", str(user), *flag, "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "not an astroformer run's" in err and "choose another --run-dir" in err, err
+        assert _files(user) == before
+    with pytest.raises(ValueError, match="run_dir: expected a directory path, got an empty string"):
+        check_run_dir("", resume=False, overwrite=False)
+
+
+def test_distill_checks_its_output_before_any_work(full_run, tmp_path, capsys):
+    """`astroformer distill --out` is checked before the teacher is even loaded: never the teacher's own
+    directory (which --overwrite used to replace), not a file, not under a file, not a run unless --overwrite."""
+    teacher = _files(full_run.run_dir)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out, match in (
+        (full_run.run_dir, "which is the softmax run (--run-dir) itself"),
+        (afile, "out: expected a directory, got"),
+        (afile / "sub", "is not a directory"),
+        (full_run.run_dir + "/../" + os.path.basename(full_run.run_dir), "itself"),
+    ):
+        for flag in ([], ["--overwrite"]):
+            assert cli_main(["distill", "--run-dir", full_run.run_dir, "--out", str(out), *flag]) == 2
+            err = capsys.readouterr().err
+            assert match in err, (out, flag, err)
+    assert _files(full_run.run_dir) == teacher and afile.read_text() == "x"
+    copy = tmp_path / "copy"
+    shutil.copytree(full_run.run_dir, copy)
+    assert cli_main(["distill", "--run-dir", full_run.run_dir, "--out", str(copy)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_seeds_out_of_range_are_refused_by_every_command(full_run, capsys):
+    for argv in (
+        ["train", "--seed", "99999999999999999999"],
+        ["sample", "--run-dir", full_run.run_dir, "--seed", "-1"],
+        ["distill", "--run-dir", full_run.run_dir, "--out", "x", "--seed", str(2**31)],
+        ["simulate", "--seed", "1e3"],
+    ):
+        if argv[0] == "train":  # TrainConfig's own check: the command's error, exit 2
+            assert cli_main(argv) == 2
+        else:  # argparse's check of the flag's type: exit 2 with usage
+            with pytest.raises(SystemExit) as exit_info:
+                cli_main(argv)
+            assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "seed" in err and ("2**31" in err or "expected an integer" in err), (argv, err)
+
+
+def test_a_relative_text_path_is_stored_absolute(tmp_path, monkeypatch):
+    """`--text corpus.txt` is stored as an absolute path, so that `eval` and `sample` find the corpus from any
+    directory."""
+    seen = {}
+
+    def fake_train(config, **kwargs):
+        seen["config"] = config
+        raise ValueError("stop here")
+
+    (tmp_path / "corpus.txt").write_text("abc\n" * 100)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train_module, "train", fake_train)
+    assert cli_main(["train", "--text", "corpus.txt", "--run-dir", str(tmp_path / "r")]) == 2
+    assert seen["config"].text == str(tmp_path / "corpus.txt")
+
+
 def test_fit_checks_the_output_path_before_fitting(tmp_path, capsys):
     config = tmp_path / "fit.json"
     config.write_text(json.dumps({"free": ["tau_s"], "target": {"kind": "softmax"}, "steps": 1}))
@@ -592,3 +666,11 @@ def test_compilation_cache_needs_checks_without_host_callbacks(tmp_path, on_erro
     entries = sorted(p.name for p in cache.iterdir()) if cache.exists() else []
     cached = any(name.startswith("jit_na_head") for name in entries)
     assert cached == (on_error == "nan"), (on_error, entries)
+
+
+def test_full_state_in_float32_says_it_needs_float64():
+    """The literal model's default implicit solve runs out of steps in float32 (measured at NAParams' defaults
+    and milder ones); instead of diffrax's step-count error from inside a callback, the call says what to do."""
+    phi = jnp.ones((3, 4), jnp.float32)
+    with pytest.raises(ValueError, match="state: 'full' .* needs float64, got float32 inputs"):
+        af.na_attention(phi, phi, jnp.ones((3, 2), jnp.float32), af.NAParams(), state="full")

@@ -11,6 +11,7 @@ from typing import Any
 from .._attention import ATTENTION_KINDS
 from .._features._registry import FEATURE_MAPS
 from .._head._params import NUM_FEATURES, READ_STEPS
+from .._validate import MAX_SEED
 
 _TASKS = ("charlm", "mqar", "induction", "selective-copy", "copy")
 
@@ -115,6 +116,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 fail(name, "a non-negative int")
+        if self.seed >= MAX_SEED:
+            fail("seed", f"an int below 2**31 = {MAX_SEED}")
         if self.d_model % self.num_heads:
             raise ValueError(
                 f"TrainConfig: `d_model` must be a multiple of num_heads={self.num_heads}, got {self.d_model}"

@@ -44,7 +44,7 @@ from .._features._learned import LearnedFeatures
 from .._features._registry import LEARNED_ENVELOPES
 from .._features._maps import AbstractFeatureMap
 from .._errors import runtime_message
-from .._validate import check_bool, check_choice, check_int
+from .._validate import check_bool, check_choice, check_int, seed_argument
 from ._checkpoint import atomic_write, save_checkpoint
 from ._model import Block, Transformer, _dense, _layer_norm, trainable_filter
 
@@ -229,9 +229,7 @@ def distill(
         raise ValueError(
             f"num_features: expected an even M (learned features come in mirrored pairs), got {num_features}"
         )
-    out = Path(out)
-    if (out / CONFIG).exists() and not overwrite:
-        raise FileExistsError(f"out: {str(out)!r} already holds a run; pass overwrite=True (--overwrite)")
+    out = _check_out(out, run_dir, overwrite)
     config, task, teacher, _ = load_run(run_dir)
     if config.attention != "softmax":
         raise ValueError(f"run_dir: expected a softmax run to distil, got attention={config.attention!r}")
@@ -346,6 +344,37 @@ def distill(
         )
     atomic_write(out / METRICS, (json.dumps(record) + "\n").encode())
     return new_config, student, record
+
+
+def _check_out(out, run_dir, overwrite: bool) -> Path:
+    """`out` as a `Path`, checked before any work: not the teacher's directory, not holding a run (unless
+    `overwrite`) or anything else that is not a run (`check_run_dir`), and creatable."""
+    from ._rundir import CHECKPOINT, CONFIG, check_run_dir
+
+    if not str(out).strip():
+        raise ValueError("out: expected a directory path, got an empty string")
+    out = Path(out)
+    if out.resolve() == Path(run_dir).resolve():
+        raise ValueError(
+            f"out: expected a new directory, got {str(out)!r}, which is the softmax run (--run-dir) itself"
+        )
+    if not overwrite and any((out / name).exists() for name in (CONFIG, CHECKPOINT)):
+        raise FileExistsError(
+            f"out: {str(out)!r} already holds a run; pass overwrite=True (--overwrite) or choose another --out"
+        )
+    try:  # a file, or a directory holding something that is not a run
+        check_run_dir(out, resume=False, overwrite=True)
+    except (ValueError, FileExistsError) as error:
+        raise type(error)(str(error).replace("run_dir:", "out:", 1).replace("--run-dir", "--out")) from None
+    ancestor = out
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK):
+        raise ValueError(
+            f"out: expected a directory that can be created, got {str(out)!r} ({str(ancestor)!r} is "
+            f"{'not a directory' if not ancestor.is_dir() else 'not writable'})"
+        )
+    return out
 
 
 def attention_cross_entropy(model: Transformer, tokens: Int[Array, "B L"]) -> Float[Array, ""]:
@@ -527,7 +556,7 @@ def register(subparsers) -> None:
         help="also fine-tune the attention layers' projections (query, key, value, output; default: the feature "
         "neurons only)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_argument, default=0)
     p.add_argument("--no-eval", action="store_true", help="do not evaluate the distilled model")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.set_defaults(func=_distill_command)

@@ -73,6 +73,21 @@ def recover_previous(run_dir: Path) -> str | None:
     )
 
 
+def _check_run_config(path: Path) -> None:
+    """Raise `FileExistsError` unless `path` is a run's `config.json` (one `TrainConfig.load` reads): a
+    directory holding some other `config.json` is not a run, and neither `--overwrite` nor a new run may replace
+    the user's file."""
+    from ._config import TrainConfig
+
+    try:
+        TrainConfig.load(path)
+    except Exception as err:  # noqa: BLE001 - whatever makes it unreadable as a run's config
+        raise FileExistsError(
+            f"run_dir: {str(path.parent)!r} holds a {CONFIG} that is not an astroformer run's ({err}); it is left "
+            "alone (--overwrite replaces only runs): choose another --run-dir"
+        ) from None
+
+
 def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) -> Path:
     """Check that a run may start (or resume) in `run_dir`, without writing anything (apart from restoring an
     interrupted replacement, see `recover_previous`).
@@ -83,6 +98,8 @@ def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) 
     """
     if resume and overwrite:
         raise ValueError("resume and overwrite: expected at most one of them, got both")
+    if not str(run_dir).strip():  # Path("") is the current directory
+        raise ValueError("run_dir: expected a directory path, got an empty string")
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"run_dir: expected a directory, got {str(run_dir)!r}, which is a file")
@@ -96,6 +113,8 @@ def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) 
     checkpoint = run_dir / CHECKPOINT
     if checkpoint.exists() and not checkpoint.is_file():
         raise ValueError(f"run_dir: expected {str(checkpoint)!r} to be a checkpoint file, got a directory")
+    if CONFIG in existing and CHECKPOINT not in existing:
+        _check_run_config(run_dir / CONFIG)
     if existing and CHECKPOINT not in existing and not overwrite:
         raise FileExistsError(
             f"run_dir: {str(run_dir)!r} holds a run that stopped before its first checkpoint "

@@ -79,6 +79,7 @@ def register(subparsers) -> None:
     """Add the `train`, `sample` and `eval` subcommands to an argparse `subparsers` object."""
     from .._attention import ATTENTION_KINDS
     from .._features._registry import FEATURE_MAPS
+    from .._validate import seed_argument
     from ._config import TrainConfig
 
     d = TrainConfig()
@@ -112,7 +113,7 @@ def register(subparsers) -> None:
     sample.add_argument("--length", type=int, default=300, help="number of tokens to draw")
     sample.add_argument("--temperature", type=float, default=0.8)
     sample.add_argument("--top-k", type=int, default=None)
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--seed", type=seed_argument, default=0)
     sample.set_defaults(func=_sample)
 
     evaluate = subparsers.add_parser("eval", help="evaluate a trained model on its task's eval split")
@@ -185,6 +186,10 @@ def _train_inner(args) -> int:
         if args.seq_len is not None:
             task_kwargs["seq_len"] = args.seq_len
         given = {**preset, **given}
+        if given.get("text"):  # stored absolute: eval and sample may run from another directory
+            import os
+
+            given["text"] = os.path.abspath(given["text"])
         if "steps" in given and "warmup" not in given:  # keep the default warm-up shorter than short runs
             given["warmup"] = min(TrainConfig.warmup, given["steps"] // 10)
         try:
@@ -214,7 +219,7 @@ def _train_inner(args) -> int:
         task = build_task(result.config)
         assert isinstance(task, CharLM) and task.corpus is not None  # config.task == "charlm"
         print("sample:")
-        print(sample_text(result.model, task.corpus, "\n", 300, temperature=0.8, seed=0))
+        print(sample_text(result.model, task.corpus, "", 300, temperature=0.8, seed=0))  # "": a newline if it can
     return 0
 
 
@@ -289,7 +294,10 @@ def _sample(args) -> int:
             raise ValueError(f"--length: expected a positive number of tokens, got {args.length}")
         config, task, model, metadata = load_run(args.run_dir)
         if config.task == "charlm":
-            prompt = "\n" if args.prompt is None else args.prompt
+            if args.prompt is None:  # a newline where the corpus has one (sample_text's own fallback otherwise)
+                prompt = "\n" if "\n" in task.corpus.chars else ""
+            else:
+                prompt = args.prompt
             print(
                 prompt
                 + sample_text(
