@@ -60,6 +60,8 @@ class AbstractAttention(eqx.Module):
         if x.ndim != 2:
             raise ValueError(f"x: expected shape (L, d_model), got {tuple(x.shape)} (use jax.vmap for batches)")
         L, d_model = x.shape
+        if d_model != self.query.in_features:
+            raise ValueError(f"x: expected shape (L, d_model={self.query.in_features}), got {tuple(x.shape)}")
         H = self.num_heads
         D = d_model // H
         scale = D**-0.25

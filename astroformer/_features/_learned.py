@@ -39,7 +39,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._maps import AbstractFeatureMap, _check_sizes, _gaussian, _orthogonal_gaussian
+from ._maps import AbstractFeatureMap, _check_sizes, _gaussian, _orthogonal_gaussian, check_map_input
 
 
 class LearnedFeatures(AbstractFeatureMap):
@@ -102,6 +102,7 @@ class LearnedFeatures(AbstractFeatureMap):
         return "fixed" if self.mu is None else "learned"
 
     def __call__(self, u: Float[Array, "*batch D"]) -> Float[Array, "*batch M"]:
+        check_map_input(self, u)
         z = u @ self.W.T + self.b
         if (self.mu is None) != (self.log_gamma is None):
             raise ValueError(

@@ -47,6 +47,16 @@ class AbstractFeatureMap(eqx.Module):
         return self
 
 
+def check_map_input(feature_map: AbstractFeatureMap, u) -> None:
+    """Raise a `ValueError` naming `u` unless its last axis is the map's input size D (`in_dim`)."""
+    shape = tuple(getattr(u, "shape", ()))
+    if not shape or shape[-1] != feature_map.in_dim:
+        raise ValueError(
+            f"u: expected a last axis of size D = {feature_map.in_dim} ({type(feature_map).__name__}.in_dim), "
+            f"got shape {shape}"
+        )
+
+
 def _maybe_frozen(w: Array, trainable: bool) -> Array:
     return w if trainable else jax.lax.stop_gradient(w)
 
@@ -88,6 +98,7 @@ class PositiveRandomFeatures(AbstractFeatureMap):
         self.trainable = trainable
 
     def __call__(self, u: Float[Array, "*batch D"]) -> Float[Array, "*batch M"]:
+        check_map_input(self, u)
         W = _maybe_frozen(self.W, self.trainable)
         return jnp.exp(u @ W.T - 0.5 * jnp.sum(u * u, axis=-1, keepdims=True)) / jnp.sqrt(self.num_features)
 
@@ -117,6 +128,7 @@ class RandomFourierFeatures(AbstractFeatureMap):
         self.trainable = trainable
 
     def __call__(self, u: Float[Array, "*batch D"]) -> Float[Array, "*batch M"]:
+        check_map_input(self, u)
         W = _maybe_frozen(self.W, self.trainable)
         wu = u @ W.T
         scale = jnp.exp(0.5 * jnp.sum(u * u, axis=-1, keepdims=True)) / jnp.sqrt(self.num_features / 2)
@@ -142,6 +154,7 @@ class EluFeatures(AbstractFeatureMap):
         self.num_features = in_dim
 
     def __call__(self, u: Float[Array, "*batch D"]) -> Float[Array, "*batch M"]:
+        check_map_input(self, u)
         if self.W is not None:
             u = u @ self.W.T
         return jax.nn.elu(u) + 1.0

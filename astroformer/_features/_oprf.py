@@ -34,6 +34,7 @@ from ._maps import (
     _gaussian,
     _maybe_frozen,
     _orthogonal_gaussian,
+    check_map_input,
 )
 
 
@@ -150,6 +151,7 @@ class OptimalPositiveRandomFeatures(AbstractFeatureMap):
         self.trainable = trainable
 
     def __call__(self, u: Float[Array, "*batch D"]) -> Float[Array, "*batch M"]:
+        check_map_input(self, u)
         W = _maybe_frozen(self.W, self.trainable)
         A = jax.lax.stop_gradient(self.A)
         log_gain = 0.25 * self.in_dim * jnp.log1p(-4 * A) + A * jnp.sum(W * W, axis=-1)  # (M,)

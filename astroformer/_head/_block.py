@@ -61,7 +61,8 @@ def na_attention(
       the exact reverse sweep of the same steps (`astroformer._head._read.solve_read`, a custom VJP); passing a
       `stepsize_controller`, an `adjoint` (e.g. `RecursiveCheckpointAdjoint(...)`) or another solver solves in read time with diffrax's own
       adjoint (default `RecursiveCheckpointAdjoint(checkpoints=read_steps)` on a fixed grid). Full default:
-      `Kvaerno5()` with a `PIDController` (rtol 1e-6, atol 1e-9; 1e-4/1e-6 in float32).
+      `Kvaerno5()` with a `PIDController` (rtol 1e-6, atol 1e-9), float64 only: in float32 it runs out of steps
+      on the stiff calcium, so `state="full"` in float32 needs an explicit `solver` and `stepsize_controller`.
     - `read_steps`: steps of the reduced read's fixed grid (default 8). The error is second order,
       $\propto$ `read_steps`$^{-2}$, and vanishes as the read settles: at `NeuronAstrocyteAttention`'s default
       parameters 8 steps are within $10^{-9}$ (relative) of a tight float64 solve, far below float32 rounding;
@@ -237,6 +238,15 @@ def reduced_read(
 
 
 def _full_options(dtype, solver, stepsize_controller, adjoint):
+    if dtype != jnp.float64 and solver is None and stepsize_controller is None:
+        # Measured: in float32 the default implicit solve of the literal model's stiff calcium (N*M/tau_p) runs
+        # out of steps at NAParams' defaults and at milder ones, whatever max_steps; it succeeds in float64.
+        raise ValueError(
+            f"state: 'full' (the literal model, for validation) solves its stiff calcium with an implicit solver "
+            f"that needs float64, got {jnp.dtype(dtype).name} inputs; enable float64 "
+            "(jax.config.update('jax_enable_x64', True)) and pass float64 arrays, use state='reduced' (equal to "
+            "the full model, see the tests), or pass your own solver and stepsize_controller"
+        )
     solver = diffrax.Kvaerno5() if solver is None else solver
     if stepsize_controller is None:
         rtol, atol = _default_tolerances(dtype)
