@@ -304,7 +304,7 @@ def test_cli_rejects_non_finite_and_out_of_range_values(tmp_path, capsys):
         f'{{{base}, "problem": {{"scale": Infinity}}}}': "problem.scale: expected a finite number",
         f'{{{base}, "problem": {{"length": 0}}}}': "problem.length: expected a positive integer, got 0",
         f'{{{base}, "problem": {{"dim": -2}}}}': "problem.dim: expected a positive integer, got -2",
-        f'{{{base}, "problem": {{"seed": 100000000000000000000}}}}': "problem.seed: expected an integer in [0, 2**32)",
+        f'{{{base}, "problem": {{"seed": 100000000000000000000}}}}': "problem.seed: expected an integer in [0, 2**31)",
         '{"free": ["tau_s"], "target": {"ts": [0.1], "params": {}, "noise": -1}}': "target.noise: expected a non-negative",
         '{"free": ["tau_s"], "target": {"ts": [0.1], "params": {"tau_zz": 1}}}': "target.params: expected NAParams fields",
         '{"free": ["tau_s"], "start": {"tau_s": NaN}, "target": {"ts": [0.1], "params": {}}}': "start.tau_s: expected a finite",

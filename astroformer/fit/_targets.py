@@ -124,6 +124,11 @@ class TraceTarget(AbstractTarget):
                         f"{', M from the other traces' if symbol == 'M' else ''}), got {tuple(data.shape)}"
                     )
             if mask is not None:
+                if not hasattr(mask, "dtype") or mask.dtype != bool:
+                    raise ValueError(
+                        f"TraceTarget.mask_{name}: expected a boolean array (True = observed), got "
+                        f"{getattr(mask, 'dtype', type(mask).__name__)}"
+                    )
                 try:
                     np.broadcast_shapes(mask.shape, data.shape)
                 except ValueError:

@@ -23,7 +23,7 @@ from .._head._block import reduced_read
 from .._head._observables import VARIABLES, observables
 from .._head._params import NAParams
 from .._head._write import write_reduced
-from .._validate import check_int, check_mask, check_matrix
+from .._validate import check_head_inputs, check_int
 
 
 class Traces(eqx.Module):
@@ -112,11 +112,8 @@ def read_traces(
             raise ValueError(f"variables: expected names among {VARIABLES}, got {name!r}")
     substeps = check_int("substeps", substeps)
     ts = check_times(ts)
-    check_matrix("phi_q", phi_q)
-    L, M = phi_q.shape
-    check_matrix("phi_k", phi_k, rows=L, cols=M, rows_from="phi_q", cols_from="phi_q")
-    check_matrix("v", v, rows=L, rows_from="phi_q")
-    present = check_mask(mask, L)
+    # Shapes, mask and (at run time) finite, non-negative rates, as na_attention checks them.
+    phi_q, phi_k, v, present = check_head_inputs(phi_q, phi_k, v, mask)
     N = v.shape[-1]
     dtype = phi_q.dtype
     grid, save = step_grid(ts, substeps)

@@ -61,8 +61,8 @@ class Problem:
                 raise ConfigError(f"problem.{name}: expected a positive integer, got {getattr(self, name)!r}")
         if not self.scale > 0:
             raise ConfigError(f"problem.scale: expected a positive number, got {self.scale!r}")
-        if not 0 <= self.seed < 2**32:
-            raise ConfigError(f"problem.seed: expected an integer in [0, 2**32), got {self.seed!r}")
+        if not 0 <= self.seed < 2**31:  # as every seed of astroformer (MAX_SEED)
+            raise ConfigError(f"problem.seed: expected an integer in [0, 2**31), got {self.seed!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,7 +297,7 @@ def run(cfg: FitConfig, *, progress=None) -> dict:
     if cfg.inputs is not None:
         try:
             q, k, v = (jnp.asarray(getattr(cfg.inputs, n), dtype) for n in ("q", "k", "v"))
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, OverflowError) as err:
             raise ConfigError(f"inputs: expected numeric arrays q (L, D), k (L, D), v (L, N); {err}") from None
         for name, arr in zip("qkv", (q, k, v)):
             if arr.ndim != 2 or not arr.size:
@@ -322,9 +322,9 @@ def run(cfg: FitConfig, *, progress=None) -> dict:
     feature_map = PositiveRandomFeatures(D, M, trainable=softmax, key=kf, dtype=dtype)
     try:
         start = NAParams(**cfg.start)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise ConfigError(
-            f"start: expected NAParams fields (tau_n, tau_s, tau_p, t_write, t_read, tau_f); {err}"
+            f"start: expected NAParams fields (tau_n, tau_s, tau_p, t_write, t_read, tau_f) with positive values; {err}"
         ) from None
     model = NAModel(params=start, feature_map=feature_map, causal=target_cfg.causal)
 
@@ -340,7 +340,7 @@ def run(cfg: FitConfig, *, progress=None) -> dict:
             for n, a in target_cfg.data.items():
                 try:
                     data[n] = jnp.asarray(np.asarray(a, dtype=float), dtype)
-                except (TypeError, ValueError):
+                except (TypeError, ValueError, OverflowError):
                     raise ConfigError(
                         f"target.data.{n}: expected a rectangular numeric array (T, L, ...), got "
                         "ragged or non-numeric nested lists"
@@ -351,9 +351,10 @@ def run(cfg: FitConfig, *, progress=None) -> dict:
             assert target_cfg.params is not None  # FitConfig checked it
             try:
                 truth_params = NAParams(**target_cfg.params)
-            except TypeError as err:
+            except (TypeError, ValueError) as err:
                 raise ConfigError(
-                    f"target.params: expected NAParams fields (tau_n, tau_s, tau_p, t_write, t_read, tau_f); {err}"
+                    "target.params: expected NAParams fields (tau_n, tau_s, tau_p, t_write, t_read, tau_f) with "
+                    f"positive values; {err}"
                 ) from None
             truth = NAModel(params=truth_params, feature_map=feature_map)
             sim = truth.traces(q, k, v, ts, variables=variables)
@@ -401,10 +402,11 @@ def _output_path(args, cfg) -> Path:
     is not the config file, and an existing file is replaced only with `--overwrite`."""
     import os
 
-    path = Path(args.output or cfg.output or "fitted.json")
-    flag = "--output" if args.output else "output"
-    if not str(args.output or cfg.output or "fitted.json").strip():
+    given = args.output if args.output is not None else cfg.output
+    flag = "--output" if args.output is not None else "output"
+    if given is not None and not given.strip():
         raise ConfigError(f"{flag}: expected a file path, got an empty string")
+    path = Path("fitted.json" if given is None else given)
     if path.exists() and Path(args.config).exists() and path.resolve() == Path(args.config).resolve():
         raise ConfigError(f"{flag}: expected a file other than the config, got {str(path)!r}, which is --config")
     parent = path.parent if str(path.parent) else Path(".")
