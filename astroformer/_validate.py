@@ -104,6 +104,22 @@ def check_int(name: str, value, *, minimum: int = 1, or_none: bool = False) -> i
     return int(value)
 
 
+def check_real(name: str, value, *, positive: bool = True) -> float:
+    """Raise a `ValueError` naming `name` unless `value` is a finite real number (a 0-d array too; not a bool),
+    positive (or, with `positive=False`, non-negative); returns it as a Python float."""
+    import math
+
+    try:  # Python and NumPy numbers and 0-d arrays; not bools or strings, which float() would also take
+        number = math.nan if isinstance(value, bool | str) else float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and (number > 0 if positive else number >= 0)):
+        raise ValueError(
+            f"{name}: expected a {'positive' if positive else 'non-negative'} finite number, got {value!r}"
+        )
+    return number
+
+
 MAX_SEED = 2**31
 """Seeds are integers in [0, MAX_SEED): every PRNG the library seeds (JAX's keys, NumPy's generators, offsets such
 as `seed * 10_000 + step`) takes them without overflow."""

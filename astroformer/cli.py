@@ -22,6 +22,17 @@ def _check_simulate_args(args) -> None:
         value = getattr(args, name)
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"--{name.replace('_', '-')}: expected a positive, finite number, got {value}")
+    figure = Path(args.figure)  # checked before the simulation, not after it
+    if not str(args.figure).strip() or figure.is_dir():
+        raise ValueError(f"--figure: expected the path of an image file, got {str(args.figure)!r}")
+    ancestor = figure.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(
+            f"--figure: expected a path whose folders can be created, got {str(args.figure)!r} "
+            f"({str(ancestor)!r} is a file)"
+        )
 
 
 def _simulate(args) -> int:
@@ -32,7 +43,9 @@ def _simulate(args) -> int:
         from ._errors import runtime_message
 
         message = runtime_message(error)
-        if isinstance(error, RuntimeError):  # a runtime check in compiled code: NaN/inf from large inputs
+        if "RESOURCE_EXHAUSTED" in message or "Out of memory" in message:
+            message = f"--length / --features: the simulation does not fit in memory ({message})"
+        elif isinstance(error, RuntimeError):  # a runtime check in compiled code: NaN/inf from large inputs
             message = (
                 f"--scale: expected a query/key norm small enough for float32 (exp(q.k) must be "
                 f"finite), got {args.scale}: {message}"

@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -68,7 +69,10 @@ def build_layer(kind: str, d_model: int, num_heads: int, num_features: int, key)
     if kind == "softmax-batched":
         return BatchedSoftmaxAttention(af.make_attention("softmax", d_model, num_heads, key=key))
     if kind == "na-ode-full":
-        return af.make_attention("na-ode", d_model, num_heads, num_features=num_features, key=key, state="full")
+        # The literal model's default implicit solve needs float64; in float32 an explicit adaptive solve works.
+        return af.make_attention(
+            "na-ode", d_model, num_heads, num_features=num_features, key=key, state="full", solver=diffrax.Tsit5()
+        )
     features = dict(num_features=num_features) if kind.startswith("na-") else {}
     return af.make_attention(kind, d_model, num_heads, key=key, **features)
 

@@ -409,7 +409,7 @@ def test_finetuning_with_the_attention_term_keeps_the_heads_closer_to_softmax(ge
 
 def test_finetuning_frees_what_it_is_asked_to_and_distils_the_teachers_outputs(getkey):
     """The fine-tuning trains the feature neurons, and the attention's projections only with `projections`; every
-    other weight stays. With a teacher its loss is the cross-entropy against the teacher's next-token
+    other weight stays, unless `everything` frees them all. With a teacher its loss is the cross-entropy against the teacher's next-token
     distribution (checked at the first step against NumPy from both models' logits)."""
     from astroformer.tasks import get_task
     from astroformer.training import Transformer
@@ -442,6 +442,9 @@ def test_finetuning_frees_what_it_is_asked_to_and_distils_the_teachers_outputs(g
     for m in (plain, tuned):
         assert same(m.blocks[0].mlp_in, student.blocks[0].mlp_in) and same(m.blocks[0].norm1, student.blocks[0].norm1)
         assert same(m.embedding, student.embedding)
+    whole, _, _ = _finetune_features(student, task, 2, 1e-2, 4, 0, teacher=teacher, everything=True)
+    assert not same(whole.blocks[0].mlp_in, student.blocks[0].mlp_in) and not same(whole.embedding, student.embedding)
+    assert not same(whole.blocks[0].attention.query, a0.query)
     batch = task.batch("train", 4, seed=50_000)
     log_p = np.asarray(jax.nn.log_softmax(student.batched(jnp.asarray(batch.inputs)), axis=-1), np.float64)
     target = np.asarray(jax.nn.softmax(teacher.batched(jnp.asarray(batch.inputs)), axis=-1), np.float64)
@@ -484,6 +487,7 @@ def test_finetuning_that_overflows_stops_and_keeps_the_last_finite_model(getkey)
         (dict(finetune_steps=-1), "finetune_steps: expected an integer >= 0"),
         (dict(finetune_target="teacher"), "finetune_target: only used by the fine-tuning"),
         (dict(finetune_projections=True), "finetune_projections: only used by the fine-tuning"),
+        (dict(finetune_all=True), "finetune_all: only used by the fine-tuning"),
         (dict(feature_map="prf"), "feature_map: expected one of 'learned', 'learned-envelope', got 'prf'"),
     ],
 )

@@ -674,3 +674,61 @@ def test_full_state_in_float32_says_it_needs_float64():
     phi = jnp.ones((3, 4), jnp.float32)
     with pytest.raises(ValueError, match="state: 'full' .* needs float64, got float32 inputs"):
         af.na_attention(phi, phi, jnp.ones((3, 2), jnp.float32), af.NAParams(), state="full")
+
+
+@pytest.mark.bad_input
+def test_wrong_input_width_is_named():
+    """A layer given x of the wrong width, or a feature map given u of the wrong D, names the argument and the
+    size it expected (it was XLA's dot_general message)."""
+    for kind in ("softmax", "linear", "na-ode"):
+        layer = af.make_attention(kind, 8, 2, key=jax.random.key(0))
+        with pytest.raises(ValueError, match=r"x: expected shape \(L, d_model=8\), got \(3, 7\)"):
+            layer(jnp.ones((3, 7)))
+    for name in ("prf", "oprf", "learned"):
+        feature_map = af.make_feature_map(name, 4, 8, key=jax.random.key(0))
+        with pytest.raises(ValueError, match=r"u: expected a last axis of size D = 4 .* got shape \(3, 5\)"):
+            feature_map(jnp.ones((3, 5)))
+        assert feature_map(jnp.ones((2, 3, 4))).shape == (2, 3, 8)
+
+
+@pytest.mark.bad_input
+def test_more_bad_arguments_are_named(full_run, capsys):
+    """Values that used to be accepted and fail later (or never): a time constant given as a string, None, a
+    list or a bool; a solver, controller or adjoint that is not diffrax's; `throw` that is not a bool; a trace
+    target's non-boolean mask; negative or NaN rates in a trace read; distill learning rates that are not
+    positive and finite."""
+    from astroformer.fit import NAModel, TraceTarget
+
+    for field, value in (("tau_p", "1"), ("tau_p", None), ("tau_s", [0.1, 0.2]), ("tau_s", True)):
+        with pytest.raises(TypeError, match=f"NAParams.{field}: expected a positive number or a real array"):
+            af.NAParams(**{field: value})
+    phi, v = jnp.ones((3, 4)), jnp.ones((3, 2))
+    for name, value in (("solver", "tsit5"), ("stepsize_controller", "pid"), ("adjoint", "x")):
+        with pytest.raises(TypeError, match=f"{name}: expected None or a diffrax"):
+            af.na_attention(phi, phi, v, af.NAParams(), **{name: value})
+    with pytest.raises(TypeError, match="throw: expected True or False"):
+        af.na_attention(phi, phi, v, af.NAParams(), throw="no")
+    with pytest.raises(ValueError, match="num_points: expected an integer >= 2, got 0"):
+        af.read_trajectory(phi, phi, v, af.NAParams(), index=0, num_points=0)
+    ts = jnp.array([0.1, 0.2])
+    x = jnp.zeros((2, 3, 2))
+    with pytest.raises(ValueError, match="TraceTarget.mask_x: expected a boolean array"):
+        TraceTarget(q=phi, k=phi, v=v, ts=ts, x=x, mask_x=jnp.full(x.shape, 0.5))
+    model = NAModel(af.NAParams())
+    with pytest.raises(Exception, match="phi_q: expected non-negative firing rates"):
+        model.traces(-phi, phi, v, ts, variables=("x",))
+    for flag, value in (("--learning-rate", "inf"), ("--finetune-learning-rate", "nan"), ("--lr", "-1")):
+        argv = ["distill", "--run-dir", full_run.run_dir, "--out", "/nonexistent/x", flag, value]
+        assert cli_main(argv) == 2
+        assert "learning_rate: expected a positive finite number" in capsys.readouterr().err
+
+
+def test_simulate_checks_its_figure_path_first(tmp_path, capsys):
+    """A figure path under a file, or a directory, is refused before the simulation runs."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for figure, match in ((afile / "x.png", "is a file"), (tmp_path, "expected the path of an image file")):
+        assert cli_main(["simulate", "--figure", str(figure)]) == 2
+        err = capsys.readouterr().err
+        assert "--figure:" in err and match in err, err
+    assert afile.read_text() == "x"

@@ -62,7 +62,7 @@ def na_attention(
       `stepsize_controller`, an `adjoint` (e.g. `RecursiveCheckpointAdjoint(...)`) or another solver solves in read time with diffrax's own
       adjoint (default `RecursiveCheckpointAdjoint(checkpoints=read_steps)` on a fixed grid). Full default:
       `Kvaerno5()` with a `PIDController` (rtol 1e-6, atol 1e-9), float64 only: in float32 it runs out of steps
-      on the stiff calcium, so `state="full"` in float32 needs an explicit `solver` and `stepsize_controller`.
+      on the stiff calcium, so `state="full"` in float32 needs an explicit `solver` (e.g. `Tsit5()`).
     - `read_steps`: steps of the reduced read's fixed grid (default 8). The error is second order,
       $\propto$ `read_steps`$^{-2}$, and vanishes as the read settles: at `NeuronAstrocyteAttention`'s default
       parameters 8 steps are within $10^{-9}$ (relative) of a tight float64 solve, far below float32 rounding;
@@ -82,6 +82,14 @@ def na_attention(
     check_choice("mode", mode, ("ode", "equilibrium"))
     check_choice("state", state, ("reduced", "full"))
     check_bool("causal", causal)
+    check_bool("throw", throw)
+    for name, value, kind in (
+        ("solver", solver, diffrax.AbstractSolver),
+        ("stepsize_controller", stepsize_controller, diffrax.AbstractStepSizeController),
+        ("adjoint", adjoint, diffrax.AbstractAdjoint),
+    ):
+        if value is not None and not isinstance(value, kind):
+            raise TypeError(f"{name}: expected None or a diffrax.{kind.__name__}, got {value!r}")
     read_steps = check_int("read_steps", read_steps)
     chunk_size = check_int("chunk_size", chunk_size)
     max_steps = check_int("max_steps", max_steps)
@@ -238,14 +246,15 @@ def reduced_read(
 
 
 def _full_options(dtype, solver, stepsize_controller, adjoint):
-    if dtype != jnp.float64 and solver is None and stepsize_controller is None:
+    if dtype != jnp.float64 and solver is None:
         # Measured: in float32 the default implicit solve of the literal model's stiff calcium (N*M/tau_p) runs
         # out of steps at NAParams' defaults and at milder ones, whatever max_steps; it succeeds in float64.
         raise ValueError(
             f"state: 'full' (the literal model, for validation) solves its stiff calcium with an implicit solver "
             f"that needs float64, got {jnp.dtype(dtype).name} inputs; enable float64 "
             "(jax.config.update('jax_enable_x64', True)) and pass float64 arrays, use state='reduced' (equal to "
-            "the full model, see the tests), or pass your own solver and stepsize_controller"
+            "the full model, see the tests), or pass your own solver (e.g. diffrax.Tsit5(), with a stepsize_controller "
+            "where the function takes one)"
         )
     solver = diffrax.Kvaerno5() if solver is None else solver
     if stepsize_controller is None:

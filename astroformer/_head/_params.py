@@ -20,9 +20,18 @@ def _is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def _check_positive(name: str, value: Any) -> None:
-    if value is None or not _is_concrete(value):
+def _check_positive(name: str, value: Any, *, or_none: bool = False) -> None:
+    if (value is None and or_none) or not _is_concrete(value):
         return
+    real = (isinstance(value, int | float) and not isinstance(value, bool)) or (
+        hasattr(value, "dtype")
+        and (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer))
+    )
+    if not real:  # None, strings, bools, lists (stack per-head values into an array), complex numbers
+        raise TypeError(
+            f"NAParams.{name}: expected a positive number or a real array of them{' (or None)' if or_none else ''}, "
+            f"got {value!r}"
+        )
     try:
         arr = np.asarray(value, dtype=float)
     except (TypeError, ValueError):
@@ -66,7 +75,7 @@ class NAParams(eqx.Module):
     def __check_init__(self):
         for name in _POSITIVE_FIELDS:
             _check_positive(name, getattr(self, name))
-        _check_positive("tau_f", self.tau_f)
+        _check_positive("tau_f", self.tau_f, or_none=True)
 
     def guard(self, x, dtype=None):
         """`x` with a check of every time constant attached, for use in computations of floating `dtype`

@@ -7,7 +7,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from .._validate import check_choice, check_mask, check_matrix
+from .._validate import check_choice, check_int, check_mask, check_matrix
 from ._block import full_memory, full_read, reduced_read
 from ._observables import observables
 from ._params import MAX_STEPS, NAParams
@@ -58,6 +58,7 @@ def read_trajectory(
     if not -L <= index < L:
         raise ValueError(f"index: expected a query index in [-{L}, {L}), got {index}")
     index = index % L
+    num_points = check_int("num_points", num_points, minimum=2)  # t = 0 and at least one time after it
     present = check_mask(mask, L)
     phi_q = params.guard(phi_q, phi_q.dtype)
     N = v.shape[-1]

@@ -44,7 +44,7 @@ from .._features._learned import LearnedFeatures
 from .._features._registry import LEARNED_ENVELOPES
 from .._features._maps import AbstractFeatureMap
 from .._errors import runtime_message
-from .._validate import check_bool, check_choice, check_int, seed_argument
+from .._validate import check_bool, check_choice, check_int, check_real, seed_argument
 from ._checkpoint import atomic_write, save_checkpoint
 from ._model import Block, Transformer, _dense, _layer_norm, trainable_filter
 
@@ -147,6 +147,7 @@ def distill(
     finetune_attention_weight: float = 0.0,
     finetune_target: str = "next-token",
     finetune_projections: bool = False,
+    finetune_all: bool = False,
     seed: int = 0,
     evaluate_model: bool = True,
     overwrite: bool = False,
@@ -181,6 +182,8 @@ def distill(
     - `finetune_projections`: also fine-tune the attention layers' projections (query, key, value, output;
       Hedgehog's second stage trains the whole model, this frees only the attention layers). Default: the
       feature neurons only, every transferred weight stays the softmax model's.
+    - `finetune_all`: fine-tune every trainable weight of the student (embeddings, norms, MLPs, attention and
+      feature neurons), as Hedgehog's second stage does.
     - `seed`: seeds the feature initialisation and the choice of training windows.
     - `evaluate_model`: evaluate the distilled model (and the softmax one) on the run's eval split and record
       both in `metrics.jsonl`.
@@ -205,6 +208,9 @@ def distill(
         for name, value in (("num_features", num_features), ("steps", steps), ("batches", batches))
     )
     finetune_steps = check_int("finetune_steps", finetune_steps, minimum=0)
+    check_real("learning_rate", learning_rate)  # inf or 1e30 turned every fit into NaN, written with exit 0
+    check_real("finetune_learning_rate", finetune_learning_rate)
+    check_real("normaliser_weight", normaliser_weight, positive=False)
     if (
         isinstance(finetune_attention_weight, bool)
         or not isinstance(finetune_attention_weight, numbers.Real)
@@ -214,11 +220,13 @@ def distill(
     check_choice("finetune_target", finetune_target, ("next-token", "teacher"))
     check_choice("feature_map", feature_map, tuple(LEARNED_ENVELOPES))
     check_bool("finetune_projections", finetune_projections)
+    check_bool("finetune_all", finetune_all)
     if not finetune_steps:
         for name, value, default in (
             ("finetune_attention_weight", finetune_attention_weight, 0.0),
             ("finetune_target", finetune_target, "next-token"),
             ("finetune_projections", finetune_projections, False),
+            ("finetune_all", finetune_all, False),
         ):
             if value != default:
                 raise ValueError(
@@ -268,6 +276,12 @@ def distill(
             envelope=LEARNED_ENVELOPES[feature_map],
             key=jax.random.fold_in(key, layer),
         )
+        if not np.all(np.isfinite(np.asarray(last))):
+            raise RuntimeError(
+                f"distill: the fit of layer {layer}'s heads diverged (final attention-weight cross-entropy per head "
+                f"{np.asarray(last).tolist()}); lower the learning rate (--learning-rate, now {learning_rate}). "
+                "Nothing was written."
+            )
         student = eqx.tree_at(lambda m: _feature_map(m.blocks[layer]), student, maps)  # called at once: no late binding
         record["layers"].append(
             {"cross_entropy_initial": np.asarray(first).tolist(), "cross_entropy_final": np.asarray(last).tolist()}
@@ -287,6 +301,7 @@ def distill(
             attention_weight=finetune_attention_weight,
             teacher=teacher if finetune_target == "teacher" else None,
             projections=finetune_projections,
+            everything=finetune_all,
         )
         record["finetune"] = {
             "steps": finetune_steps,
@@ -294,6 +309,7 @@ def distill(
             "attention_weight": finetune_attention_weight,
             "target": finetune_target,
             "projections": bool(finetune_projections),
+            "all": bool(finetune_all),
             "loss_first": losses[0] if losses else None,
             "loss_last": losses[-1] if losses else None,
             "steps_done": len(losses),
@@ -301,7 +317,13 @@ def distill(
             "stopped": report["stopped"],
         }
         stopped = report["stopped"]
-        what = "feature neurons and attention projections" if finetune_projections else "feature neurons"
+        what = (
+            "whole model"
+            if finetune_all
+            else "feature neurons and attention projections"
+            if finetune_projections
+            else "feature neurons"
+        )
         if stopped is not None:
             log(
                 f"fine-tuning stopped at step {stopped['step']} of {finetune_steps}: {stopped['reason']}; kept the "
@@ -349,7 +371,7 @@ def distill(
 def _check_out(out, run_dir, overwrite: bool) -> Path:
     """`out` as a `Path`, checked before any work: not the teacher's directory, not holding a run (unless
     `overwrite`) or anything else that is not a run (`check_run_dir`), and creatable."""
-    from ._rundir import CHECKPOINT, CONFIG, check_run_dir
+    from ._rundir import RUN_FILES, check_run_dir
 
     if not str(out).strip():
         raise ValueError("out: expected a directory path, got an empty string")
@@ -358,14 +380,14 @@ def _check_out(out, run_dir, overwrite: bool) -> Path:
         raise ValueError(
             f"out: expected a new directory, got {str(out)!r}, which is the softmax run (--run-dir) itself"
         )
-    if not overwrite and any((out / name).exists() for name in (CONFIG, CHECKPOINT)):
-        raise FileExistsError(
-            f"out: {str(out)!r} already holds a run; pass overwrite=True (--overwrite) or choose another --out"
-        )
     try:  # a file, or a directory holding something that is not a run
         check_run_dir(out, resume=False, overwrite=True)
     except (ValueError, FileExistsError) as error:
         raise type(error)(str(error).replace("run_dir:", "out:", 1).replace("--run-dir", "--out")) from None
+    if not overwrite and any((out / name).exists() for name in RUN_FILES):
+        raise FileExistsError(
+            f"out: {str(out)!r} already holds a run; pass overwrite=True (--overwrite) or choose another --out"
+        )
     ancestor = out
     while not ancestor.exists():
         ancestor = ancestor.parent
@@ -407,10 +429,12 @@ def _finetune_features(
     attention_weight: float = 0.0,
     teacher: Transformer | None = None,
     projections: bool = False,
+    everything: bool = False,
 ):
     """Adam on the next-token loss (or, with `teacher`, the cross-entropy against the teacher's next-token
     distribution), plus `attention_weight` times `attention_cross_entropy`, over the feature-neuron leaves (and the
-    attention layers' query, key, value and output projections if `projections`).
+    attention layers' query, key, value and output projections if `projections`; every trainable leaf, as `train`
+    trains them, if `everything`).
 
     Returns `(model, losses, report)`. A step whose gradients are not all finite is skipped, leaving the
     parameters unchanged (`optax.apply_if_finite`; `MAX_SKIPPED_IN_A_ROW` in a row end the fine-tuning). A step
@@ -426,8 +450,12 @@ def _finetune_features(
         names = ("feature_map", "query", "key", "value", "output") if projections else ("feature_map",)
         return [getattr(b.attention, name) for b in m.blocks for name in names]
 
-    spec = jax.tree.map(lambda _: False, model)
-    spec = eqx.tree_at(free_parts, spec, [jax.tree.map(eqx.is_inexact_array, part) for part in free_parts(model)])
+    if everything:  # what `train` trains
+        spec = trainable_filter(model)
+    else:
+        spec = jax.tree.map(lambda _: False, model)
+        parts = free_parts(model)
+        spec = eqx.tree_at(free_parts, spec, [jax.tree.map(eqx.is_inexact_array, part) for part in parts])
     free, frozen = eqx.partition(model, spec)
     optimiser = optax.apply_if_finite(optax.adam(learning_rate), max_consecutive_errors=2**31 - 1)  # we stop first
     state = optimiser.init(free)
@@ -556,6 +584,11 @@ def register(subparsers) -> None:
         help="also fine-tune the attention layers' projections (query, key, value, output; default: the feature "
         "neurons only)",
     )
+    p.add_argument(
+        "--finetune-all",
+        action="store_true",
+        help="fine-tune every weight of the student (embeddings, norms, MLPs, attention, feature neurons)",
+    )
     p.add_argument("--seed", type=seed_argument, default=0)
     p.add_argument("--no-eval", action="store_true", help="do not evaluate the distilled model")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
@@ -581,12 +614,13 @@ def _distill_command(args) -> int:
             finetune_attention_weight=args.finetune_attention_weight,
             finetune_target=args.finetune_target,
             finetune_projections=args.finetune_projections,
+            finetune_all=args.finetune_all,
             seed=args.seed,
             evaluate_model=not args.no_eval,
             overwrite=args.overwrite,
         )
-    except (ValueError, TypeError, FileExistsError, FileNotFoundError, CheckpointError) as error:
-        print(f"astroformer distill: error: {error}", file=sys.stderr)
+    except (ValueError, TypeError, RuntimeError, FileExistsError, FileNotFoundError, CheckpointError) as error:
+        print(f"astroformer distill: error: {runtime_message(error)}", file=sys.stderr)
         return 2
     print(f"run directory: {args.out}")
     return 0

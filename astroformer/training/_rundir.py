@@ -74,27 +74,32 @@ def recover_previous(run_dir: Path) -> str | None:
 
 
 def _check_run_config(path: Path) -> None:
-    """Raise `FileExistsError` unless `path` is a run's `config.json` (one `TrainConfig.load` reads): a
-    directory holding some other `config.json` is not a run, and neither `--overwrite` nor a new run may replace
-    the user's file."""
-    from ._config import TrainConfig
+    """Raise `FileExistsError` unless `path` looks like a run's `config.json` (a JSON object with a `task` and an
+    `attention`, as every version of `TrainConfig` writes; deliberately lenient, so that a run from another version
+    can still be replaced): a directory holding some other `config.json` is not a run, and neither `--overwrite`
+    nor a new run may replace the user's file."""
+    import json
 
     try:
-        TrainConfig.load(path)
-    except Exception as err:  # noqa: BLE001 - whatever makes it unreadable as a run's config
+        data = json.loads(path.read_text(encoding="utf-8"))
+        why = None if isinstance(data, dict) and {"task", "attention"} <= set(data) else "no 'task' and 'attention'"
+    except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON
+        why = str(err)
+    if why is not None:
         raise FileExistsError(
-            f"run_dir: {str(path.parent)!r} holds a {CONFIG} that is not an astroformer run's ({err}); it is left "
+            f"run_dir: {str(path.parent)!r} holds a {CONFIG} that is not an astroformer run's ({why}); it is left "
             "alone (--overwrite replaces only runs): choose another --run-dir"
-        ) from None
+        )
 
 
 def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) -> Path:
     """Check that a run may start (or resume) in `run_dir`, without writing anything (apart from restoring an
     interrupted replacement, see `recover_previous`).
 
-    **Raises:** `ValueError` for `resume` and `overwrite` together or `run_dir` a file; `FileNotFoundError`
-    when there is nothing to resume; `FileExistsError` when a run exists and neither flag is given. A run
-    directory without a checkpoint gives the same explanation whichever was asked.
+    **Raises:** `ValueError` for `resume` and `overwrite` together, an empty `run_dir` or `run_dir` a file;
+    `FileNotFoundError` when there is nothing to resume; `FileExistsError` when a run exists and neither flag is
+    given, or whatever the flags when the directory holds a `config.json` that is not a run's (the user's file is
+    never replaced). A run directory without a checkpoint gives the same explanation whichever was asked.
     """
     if resume and overwrite:
         raise ValueError("resume and overwrite: expected at most one of them, got both")
