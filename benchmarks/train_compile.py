@@ -113,17 +113,22 @@ def _in_processes(args):
         for i in range(args.processes):
             out = os.path.join(tmp, f"run{i}.json")
             command = [sys.executable, "-m", "benchmarks.train_compile", "--kinds", *args.kinds]
-            subprocess.run([*command, "--repeats", str(args.repeats), "--out", out], check=True)
+            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where `benchmarks` is importable
+            subprocess.run([*command, "--repeats", str(args.repeats), "--out", out], check=True, cwd=root)
             with open(out) as f:
                 runs.append(json.load(f))
     summary = {}
     for kind in args.kinds:
         records = [run["kinds"][kind] for run in runs]
-        fields = {"compile_s": [r["compile_s"] for r in records], "step_median_s": [r["step_median_s"] for r in records]}
+        fields = {
+            "compile_s": [r["compile_s"] for r in records],
+            "step_median_s": [r["step_median_s"] for r in records],
+        }
         if "throughput_ratio_to_softmax" in records[0]:
             fields["throughput_ratio_to_softmax"] = [r["throughput_ratio_to_softmax"] for r in records]
         summary[kind] = {
-            name: {"min": min(v), "median": statistics.median(v), "max": max(v), "values": v} for name, v in fields.items()
+            name: {"min": min(v), "median": statistics.median(v), "max": max(v), "values": v}
+            for name, v in fields.items()
         }
     results = {"benchmark": "train_compile", "machine": machine_info(), "processes": args.processes}
     results |= {"summary": summary, "runs": runs}
