@@ -120,6 +120,26 @@ def check_real(name: str, value, *, positive: bool = True) -> float:
     return number
 
 
+def check_creatable(name: str, folder, *, given=None) -> None:
+    """Raise a `ValueError` naming `name` unless `folder` exists or can be created: its nearest existing
+    ancestor (itself, if it exists) is a writable directory. `given` is the path as the user wrote it, for the
+    message (default `folder`)."""
+    import os
+    from pathlib import Path
+
+    ancestor = Path(folder)
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    problem = "is not a directory: it is a file" if not ancestor.is_dir() else None
+    if problem is None and not os.access(ancestor, os.W_OK):
+        problem = "is not writable"
+    if problem is not None:
+        raise ValueError(
+            f"{name}: expected a path whose folders can be created, got {str(folder if given is None else given)!r} "
+            f"({str(ancestor)!r} {problem})"
+        )
+
+
 MAX_SEED = 2**31
 """Seeds are integers in [0, MAX_SEED): every PRNG the library seeds (JAX's keys, NumPy's generators, offsets such
 as `seed * 10_000 + step`) takes them without overflow."""

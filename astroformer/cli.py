@@ -25,14 +25,9 @@ def _check_simulate_args(args) -> None:
     figure = Path(args.figure)  # checked before the simulation, not after it
     if not str(args.figure).strip() or figure.is_dir():
         raise ValueError(f"--figure: expected the path of an image file, got {str(args.figure)!r}")
-    ancestor = figure.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise ValueError(
-            f"--figure: expected a path whose folders can be created, got {str(args.figure)!r} "
-            f"({str(ancestor)!r} is a file)"
-        )
+    from ._validate import check_creatable
+
+    check_creatable("--figure", figure.parent, given=args.figure)
 
 
 def _simulate(args) -> int:

@@ -61,7 +61,9 @@ class Problem:
                 raise ConfigError(f"problem.{name}: expected a positive integer, got {getattr(self, name)!r}")
         if not self.scale > 0:
             raise ConfigError(f"problem.scale: expected a positive number, got {self.scale!r}")
-        if not 0 <= self.seed < 2**31:  # as every seed of astroformer (MAX_SEED)
+        from .._validate import MAX_SEED
+
+        if not 0 <= self.seed < MAX_SEED:
             raise ConfigError(f"problem.seed: expected an integer in [0, 2**31), got {self.seed!r}")
 
 

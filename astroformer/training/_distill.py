@@ -44,7 +44,7 @@ from .._features._learned import LearnedFeatures
 from .._features._registry import LEARNED_ENVELOPES
 from .._features._maps import AbstractFeatureMap
 from .._errors import runtime_message
-from .._validate import check_bool, check_choice, check_int, check_real, seed_argument
+from .._validate import check_bool, check_choice, check_creatable, check_int, check_real, seed_argument
 from ._checkpoint import atomic_write, save_checkpoint
 from ._model import Block, Transformer, _dense, _layer_norm, trainable_filter
 
@@ -373,29 +373,16 @@ def _check_out(out, run_dir, overwrite: bool) -> Path:
     `overwrite`) or anything else that is not a run (`check_run_dir`), and creatable."""
     from ._rundir import RUN_FILES, check_run_dir
 
-    if not str(out).strip():
-        raise ValueError("out: expected a directory path, got an empty string")
-    out = Path(out)
+    out = check_run_dir(out, resume=False, overwrite=True, name="out", flag="--out")  # empty, a file, not a run's
     if out.resolve() == Path(run_dir).resolve():
         raise ValueError(
             f"out: expected a new directory, got {str(out)!r}, which is the softmax run (--run-dir) itself"
         )
-    try:  # a file, or a directory holding something that is not a run
-        check_run_dir(out, resume=False, overwrite=True)
-    except (ValueError, FileExistsError) as error:
-        raise type(error)(str(error).replace("run_dir:", "out:", 1).replace("--run-dir", "--out")) from None
     if not overwrite and any((out / name).exists() for name in RUN_FILES):
         raise FileExistsError(
             f"out: {str(out)!r} already holds a run; pass overwrite=True (--overwrite) or choose another --out"
         )
-    ancestor = out
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK):
-        raise ValueError(
-            f"out: expected a directory that can be created, got {str(out)!r} ({str(ancestor)!r} is "
-            f"{'not a directory' if not ancestor.is_dir() else 'not writable'})"
-        )
+    check_creatable("out", out)
     return out
 
 

@@ -73,7 +73,7 @@ def recover_previous(run_dir: Path) -> str | None:
     )
 
 
-def _check_run_config(path: Path) -> None:
+def _check_run_config(path: Path, name: str, flag: str) -> None:
     """Raise `FileExistsError` unless `path` looks like a run's `config.json` (a JSON object with a `task` and an
     `attention`, as every version of `TrainConfig` writes; deliberately lenient, so that a run from another version
     can still be replaced): a directory holding some other `config.json` is not a run, and neither `--overwrite`
@@ -87,14 +87,17 @@ def _check_run_config(path: Path) -> None:
         why = str(err)
     if why is not None:
         raise FileExistsError(
-            f"run_dir: {str(path.parent)!r} holds a {CONFIG} that is not an astroformer run's ({why}); it is left "
-            "alone (--overwrite replaces only runs): choose another --run-dir"
+            f"{name}: {str(path.parent)!r} holds a {CONFIG} that is not an astroformer run's ({why}); it is left "
+            f"alone (--overwrite replaces only runs): choose another {flag}"
         )
 
 
-def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) -> Path:
+def check_run_dir(
+    run_dir: str | os.PathLike, *, resume: bool, overwrite: bool, name: str = "run_dir", flag: str = "--run-dir"
+) -> Path:
     """Check that a run may start (or resume) in `run_dir`, without writing anything (apart from restoring an
-    interrupted replacement, see `recover_previous`).
+    interrupted replacement, see `recover_previous`). Errors name the directory as `name` (and its command-line
+    flag as `flag`): another command's output directory (e.g. `distill`'s `out`, `--out`) is checked the same way.
 
     **Raises:** `ValueError` for `resume` and `overwrite` together, an empty `run_dir` or `run_dir` a file;
     `FileNotFoundError` when there is nothing to resume; `FileExistsError` when a run exists and neither flag is
@@ -104,10 +107,10 @@ def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) 
     if resume and overwrite:
         raise ValueError("resume and overwrite: expected at most one of them, got both")
     if not str(run_dir).strip():  # Path("") is the current directory
-        raise ValueError("run_dir: expected a directory path, got an empty string")
+        raise ValueError(f"{name}: expected a directory path, got an empty string")
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"run_dir: expected a directory, got {str(run_dir)!r}, which is a file")
+        raise ValueError(f"{name}: expected a directory, got {str(run_dir)!r}, which is a file")
     if run_dir.is_dir():
         note = recover_previous(run_dir)
         if note is not None:
@@ -117,27 +120,27 @@ def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) 
     existing = _existing(run_dir)
     checkpoint = run_dir / CHECKPOINT
     if checkpoint.exists() and not checkpoint.is_file():
-        raise ValueError(f"run_dir: expected {str(checkpoint)!r} to be a checkpoint file, got a directory")
+        raise ValueError(f"{name}: expected {str(checkpoint)!r} to be a checkpoint file, got a directory")
     if CONFIG in existing and CHECKPOINT not in existing:
-        _check_run_config(run_dir / CONFIG)
+        _check_run_config(run_dir / CONFIG, name, flag)
     if existing and CHECKPOINT not in existing and not overwrite:
         raise FileExistsError(
-            f"run_dir: {str(run_dir)!r} holds a run that stopped before its first checkpoint "
+            f"{name}: {str(run_dir)!r} holds a run that stopped before its first checkpoint "
             f"({', '.join(existing)}; no {CHECKPOINT}), so there is nothing to resume; start it again with "
             "--overwrite (--checkpoint-every sets how often checkpoints are written)"
         )
     if resume:
         if not existing:
             raise FileNotFoundError(
-                f"run_dir: cannot resume, {str(run_dir)!r} holds no run ({CHECKPOINT} does not exist)"
+                f"{name}: cannot resume, {str(run_dir)!r} holds no run ({CHECKPOINT} does not exist)"
             )
         if not (run_dir / CONFIG).is_file():
-            raise FileNotFoundError(f"run_dir: cannot resume, {str(run_dir)!r} has a {CHECKPOINT} but no {CONFIG}")
+            raise FileNotFoundError(f"{name}: cannot resume, {str(run_dir)!r} has a {CHECKPOINT} but no {CONFIG}")
         return run_dir
     if existing and not overwrite:
         raise FileExistsError(
-            f"run_dir: {str(run_dir)!r} already holds a run ({', '.join(existing)}); resume it (--resume), "
-            "replace it (--overwrite) or choose another --run-dir"
+            f"{name}: {str(run_dir)!r} already holds a run ({', '.join(existing)}); resume it (--resume), "
+            f"replace it (--overwrite) or choose another {flag}"
         )
     return run_dir
 
