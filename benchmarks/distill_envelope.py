@@ -1,11 +1,13 @@
-"""The learned envelope against the fixed one, head by head: learned feature neurons fitted to the first layer
-of the fidelity benchmark's softmax character model, with each envelope, compared on held-out text.
+"""The learned feature maps against each other, head by head: learned feature neurons fitted to the first layer
+of the fidelity benchmark's softmax character model, with the fixed or the learned envelope, mirrored pairs or
+unmirrored neurons, compared on held-out text.
 
 For each head of layer 0, `distill_heads` (one `astroformer.fit` per head on the attention-weight
-cross-entropy, the first step of `astroformer distill`) fits `LearnedFeatures` with `envelope="fixed"` and with
-`envelope="learned"`, from the same initial tuning, on the teacher's queries and keys over training text. The
-score is the median, over the tokens of held-out sequences, of the total-variation distance between the
-learned map's attention weights and softmax's (causal).
+cross-entropy, the first step of `astroformer distill`) fits `LearnedFeatures` with the options of each learned
+feature map (`astroformer._features._registry.LEARNED_MAPS`), from the same key, on the teacher's queries and keys
+over training text. The score is the median, over the tokens of held-out sequences, of the total-variation distance
+between the learned map's attention weights and softmax's (causal); the same on the first 16 training sequences
+shows how much of the error is the map's capacity and how much generalisation.
 
     python -m benchmarks.distill_envelope [--quick] [--run-dir DIR] [--out PATH]
 """
@@ -19,12 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from astroformer._attention_weights import kernel_weights, softmax_weights, total_variation
+from astroformer._features._registry import LEARNED_MAPS
 from astroformer.training._distill import distill_heads, layer_qkv
 
 from ._common import RESULTS_DIR, machine_info, pyplot, write_json
 from .fidelity import softmax_model
 
-ENVELOPES = ("fixed", "learned")
+MAPS = tuple(LEARNED_MAPS)
 
 
 def held_out_tv(maps, q, k) -> list[float]:
@@ -55,19 +58,21 @@ def main(argv=None):
     q, k, _ = layer_qkv(model, train_tokens)[0]
     q_eval, k_eval, _ = layer_qkv(model, eval_tokens)[0]
     rows = {}
-    for envelope in ENVELOPES:
+    for name in MAPS:
         start = time.perf_counter()
         maps, first, last = distill_heads(
-            q, k, M, steps=steps, learning_rate=0.05, envelope=envelope, key=jax.random.PRNGKey(0)
+            q, k, M, steps=steps, learning_rate=0.05, **LEARNED_MAPS[name], key=jax.random.PRNGKey(0)
         )
-        rows[envelope] = dict(
+        rows[name] = dict(
+            **LEARNED_MAPS[name],
             tv_median_per_head=held_out_tv(maps, q_eval, k_eval),
+            train_tv_median_per_head=held_out_tv(maps, q[:, :held_out], k[:, :held_out]),
             loss_first_per_head=np.asarray(first).tolist(),
             loss_last_per_head=np.asarray(last).tolist(),
             seconds=time.perf_counter() - start,
         )
-        tv = " / ".join(f"{x:.3f}" for x in rows[envelope]["tv_median_per_head"])
-        print(f"{envelope:8s} held-out TV per head {tv}  ({rows[envelope]['seconds']:.0f} s)", flush=True)
+        tv = " / ".join(f"{x:.3f}" for x in rows[name]["tv_median_per_head"])
+        print(f"{name:28s} held-out TV per head {tv}  ({rows[name]['seconds']:.0f} s)", flush=True)
     results = dict(
         config=dict(
             teacher=str(run_dir),
@@ -80,7 +85,7 @@ def main(argv=None):
             seq_len=int(train_tokens.shape[1]),
         ),
         machine=machine_info(),
-        envelopes=rows,
+        maps=rows,
     )
     path = write_json(results, out_path)
     _plot(rows, path.with_suffix(".png"))
@@ -91,11 +96,12 @@ def main(argv=None):
 def _plot(rows, path):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    H = len(rows[ENVELOPES[0]]["tv_median_per_head"])
+    H = len(rows[MAPS[0]]["tv_median_per_head"])
     width = 0.8 / len(rows)
-    for i, (envelope, row) in enumerate(rows.items()):
-        ax.bar(np.arange(H) + i * width, row["tv_median_per_head"], width, label=f"{envelope} envelope")
-    ax.set(xlabel="head of layer 0", ylabel="median attention TV to softmax (held out)", xticks=np.arange(H) + 0.4)
+    for i, (name, row) in enumerate(rows.items()):
+        ax.bar(np.arange(H) + i * width, row["tv_median_per_head"], width, label=name)
+    ticks = np.arange(H) + (len(rows) - 1) * width / 2
+    ax.set(xlabel="head of layer 0", ylabel="median attention TV to softmax (held out)", xticks=ticks)
     ax.set_xticklabels([str(h) for h in range(H)])
     ax.legend()
     fig.tight_layout()

@@ -182,9 +182,10 @@ def test_read_schemes_quick(tmp_path):
 
 def test_distill_envelope_quick(tmp_path):
     data = run_quick("distill_envelope", tmp_path)
-    assert set(data["envelopes"]) == {"fixed", "learned"}
-    for row in data["envelopes"].values():
-        assert len(row["tv_median_per_head"]) == 4 and all(0 <= tv <= 1 for tv in row["tv_median_per_head"])
+    assert set(data["maps"]) == {"learned", "learned-envelope", "learned-unmirrored", "learned-envelope-unmirrored"}
+    for row in data["maps"].values():
+        for key in ("tv_median_per_head", "train_tv_median_per_head"):
+            assert len(row[key]) == 4 and all(0 <= tv <= 1 for tv in row[key])
         assert all(last < first for first, last in zip(row["loss_first_per_head"], row["loss_last_per_head"]))
 
 

@@ -23,6 +23,9 @@ RANDOM_MAPS = {
     "oprf": lambda D, M, key: af.OptimalPositiveRandomFeatures(D, M, s=4.0, key=key),
     "oprf-positive-A": lambda D, M, key: af.OptimalPositiveRandomFeatures(D, M, A=0.05, key=key),
     "orthogonal-oprf": lambda D, M, key: af.OptimalPositiveRandomFeatures(D, M, A=-0.3, orthogonal=True, key=key),
+    # Learned feature neurons at their initialisation: antithetic (mirrored) and plain positive random features.
+    "learned-at-init": lambda D, M, key: af.LearnedFeatures(D, M, key=key),
+    "learned-unmirrored-at-init": lambda D, M, key: af.LearnedFeatures(D, M, mirrored=False, key=key),
 }
 
 
@@ -47,6 +50,9 @@ def test_random_maps_are_unbiased_for_exp_qk(name):
 def _all_maps(D, M, key):
     maps = {name: make(D, M, key) for name, make in RANDOM_MAPS.items()}
     maps["learned"] = af.LearnedFeatures(D, M, key=key)
+    maps["learned-unmirrored"] = eqx.tree_at(
+        lambda m: m.b, af.LearnedFeatures(D, M, mirrored=False, key=key), jnp.linspace(-1.0, 1.0, M)
+    )
     envelope = af.LearnedFeatures(D, M, envelope="learned", key=key)  # moved off its initial (fixed) envelope
     maps["learned-envelope"] = eqx.tree_at(
         lambda m: (m.mu, m.log_gamma), envelope, (jnp.linspace(-0.5, 0.5, D), jnp.linspace(-0.7, 0.4, D))
@@ -79,7 +85,7 @@ def test_gradients_match_finite_differences(x64):
         fd = (f(u + eps * du) - f(u - eps * du)) / (2 * eps)
         assert jnp.allclose(auto, fd, rtol=1e-6, atol=1e-9), (name, auto, fd)
     # ... and with respect to every trainable leaf of the learned maps (tuning, and the learned envelope).
-    for name in ("learned", "learned-envelope"):
+    for name in ("learned", "learned-envelope", "learned-unmirrored"):
         learned = maps[name]
         params, rest = eqx.partition(learned, eqx.is_array)
         g = jax.jit(lambda p, rest=rest: jnp.sum(c * eqx.combine(p, rest)(u)))
@@ -130,6 +136,22 @@ def test_learned_envelope_starts_as_the_fixed_one_and_its_rates_stay_bounded(get
 def test_learned_features_reject_an_unknown_envelope(getkey):
     with pytest.raises(ValueError, match="envelope: expected 'fixed' or 'learned', got 'gaussian'"):
         af.LearnedFeatures(5, 12, envelope="gaussian", key=getkey())
+    with pytest.raises(TypeError, match="mirrored: expected True or False, got 'no'"):
+        af.LearnedFeatures(5, 12, mirrored="no", key=getkey())
+
+
+def test_unmirrored_neurons_have_their_own_directions(getkey):
+    # Mirrored: neuron j + M/2 is neuron j with the opposite tuning, so rate_j * rate_{j+M/2} is the envelope squared
+    # whatever the tuning. Unmirrored: M directions (W is (M, D)), any M, and no such constraint.
+    D, M = 4, 7
+    u = jax.random.normal(getkey(), (3, D))
+    free = af.LearnedFeatures(D, M, mirrored=False, key=getkey())
+    assert free.W.shape == (M, D) and free.b.shape == (M,) and free(u).shape == (3, M)
+    expected = jnp.exp(u @ free.W.T - 0.5 * jnp.sum(u * u, -1, keepdims=True)) / math.sqrt(M)
+    assert jnp.allclose(free(u), expected, rtol=1e-6)
+    paired = af.LearnedFeatures(D, 8, key=getkey())
+    envelope_sq = jnp.exp(-jnp.sum(u * u, -1, keepdims=True)) / 8
+    assert jnp.allclose(paired(u)[:, :4] * paired(u)[:, 4:], jnp.broadcast_to(envelope_sq, (3, 4)), rtol=1e-5)
 
 
 def test_optimal_A_minimises_the_closed_form_second_moment():
@@ -196,6 +218,8 @@ def test_feature_maps_by_name_in_layers_config_and_filter(getkey):
             assert spec.feature_map.maps.mu and spec.feature_map.maps.log_gamma
     learned = af.make_attention("na-equilibrium", 16, 2, num_features=8, feature_map="learned", key=getkey())
     assert isinstance(learned.feature_map, af.HeadwiseFeatures) and learned.feature_map.maps.W.shape == (2, 4, 8)
+    free = af.make_attention("na-equilibrium", 16, 2, num_features=8, feature_map="learned-unmirrored", key=getkey())
+    assert free.feature_map.maps.W.shape == (2, 8, 8) and not free.feature_map.maps.mirrored
     with pytest.raises(ValueError, match="feature_map: expected one of"):
         af.make_attention("na-ode", 16, 2, feature_map="fourier", key=getkey())
     with pytest.raises(ValueError, match="`feature_map` must be one of"):
@@ -216,16 +240,20 @@ def test_headwise_maps_give_each_head_its_own_tuning(getkey):
         hw(u[:2])
 
 
-@pytest.mark.parametrize("envelope", ["fixed", "learned"])
-def test_distillation_lowers_the_attention_error(getkey, envelope):
+@pytest.mark.parametrize("envelope, mirrored", [("fixed", True), ("learned", True), ("learned", False)])
+def test_distillation_lowers_the_attention_error(getkey, envelope, mirrored):
     from astroformer.training._distill import distill_heads
 
     H, B, L, D = 2, 4, 16, 4
     q = 1.2 * jax.random.normal(getkey(), (H, B, L, D))
     k = 1.2 * jax.random.normal(getkey(), (H, B, L, D))
-    maps, first, last = distill_heads(q, k, 16, steps=150, learning_rate=0.05, envelope=envelope, key=getkey())
-    assert maps.maps.envelope == envelope
-    initial = af.HeadwiseFeatures.build(lambda key: af.LearnedFeatures(D, 16, key=key), H, key=getkey())
+    maps, first, last = distill_heads(
+        q, k, 16, steps=150, learning_rate=0.05, envelope=envelope, mirrored=mirrored, key=getkey()
+    )
+    assert maps.maps.envelope == envelope and maps.maps.mirrored == mirrored
+    initial = af.HeadwiseFeatures.build(
+        lambda key: af.LearnedFeatures(D, 16, mirrored=mirrored, key=key), H, key=getkey()
+    )
 
     def tv(hw):
         out = []
@@ -488,7 +516,12 @@ def test_finetuning_that_overflows_stops_and_keeps_the_last_finite_model(getkey)
         (dict(finetune_target="teacher"), "finetune_target: only used by the fine-tuning"),
         (dict(finetune_projections=True), "finetune_projections: only used by the fine-tuning"),
         (dict(finetune_all=True), "finetune_all: only used by the fine-tuning"),
-        (dict(feature_map="prf"), "feature_map: expected one of 'learned', 'learned-envelope', got 'prf'"),
+        (
+            dict(feature_map="prf"),
+            "feature_map: expected one of 'learned', 'learned-envelope', 'learned-unmirrored', "
+            "'learned-envelope-unmirrored', got 'prf'",
+        ),
+        (dict(num_features=7), "num_features: expected an even M .* the -unmirrored feature maps take any M"),
     ],
 )
 def test_distill_rejects_bad_fine_tuning_options(tmp_path, kwargs, match):

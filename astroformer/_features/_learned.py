@@ -18,6 +18,16 @@ normaliser only at initialisation, or when the normaliser is part of the loss
 Hedgehog itself normalises each half with a softmax over the features; on this library's trained character
 heads the unnormalised form above reached a lower attention-weight cross-entropy at the same M and steps.
 
+**Unmirrored neurons** (`mirrored=False`, the feature maps `"learned-unmirrored"` and
+`"learned-envelope-unmirrored"`): M independent tuning directions instead of M/2 mirrored pairs,
+
+$$\phi(u) = M^{-1/2} \exp\!\big(W u + b - |u|^2/2\big),\qquad W \in \mathbb{R}^{M \times D},\ b \in \mathbb{R}^{M},$$
+
+which at the default initialisation is the paper's (non-antithetic) positive random feature map, again unbiased for
+$e^{q\cdot k}$. The pairs tie two of every M neurons to one direction; without them the same M neurons have twice
+the directions. On the trained character heads of `benchmarks.distill_envelope` this fitted softmax's weights more
+closely at the same M and steps (README, "Fidelity"); independent biases for the two halves of each pair did not.
+
 **Learned envelope** (`envelope="learned"`, the feature map `"learned-envelope"`): the Gaussian envelope gets a
 learned centre $\mu$ and per-dimension precision $\gamma = e^{\log\gamma}$,
 
@@ -45,11 +55,14 @@ from ._maps import AbstractFeatureMap, _check_sizes, _gaussian, _orthogonal_gaus
 class LearnedFeatures(AbstractFeatureMap):
     r"""Learned feature neurons (after Hedgehog, Zhang et al. 2024):
     $\phi(u) = M^{-1/2}\exp([Wu + b, -Wu - b] - |u|^2/2)$, or with a learned envelope
-    $\phi(u) = M^{-1/2}\exp([Wu + b, -Wu - b] - \tfrac12\sum_d \gamma_d (u_d - \mu_d)^2)$.
+    $\phi(u) = M^{-1/2}\exp([Wu + b, -Wu - b] - \tfrac12\sum_d \gamma_d (u_d - \mu_d)^2)$; unmirrored,
+    $\phi(u) = M^{-1/2}\exp(Wu + b - \dots)$ with M rows of W.
 
     **Arguments:**
 
-    - `in_dim`: D; `num_features`: M, even (M/2 tuning directions, each with a mirrored neuron).
+    - `in_dim`: D; `num_features`: M, even when mirrored (M/2 tuning directions, each with a mirrored neuron).
+    - `mirrored`: `True` (default, Hedgehog's $[\exp(z), \exp(-z)]$ pairs) or `False` (M independent directions:
+      W is (M, D) and b (M,)).
     - `orthogonal`: initialise the rows of W in orthogonal blocks (as `PositiveRandomFeatures(orthogonal=True)`).
     - `envelope`: `"fixed"` (the positive random features' $e^{-|u|^2/2}$) or `"learned"` (trainable centre
       `mu` (D,) and log-precision `log_gamma` (D,), initialised to the fixed envelope).
@@ -57,18 +70,20 @@ class LearnedFeatures(AbstractFeatureMap):
 
     **Shapes:** (..., D) → (..., M). Rates are positive and at most
     $M^{-1/2} \exp(|b_j + w_j\cdot\mu| + \tfrac12\sum_d w_{jd}^2/\gamma_d)$ whatever the input (attained at
-    $u = \mu \pm w_j/\gamma$; $\mu = 0$, $\gamma = 1$ for the fixed envelope): finite for large |u|, where they
+    $u = \mu \pm w_j/\gamma$; $\mu = 0$, $\gamma = 1$ for the fixed envelope; unmirrored, neuron j's bound is
+    $M^{-1/2} \exp(b_j + w_j\cdot\mu + \tfrac12\sum_d w_{jd}^2/\gamma_d)$, at $u = \mu + w_j/\gamma$): finite for large |u|, where they
     underflow to 0. The bound grows without limit as a precision $\gamma_d \to 0$ (the envelope then no longer
     confines $u_d$); no floor is imposed on it. `W`, `b` (and `mu`, `log_gamma`) are trainable (`trainable` is
     always True).
     """
 
-    W: Float[Array, "half D"]
-    b: Float[Array, " half"]
+    W: Float[Array, "directions D"]
+    b: Float[Array, " directions"]
     mu: Float[Array, " D"] | None
     log_gamma: Float[Array, " D"] | None
     in_dim: int = eqx.field(static=True)
     num_features: int = eqx.field(static=True)
+    mirrored: bool = eqx.field(static=True)
     trainable = True
     nonnegative = True
 
@@ -79,22 +94,30 @@ class LearnedFeatures(AbstractFeatureMap):
         *,
         orthogonal: bool = False,
         envelope: Literal["fixed", "learned"] = "fixed",
+        mirrored: bool = True,
         dtype=None,
         key: PRNGKeyArray,
     ):
         in_dim, num_features = _check_sizes(in_dim, num_features)
-        if num_features % 2:
-            raise ValueError(f"num_features: LearnedFeatures needs an even M (M/2 mirrored pairs), got {num_features}")
+        if not isinstance(mirrored, bool):
+            raise TypeError(f"mirrored: expected True or False, got {mirrored!r}")
+        if mirrored and num_features % 2:
+            raise ValueError(
+                f"num_features: LearnedFeatures needs an even M (M/2 mirrored pairs), got {num_features}; "
+                "mirrored=False takes any M"
+            )
         if envelope not in ("fixed", "learned"):
             raise ValueError(f"envelope: expected 'fixed' or 'learned', got {envelope!r}")
         dtype = jnp.result_type(float) if dtype is None else dtype
-        self.W = (_orthogonal_gaussian if orthogonal else _gaussian)(key, num_features // 2, in_dim, dtype)
-        self.b = jnp.zeros(num_features // 2, dtype)
+        directions = num_features // 2 if mirrored else num_features
+        self.W = (_orthogonal_gaussian if orthogonal else _gaussian)(key, directions, in_dim, dtype)
+        self.b = jnp.zeros(directions, dtype)
         learned = envelope == "learned"
         self.mu = jnp.zeros(in_dim, dtype) if learned else None
         self.log_gamma = jnp.zeros(in_dim, dtype) if learned else None
         self.in_dim = in_dim
         self.num_features = num_features
+        self.mirrored = mirrored
 
     @property
     def envelope(self) -> str:
@@ -113,4 +136,5 @@ class LearnedFeatures(AbstractFeatureMap):
         else:
             quadratic = jnp.sum(jnp.exp(self.log_gamma) * (u - self.mu) ** 2, axis=-1, keepdims=True)
         envelope = 0.5 * quadratic + 0.5 * jnp.log(jnp.asarray(self.num_features, z.dtype))
-        return jnp.exp(jnp.concatenate([z, -z], axis=-1) - envelope)
+        tuning = jnp.concatenate([z, -z], axis=-1) if self.mirrored else z
+        return jnp.exp(tuning - envelope)

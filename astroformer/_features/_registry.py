@@ -8,11 +8,16 @@ from ._learned import LearnedFeatures
 from ._maps import AbstractFeatureMap, PositiveRandomFeatures
 from ._oprf import OptimalPositiveRandomFeatures
 
-#: Names accepted by `make_feature_map`.
-FEATURE_MAPS = ("prf", "orthogonal", "oprf", "orthogonal-oprf", "learned", "learned-envelope")
+#: The learned maps by name, and the `LearnedFeatures` options of each (its envelope, and whether mirrored).
+LEARNED_MAPS = {
+    "learned": dict(envelope="fixed", mirrored=True),
+    "learned-envelope": dict(envelope="learned", mirrored=True),
+    "learned-unmirrored": dict(envelope="fixed", mirrored=False),
+    "learned-envelope-unmirrored": dict(envelope="learned", mirrored=False),
+}
 
-#: The learned maps by name, and the `LearnedFeatures` envelope of each.
-LEARNED_ENVELOPES = {"learned": "fixed", "learned-envelope": "learned"}
+#: Names accepted by `make_feature_map`.
+FEATURE_MAPS = ("prf", "orthogonal", "oprf", "orthogonal-oprf", *LEARNED_MAPS)
 
 
 def make_feature_map(
@@ -28,6 +33,8 @@ def make_feature_map(
       (`HeadwiseFeatures`) when `num_heads` is given.
     - `"learned-envelope"`: `LearnedFeatures(envelope="learned")`, the same with a trainable Gaussian envelope
       (centre and per-dimension precision), per head likewise.
+    - `"learned-unmirrored"`, `"learned-envelope-unmirrored"`: the same two with `mirrored=False` (M independent
+      tuning directions instead of M/2 mirrored pairs).
     """
     if name == "prf":
         return PositiveRandomFeatures(in_dim, num_features, dtype=dtype, key=key)
@@ -37,11 +44,11 @@ def make_feature_map(
         return OptimalPositiveRandomFeatures(
             in_dim, num_features, orthogonal=name == "orthogonal-oprf", dtype=dtype, key=key
         )
-    if name in LEARNED_ENVELOPES:
-        envelope = LEARNED_ENVELOPES[name]
+    if name in LEARNED_MAPS:
+        options = LEARNED_MAPS[name]
 
         def make(k):
-            return LearnedFeatures(in_dim, num_features, envelope=envelope, dtype=dtype, key=k)
+            return LearnedFeatures(in_dim, num_features, **options, dtype=dtype, key=k)
 
         return make(key) if num_heads is None else HeadwiseFeatures.build(make, num_heads, key=key)
     raise ValueError(f"feature_map: expected one of {', '.join(FEATURE_MAPS)}, got {name!r}")

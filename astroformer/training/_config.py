@@ -28,7 +28,8 @@ class TrainConfig:
     - `text`: for `"charlm"`, the path of a UTF-8 text file to model instead of the default corpus.
     - `attention`: one of `astroformer.ATTENTION_KINDS`.
     - `feature_map`: the feature neurons of neuron–astrocyte heads, one of `astroformer.FEATURE_MAPS`
-      (`"prf"`, `"orthogonal"`, `"oprf"`, `"orthogonal-oprf"`, `"learned"`, `"learned-envelope"`; see
+      (`"prf"`, `"orthogonal"`, `"oprf"`, `"orthogonal-oprf"`, `"learned"`, `"learned-envelope"`, and
+      the same two `-unmirrored`; see
       `make_feature_map`).
     - `d_model`, `num_layers`, `num_heads`, `num_features` (M per neuron–astrocyte head), `mlp_ratio`,
       `tie_embeddings`: the `Transformer`'s sizes.

@@ -41,7 +41,7 @@ from .._attention import NeuronAstrocyteAttention
 from .._features._headwise import HeadwiseFeatures
 from .._head._params import NUM_FEATURES
 from .._features._learned import LearnedFeatures
-from .._features._registry import LEARNED_ENVELOPES
+from .._features._registry import LEARNED_MAPS
 from .._features._maps import AbstractFeatureMap
 from .._errors import runtime_message
 from .._validate import check_bool, check_choice, check_creatable, check_int, check_real, seed_argument
@@ -108,16 +108,21 @@ def distill_heads(
     normaliser_weight: float = 0.0,
     orthogonal: bool = False,
     envelope: Literal["fixed", "learned"] = "fixed",
+    mirrored: bool = True,
 ) -> tuple[HeadwiseFeatures, Array, Array]:
     """Fit `LearnedFeatures` to every head's softmax weights (one `astroformer.fit` per head, vmapped); `envelope`
-    (`"fixed"` or `"learned"`) is `LearnedFeatures`' envelope: a learned one is fitted too.
+    (`"fixed"` or `"learned"`) and `mirrored` are `LearnedFeatures`' options: a learned envelope is fitted too.
 
     **Returns:** `(maps, initial_loss, final_loss)`, the losses per head (H,)."""
     from ..fit import AttentionWeightsTarget, fit
 
     H, _, _, D = q.shape
     maps = HeadwiseFeatures.build(
-        lambda k_: LearnedFeatures(D, num_features, orthogonal=orthogonal, envelope=envelope, key=k_), H, key=key
+        lambda k_: LearnedFeatures(
+            D, num_features, orthogonal=orthogonal, envelope=envelope, mirrored=mirrored, key=k_
+        ),
+        H,
+        key=key,
     )
     free = [f.name for f in dataclasses.fields(maps.maps) if eqx.is_array(getattr(maps.maps, f.name))]
 
@@ -159,11 +164,11 @@ def distill(
 
     - `run_dir`: a run directory of a trained softmax model (`config.json`, `checkpoint.eqx`).
     - `out`: the new run directory (must not hold a run unless `overwrite`).
-    - `num_features`: M learned feature neurons per head (even).
+    - `num_features`: M learned feature neurons per head (even, unless `-unmirrored`).
     - `attention`: `"na-ode"` (simulated reads) or `"na-equilibrium"`: the kind written to the new config.
     - `feature_map`: `"learned"` (default: `LearnedFeatures` with the positive random features' fixed envelope
       $e^{-|u|^2/2}$) or `"learned-envelope"` (its Gaussian envelope is fitted too: lower attention-weight error,
-      not lower bits/char, on the README's fidelity runs).
+      not lower bits/char, on the README's fidelity runs), or either with `-unmirrored` (`mirrored=False`).
     - `steps`, `learning_rate`: Adam steps and rate of each head's fit.
     - `batches`, `batch_size`: training text used for the fit (default batch size: the run's).
     - `normaliser_weight`: $\lambda$ of `AttentionWeightsTarget`: 0 fits the attention weights only
@@ -218,7 +223,7 @@ def distill(
     ):
         raise ValueError(f"finetune_attention_weight: expected a finite number >= 0, got {finetune_attention_weight!r}")
     check_choice("finetune_target", finetune_target, ("next-token", "teacher"))
-    check_choice("feature_map", feature_map, tuple(LEARNED_ENVELOPES))
+    check_choice("feature_map", feature_map, tuple(LEARNED_MAPS))
     check_bool("finetune_projections", finetune_projections)
     check_bool("finetune_all", finetune_all)
     if not finetune_steps:
@@ -233,9 +238,10 @@ def distill(
                     f"{name}: only used by the fine-tuning; expected finetune_steps > 0 (--finetune-steps), "
                     f"got finetune_steps=0 and {name}={value!r}"
                 )
-    if num_features % 2:
+    if num_features % 2 and LEARNED_MAPS[feature_map]["mirrored"]:
         raise ValueError(
-            f"num_features: expected an even M (learned features come in mirrored pairs), got {num_features}"
+            f"num_features: expected an even M (learned features come in mirrored pairs), got {num_features}; "
+            "the -unmirrored feature maps take any M"
         )
     out = _check_out(out, run_dir, overwrite)
     config, task, teacher, _ = load_run(run_dir)
@@ -273,7 +279,7 @@ def distill(
             steps=steps,
             learning_rate=learning_rate,
             normaliser_weight=normaliser_weight,
-            envelope=LEARNED_ENVELOPES[feature_map],
+            **LEARNED_MAPS[feature_map],
             key=jax.random.fold_in(key, layer),
         )
         if not np.all(np.isfinite(np.asarray(last))):
@@ -524,10 +530,11 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--feature-map",
-        choices=list(LEARNED_ENVELOPES),
+        choices=list(LEARNED_MAPS),
         default="learned",
         help="learned feature neurons with the fixed envelope of positive random features (default) or with a "
-        "fitted Gaussian envelope (learned-envelope)",
+        "fitted Gaussian envelope (learned-envelope); -unmirrored: M independent tuning directions instead of "
+        "M/2 mirrored pairs",
     )
     p.add_argument("--steps", type=int, default=600, help="Adam steps per head (default 600)")
     p.add_argument("--learning-rate", "--lr", type=float, default=0.05, help="learning rate of the fits (default 0.05)")
