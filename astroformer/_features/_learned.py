@@ -25,8 +25,9 @@ $$\phi(u) = M^{-1/2} \exp\!\big(W u + b - |u|^2/2\big),\qquad W \in \mathbb{R}^{
 
 which at the default initialisation is the paper's (non-antithetic) positive random feature map, again unbiased for
 $e^{q\cdot k}$. The pairs tie two of every M neurons to one direction; without them the same M neurons have twice
-the directions. On the trained character heads of `benchmarks.distill_envelope` this fitted softmax's weights more
-closely at the same M and steps (README, "Fidelity"); independent biases for the two halves of each pair did not.
+the directions. On the four trained character heads of `benchmarks.distill_envelope` this fitted softmax's weights
+more closely at the same M and steps (on every head with the learned envelope, on three with the fixed one; README,
+"Fidelity"); independent biases for the two halves of each pair did not.
 
 **Learned envelope** (`envelope="learned"`, the feature map `"learned-envelope"`): the Gaussian envelope gets a
 learned centre $\mu$ and per-dimension precision $\gamma = e^{\log\gamma}$,
