@@ -183,8 +183,8 @@ class NeuronAstrocyteAttention(AbstractAttention):
       `TrainConfig`; ignored if `feature_map` is given).
     - `feature_map`: the feature-neuron tuning (default: `PositiveRandomFeatures`, frozen), shared by all
       heads, or one per head (`HeadwiseFeatures`); or a name of `astroformer.FEATURE_MAPS` (`"prf"`,
-      `"orthogonal"`, `"oprf"`, `"orthogonal-oprf"`, `"learned"`, `"learned-envelope"`, and the same two `-unmirrored`: see
-      `make_feature_map`), built with `num_features`. Must be non-negative (firing rates).
+      `"orthogonal"`, `"oprf"`, `"orthogonal-oprf"`, `"learned"`, `"learned-envelope"`, and the same two
+      `-unmirrored`: see `make_feature_map`), built with `num_features`. Must be non-negative (firing rates).
     - `params`: `NAParams` for every head (scalars are broadcast to all heads). Default: `NAParams` with
       `tau_s = 0.01 / num_features`, so that reads settle whatever M (the calcium per process scales as 1/M).
     - `mode`: `"ode"` (simulate) or `"equilibrium"` (closed-form fixed point).

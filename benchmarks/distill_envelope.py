@@ -30,7 +30,7 @@ from .fidelity import softmax_model
 MAPS = tuple(LEARNED_MAPS)
 
 
-def held_out_tv(maps, q, k) -> list[float]:
+def tv_per_head(maps, q, k) -> list[float]:
     """Median attention-weight TV to softmax per head, over every token of the sequences in q, k (H, B, L, D)."""
     out = []
     for h in range(q.shape[0]):
@@ -65,8 +65,8 @@ def main(argv=None):
         )
         rows[name] = dict(
             **LEARNED_MAPS[name],
-            tv_median_per_head=held_out_tv(maps, q_eval, k_eval),
-            train_tv_median_per_head=held_out_tv(maps, q[:, :held_out], k[:, :held_out]),
+            tv_median_per_head=tv_per_head(maps, q_eval, k_eval),
+            train_tv_median_per_head=tv_per_head(maps, q[:, :held_out], k[:, :held_out]),
             loss_first_per_head=np.asarray(first).tolist(),
             loss_last_per_head=np.asarray(last).tolist(),
             seconds=time.perf_counter() - start,

@@ -72,10 +72,10 @@ class LearnedFeatures(AbstractFeatureMap):
     **Shapes:** (..., D) → (..., M). Rates are positive and at most
     $M^{-1/2} \exp(|b_j + w_j\cdot\mu| + \tfrac12\sum_d w_{jd}^2/\gamma_d)$ whatever the input (attained at
     $u = \mu \pm w_j/\gamma$; $\mu = 0$, $\gamma = 1$ for the fixed envelope; unmirrored, neuron j's bound is
-    $M^{-1/2} \exp(b_j + w_j\cdot\mu + \tfrac12\sum_d w_{jd}^2/\gamma_d)$, at $u = \mu + w_j/\gamma$): finite for large |u|, where they
-    underflow to 0. The bound grows without limit as a precision $\gamma_d \to 0$ (the envelope then no longer
-    confines $u_d$); no floor is imposed on it. `W`, `b` (and `mu`, `log_gamma`) are trainable (`trainable` is
-    always True).
+    $M^{-1/2} \exp(b_j + w_j\cdot\mu + \tfrac12\sum_d w_{jd}^2/\gamma_d)$, at $u = \mu + w_j/\gamma$): finite
+    for large |u|, where they underflow to 0. The bound grows without limit as a precision $\gamma_d \to 0$ (the
+    envelope then no longer confines $u_d$); no floor is imposed on it. `W`, `b` (and `mu`, `log_gamma`) are
+    trainable (`trainable` is always True).
     """
 
     W: Float[Array, "directions D"]
