@@ -17,6 +17,23 @@ def _allowed(L: int, causal: bool, mask):
     return allowed if mask is None else allowed & mask[None, :]
 
 
+def _present_mean(values: Float[Array, " L"], allowed, mask) -> Float[Array, ""]:
+    """Mean of `values` over the queries that are present and see at least one key."""
+    present = jnp.any(allowed, axis=-1) if mask is None else mask & jnp.any(allowed, axis=-1)
+    return jnp.sum(jnp.where(present, values, 0.0)) / jnp.maximum(jnp.sum(present), 1)
+
+
+def _scaled_kernel(phi_q: Float[Array, "L M"], phi_k: Float[Array, "L M"]) -> tuple[Array, Array]:
+    r"""`(kernel, log_scale)` with $\phi(q_t)\cdot\phi(k_\tau) = \mathrm{kernel}_{t\tau}\, e^{\mathrm{log\_scale}_t}$:
+    each query's largest rate and the largest key rate, where they exceed 1, factored out, so that the kernel stays
+    finite where the products of the rates overflow (rates near $e^{45}$ in float32). The factors are constants
+    to differentiation (the kernel times $e^{\mathrm{log\_scale}}$ is exact, so every derivative is too), and never
+    below 1, so that dividing by them cannot overflow a gradient."""
+    scale_q = jax.lax.stop_gradient(jnp.maximum(jnp.max(phi_q, axis=-1, keepdims=True), 1.0))
+    scale_k = jax.lax.stop_gradient(jnp.maximum(jnp.max(phi_k), 1.0))
+    return (phi_q / scale_q) @ (phi_k / scale_k).T, jnp.log(scale_q[:, 0]) + jnp.log(scale_k)
+
+
 def softmax_weights(
     q: Float[Array, "L D"], k: Float[Array, "L D"], *, causal: bool = True, mask: Bool[Array, " L"] | None = None
 ) -> Float[Array, "L L"]:
@@ -34,7 +51,7 @@ def kernel_weights(
 ) -> Float[Array, "L L"]:
     """Kernel (linear-attention) weights $a^\\phi$ from feature rates (L, M), zero where a key is not visible."""
     allowed = _allowed(phi_q.shape[0], causal, mask)
-    kernel = jnp.where(allowed, phi_q @ phi_k.T, 0.0)
+    kernel = jnp.where(allowed, _scaled_kernel(phi_q, phi_k)[0], 0.0)  # the weights do not depend on the scale
     total = jnp.sum(kernel, axis=-1, keepdims=True)
     return kernel / jnp.where(total > 0, total, 1.0)
 
@@ -54,16 +71,36 @@ def weights_cross_entropy(
     allowed = _allowed(q.shape[0], causal, mask)
     target = softmax_weights(q, k, causal=causal, mask=mask)
     tiny = jnp.finfo(phi_q.dtype).tiny
-    log_kernel = jnp.log(jnp.maximum(phi_q @ phi_k.T, tiny))
+    kernel, _ = _scaled_kernel(phi_q, phi_k)  # the weights do not depend on the scale factored out
+    log_kernel = jnp.log(jnp.maximum(kernel, tiny))
     log_total = jax.nn.logsumexp(jnp.where(allowed, log_kernel, -jnp.inf), axis=-1, keepdims=True)
     rows = -jnp.sum(jnp.where(allowed, target * (log_kernel - log_total), 0.0), axis=-1)
-    present = jnp.any(allowed, axis=-1) if mask is None else mask & jnp.any(allowed, axis=-1)
-    return jnp.sum(jnp.where(present, rows, 0.0)) / jnp.maximum(jnp.sum(present), 1)
+    return _present_mean(rows, allowed, mask)
 
 
 def total_variation(a: Float[Array, "*batch L L"], b: Float[Array, "*batch L L"]) -> Float[Array, "*batch L"]:
     r"""Total-variation distance of each row, $\frac12\sum_\tau |a_{t\tau} - b_{t\tau}|$, in [0, 1]."""
     return 0.5 * jnp.sum(jnp.abs(a - b), axis=-1)
+
+
+def log_astrocyte_response(
+    phi_q: Float[Array, "L M"],
+    phi_k: Float[Array, "L M"],
+    *,
+    causal: bool = True,
+    mask: Bool[Array, " L"] | None = None,
+) -> Float[Array, " L"]:
+    r"""$\log A_t$ of the astrocyte response $A_t = \sum_\tau \phi(q_t)\cdot\phi(k_\tau) = \phi(q_t)\cdot g = M\,\bar p_t$
+    (model.md §3: the calcium mean times M) for every query, over the keys it may see.
+
+    Finite where $A_t$ itself overflows the dtype (`_scaled_kernel`); $\log$ of the dtype's smallest normal number
+    where no visible key has any overlap with the query."""
+    allowed = _allowed(phi_q.shape[0], causal, mask)
+    tiny = jnp.finfo(phi_q.dtype).tiny
+    kernel, log_scale = _scaled_kernel(phi_q, phi_k)
+    total = jnp.sum(jnp.where(allowed, kernel, 0.0), axis=-1)
+    log_response = jnp.log(jnp.maximum(total, tiny)) + log_scale
+    return jnp.where(total > 0, log_response, jnp.log(tiny))
 
 
 def log_normaliser_mse(
@@ -78,9 +115,23 @@ def log_normaliser_mse(
     r"""Mean over queries of $\big(\log\sum_\tau \phi(q_t)\cdot\phi(k_\tau) - \log\sum_\tau e^{q_t\cdot k_\tau}\big)^2$:
     how far the astrocyte response is from the softmax normaliser, on a log scale."""
     allowed = _allowed(q.shape[0], causal, mask)
-    tiny = jnp.finfo(phi_q.dtype).tiny
-    astro = jnp.log(jnp.maximum(jnp.sum(jnp.where(allowed, phi_q @ phi_k.T, 0.0), axis=-1), tiny))
+    astro = log_astrocyte_response(phi_q, phi_k, causal=causal, mask=mask)
     exact = jax.nn.logsumexp(jnp.where(allowed, q @ k.T, -jnp.inf), axis=-1)
-    present = jnp.any(allowed, axis=-1) if mask is None else mask & jnp.any(allowed, axis=-1)
-    err = jnp.where(present, astro - jnp.where(present, exact, 0.0), 0.0)
-    return jnp.sum(err**2) / jnp.maximum(jnp.sum(present), 1)
+    present = jnp.any(allowed, axis=-1)
+    return _present_mean((astro - jnp.where(present, exact, 0.0)) ** 2, allowed, mask)
+
+
+def response_excess(
+    phi_q: Float[Array, "L M"],
+    phi_k: Float[Array, "L M"],
+    cap: float,
+    *,
+    causal: bool = True,
+    mask: Bool[Array, " L"] | None = None,
+) -> Float[Array, ""]:
+    r"""Mean over queries of $\max(0,\ \log A_t - \mathrm{cap})^2$, $A_t$ the astrocyte response
+    (`log_astrocyte_response`): a penalty, zero while every response stays below $e^{\mathrm{cap}}$, that keeps a
+    fitted feature map's reads inside the range of a floating-point type."""
+    allowed = _allowed(phi_q.shape[0], causal, mask)
+    excess = jax.nn.relu(log_astrocyte_response(phi_q, phi_k, causal=causal, mask=mask) - cap)
+    return _present_mean(excess**2, allowed, mask)

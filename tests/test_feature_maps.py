@@ -12,6 +12,8 @@ import pytest
 import astroformer as af
 from astroformer._attention_weights import (
     kernel_weights,
+    log_astrocyte_response,
+    response_excess,
     softmax_weights,
     total_variation,
 )
@@ -267,6 +269,69 @@ def test_distillation_lowers_the_attention_error(getkey, envelope, mirrored):
     assert tv(maps) < 0.7 * tv(initial), (tv(maps), tv(initial))
 
 
+@pytest.mark.parametrize("causal, masked", [(True, False), (False, True)])
+def test_log_astrocyte_response_is_exact_where_the_response_overflows_float32(causal, masked):
+    """log A_t = log sum_tau phi(q_t).phi(k_tau) in float32, for rates up to e^60 (finite) whose products reach
+    e^120 (inf in float32), against the sum taken in float64 with NumPy; and the penalty response_excess is the
+    mean over present queries of max(0, log A_t - cap)^2 from the same reference."""
+    rng = np.random.default_rng(0)
+    L, M = 12, 16
+    log_q, log_k = rng.uniform(-20, 60, (L, M)), rng.uniform(-20, 60, (L, M))
+    log_q[3] = -200.0  # a query whose rates all underflow: log A is log(tiny), not -inf or NaN
+    mask = rng.random(L) > 0.3 if masked else None
+    phi_q, phi_k = jnp.asarray(np.exp(log_q), jnp.float32), jnp.asarray(np.exp(log_k), jnp.float32)
+    assert not np.isfinite(np.asarray(phi_q @ phi_k.T)).all()  # the direct float32 sum overflows
+    got = np.asarray(
+        log_astrocyte_response(phi_q, phi_k, causal=causal, mask=None if mask is None else jnp.asarray(mask))
+    )
+    allowed = np.tril(np.ones((L, L), bool)) if causal else np.ones((L, L), bool)
+    if mask is not None:
+        allowed &= mask[None, :]
+    pair = log_q[:, None, :] + log_k[None, :, :]  # (L, L, M) in float64
+    expected = np.log(np.sum(np.where(allowed[:, :, None], np.exp(pair - 100.0), 0.0), axis=(1, 2))) + 100.0
+    rows = np.array([t for t in range(L) if t != 3 and allowed[t].any() and (mask is None or mask[t])])
+    np.testing.assert_allclose(got[rows], expected[rows], rtol=2e-6)
+    assert got[3] == pytest.approx(math.log(np.finfo(np.float32).tiny), rel=1e-6)
+    cap = 70.0
+    present = allowed.any(1) & (True if mask is None else mask)
+    reference = np.where(present, np.maximum(got - cap, 0.0) ** 2, 0.0).sum() / present.sum()
+    assert reference > 0
+    np.testing.assert_allclose(
+        float(response_excess(phi_q, phi_k, cap, causal=causal, mask=None if mask is None else jnp.asarray(mask))),
+        reference,
+        rtol=1e-5,
+    )
+
+
+def test_response_cap_keeps_the_fitted_rates_inside_a_ceiling(getkey):
+    """Learned feature neurons started with every rate scaled by e^10 (astrocyte responses up to about e^24). The
+    attention weights do not change under a common scale, and fitting them alone lets the responses drift further
+    up (past e^30: the drift that overflowed float32 in distilled models); with `response_cap=15` the fit keeps
+    every response under about e^15, and its attention-weight cross-entropy ends within 5% of the free fit's."""
+    from astroformer._attention_weights import weights_cross_entropy
+    from astroformer.fit import AttentionWeightsTarget, fit
+
+    B, L, D, M = 4, 16, 4, 16
+    q, k = 1.2 * jax.random.normal(getkey(), (B, L, D)), 1.2 * jax.random.normal(getkey(), (B, L, D))
+    start = af.LearnedFeatures(D, M, mirrored=False, envelope="learned", key=getkey())
+    start = eqx.tree_at(lambda m: m.b, start, start.b + 10.0)
+
+    def worst_log_response(m):
+        return float(jnp.max(jax.vmap(lambda a, b: log_astrocyte_response(m(a), m(b)))(q, k)))
+
+    def weights_loss(m):
+        return float(jnp.mean(jax.vmap(lambda a, b: weights_cross_entropy(m(a), m(b), a, b))(q, k)))
+
+    free = ["W", "b", "mu", "log_gamma"]
+    plain = fit(start, AttentionWeightsTarget(q, k), free, steps=1500, learning_rate=0.05).model
+    capped = fit(start, AttentionWeightsTarget(q, k, response_cap=15.0), free, steps=1500, learning_rate=0.05).model
+    assert worst_log_response(start) > 20 and worst_log_response(plain) > 28, worst_log_response(plain)
+    assert worst_log_response(capped) < 15.5, worst_log_response(capped)
+    assert weights_loss(capped) < 1.05 * weights_loss(plain), (weights_loss(capped), weights_loss(plain))
+    with pytest.raises(ValueError, match="response_cap: expected a positive finite number, got nan"):
+        AttentionWeightsTarget(q, k, response_cap=float("nan"))
+
+
 @pytest.mark.slow
 def test_distill_writes_a_run_that_eval_loads(tmp_path):
     from astroformer.cli import main
@@ -481,6 +546,38 @@ def test_finetuning_frees_what_it_is_asked_to_and_distils_the_teachers_outputs(g
     np.testing.assert_allclose(losses[0], expected, rtol=1e-5)
 
 
+def test_finetuning_with_a_response_cap_brings_the_responses_under_it(getkey):
+    """Fine-tuning a student (unmirrored learned features) whose rates were all scaled by e^12, so that its
+    astrocyte responses reach about e^30: with `response_cap=10` its penalty (recomputed here from the returned
+    model) falls from over 50 to under 1% of that; without the cap, only what the next-token loss happens to do
+    to the scale, and the penalty stays ten times higher at least."""
+    from astroformer.tasks import get_task
+    from astroformer.training import Transformer
+    from astroformer.training._distill import _finetune_features, _head_terms
+
+    task = get_task("induction", vocab_size=8, seq_len=16)
+    student = Transformer(
+        task.vocab_size,
+        16,
+        attention="na-equilibrium",
+        num_features=8,
+        d_model=16,
+        num_layers=1,
+        num_heads=2,
+        attention_kwargs=dict(feature_map="learned-envelope-unmirrored"),
+        key=getkey(),
+    )
+    student = eqx.tree_at(
+        lambda m: m.blocks[0].attention.feature_map.maps.b, student, student.blocks[0].attention.feature_map.maps.b + 12
+    )
+    tokens = jnp.asarray(task.batch("train", 8, seed=1).inputs)
+    before = float(_head_terms(student, tokens, 10.0)[1])
+    capped, _, _ = _finetune_features(student, task, 40, 0.1, 8, 0, response_cap=10.0)
+    plain, _, _ = _finetune_features(student, task, 40, 0.1, 8, 0)
+    after, untouched = (float(_head_terms(m, tokens, 10.0)[1]) for m in (capped, plain))
+    assert before > 50 and after < 0.01 * before and after < 0.1 * untouched, (before, after, untouched)
+
+
 def test_finetuning_that_overflows_stops_and_keeps_the_last_finite_model(getkey):
     """A rate far too high with the projections free makes the learned feature rates overflow float32 at the second
     step (the model's runtime check raises). The fine-tuning stops there, names the failed check, and returns the
@@ -522,6 +619,7 @@ def test_finetuning_that_overflows_stops_and_keeps_the_last_finite_model(getkey)
             "'learned-envelope-unmirrored', got 'prf'",
         ),
         (dict(num_features=7), "num_features: expected an even M .* the -unmirrored feature maps take any M"),
+        (dict(response_cap=-1.0), "response_cap: expected a positive finite number, got -1.0"),
     ],
 )
 def test_distill_rejects_bad_fine_tuning_options(tmp_path, kwargs, match):

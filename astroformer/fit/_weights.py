@@ -6,7 +6,8 @@ $$\mathcal{L}(\phi) = -\frac{1}{BL}\sum_{b,t}\sum_{\tau\le t} a^{\mathrm{sm}}_{t
 over B sequences of one head's (scaled) queries and keys (`astroformer._attention_weights`), optionally plus
 $\lambda$ times the mean squared log-error of the astrocyte response against the softmax normaliser,
 $\big(\log \phi(q_t)\cdot\sum_{\tau\le t}\phi(k_\tau) - \log\sum_{\tau\le t} e^{q_t\cdot k_\tau}\big)^2$
-(the weights alone do not constrain the normaliser).
+(the weights alone do not constrain the normaliser), and optionally a penalty on astrocyte responses above a cap
+(`response_cap`).
 """
 
 import equinox as eqx
@@ -14,8 +15,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from .._attention_weights import log_normaliser_mse, weights_cross_entropy
+from .._attention_weights import log_normaliser_mse, response_excess, weights_cross_entropy
 from .._features._maps import AbstractFeatureMap
+from .._validate import check_real
 from ._model import NAModel
 from ._targets import AbstractTarget
 
@@ -25,7 +27,10 @@ class AttentionWeightsTarget(AbstractTarget):
 
     **Fields:** `q`, `k` (B, L, D) or (L, D): one head's queries and keys (already scaled by $D^{-1/4}$),
     `mask` (B, L) / (L,) or `None`, `causal` (static), `normaliser_weight` $\lambda \ge 0$ (static; default 0:
-    attention weights only, Hedgehog's loss).
+    attention weights only, Hedgehog's loss), `response_cap` (static; default `None`): if a number, the loss also
+    has `response_excess`, $\max(0, \log A_t - \mathrm{cap})^2$ averaged over queries, $A_t$ the astrocyte
+    response $\phi(q_t)\cdot\sum_\tau\phi(k_\tau)$, which keeps the fitted rates' products inside a float's
+    range (the attention weights do not change when all rates are scaled, so the penalty chooses the scale).
 
     The model may be an `AbstractFeatureMap` (fit its leaves `"W"`, `"b"`, ...) or an `NAModel` (fit
     `"feature_map.W"`, ...; its `qk_gain` scales q and k first).
@@ -36,8 +41,18 @@ class AttentionWeightsTarget(AbstractTarget):
     mask: Bool[Array, "*B L"] | None
     causal: bool = eqx.field(static=True)
     normaliser_weight: float = eqx.field(static=True)
+    response_cap: float | None = eqx.field(static=True)
 
-    def __init__(self, q, k, *, mask=None, causal: bool = True, normaliser_weight: float = 0.0):
+    def __init__(
+        self,
+        q,
+        k,
+        *,
+        mask=None,
+        causal: bool = True,
+        normaliser_weight: float = 0.0,
+        response_cap: float | None = None,
+    ):
         q, k = jnp.asarray(q), jnp.asarray(k)
         if q.ndim not in (2, 3) or q.shape != k.shape:
             raise ValueError(
@@ -49,6 +64,7 @@ class AttentionWeightsTarget(AbstractTarget):
             raise ValueError(f"normaliser_weight: expected a number >= 0, got {normaliser_weight!r}")
         self.q, self.k, self.mask, self.causal = q, k, mask, causal
         self.normaliser_weight = float(normaliser_weight)
+        self.response_cap = None if response_cap is None else check_real("response_cap", response_cap)
 
     def __call__(self, model) -> Float[Array, ""]:
         if isinstance(model, NAModel):
@@ -69,6 +85,8 @@ class AttentionWeightsTarget(AbstractTarget):
                 loss = loss + self.normaliser_weight * log_normaliser_mse(
                     phi_q, phi_k, qb, kb, causal=self.causal, mask=mb
                 )
+            if self.response_cap is not None:
+                loss = loss + response_excess(phi_q, phi_k, self.response_cap, causal=self.causal, mask=mb)
             return loss
 
         if mask is None:

@@ -38,6 +38,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from .._attention import NeuronAstrocyteAttention
+from .._attention_weights import response_excess, weights_cross_entropy
 from .._features._headwise import HeadwiseFeatures
 from .._head._params import NUM_FEATURES
 from .._features._learned import LearnedFeatures
@@ -97,6 +98,12 @@ def transfer(softmax_model: Transformer, target: Transformer) -> Transformer:
     return eqx.tree_at(shared, target, shared(softmax_model), is_leaf=lambda x: x is None)
 
 
+RESPONSE_CAP = float(np.log(np.finfo(np.float32).max)) / 2
+r"""Default ceiling of $\log A_t$, the astrocyte response $\phi(q_t)\cdot\sum_\tau\phi(k_\tau)$, during distillation:
+half of float32's range ($e^{44.4}$ against $e^{88.7}$), so that what the read multiplies and sums on top of the
+response (values, M features) has room before it overflows."""
+
+
 def distill_heads(
     q: Float[Array, "H B L D"],
     k: Float[Array, "H B L D"],
@@ -109,9 +116,11 @@ def distill_heads(
     orthogonal: bool = False,
     envelope: Literal["fixed", "learned"] = "fixed",
     mirrored: bool = True,
+    response_cap: float | None = None,
 ) -> tuple[HeadwiseFeatures, Array, Array]:
     """Fit `LearnedFeatures` to every head's softmax weights (one `astroformer.fit` per head, vmapped); `envelope`
     (`"fixed"` or `"learned"`) and `mirrored` are `LearnedFeatures`' options: a learned envelope is fitted too.
+    `normaliser_weight` and `response_cap` are `AttentionWeightsTarget`'s.
 
     **Returns:** `(maps, initial_loss, final_loss)`, the losses per head (H,)."""
     from ..fit import AttentionWeightsTarget, fit
@@ -127,7 +136,7 @@ def distill_heads(
     free = [f.name for f in dataclasses.fields(maps.maps) if eqx.is_array(getattr(maps.maps, f.name))]
 
     def one(m, qh, kh):
-        target = AttentionWeightsTarget(qh, kh, normaliser_weight=normaliser_weight)
+        target = AttentionWeightsTarget(qh, kh, normaliser_weight=normaliser_weight, response_cap=response_cap)
         result = fit(m, target, free, steps=steps, learning_rate=learning_rate)
         return result.model, result.loss_history[0], result.loss_history[-1]
 
@@ -153,6 +162,7 @@ def distill(
     finetune_target: str = "next-token",
     finetune_projections: bool = False,
     finetune_all: bool = False,
+    response_cap: float | None = RESPONSE_CAP,
     seed: int = 0,
     evaluate_model: bool = True,
     overwrite: bool = False,
@@ -189,6 +199,11 @@ def distill(
       feature neurons only, every transferred weight stays the softmax model's.
     - `finetune_all`: fine-tune every trainable weight of the student (embeddings, norms, MLPs, attention and
       feature neurons), as Hedgehog's second stage does.
+    - `response_cap`: both stages' losses get the penalty $\max(0, \log A_t - \mathrm{cap})^2$ (mean over
+      queries, heads, layers), $A_t$ the astrocyte response $\phi(q_t)\cdot\sum_\tau\phi(k_\tau) = M\bar p_t$.
+      Attention weights do not change when a head's rates are all scaled, but without a ceiling the fit lets
+      them grow until a float32 read overflows on some text (`RESPONSE_CAP`, the default, is half of float32's
+      range). `None`: no penalty.
     - `seed`: seeds the feature initialisation and the choice of training windows.
     - `evaluate_model`: evaluate the distilled model (and the softmax one) on the run's eval split and record
       both in `metrics.jsonl`.
@@ -216,6 +231,8 @@ def distill(
     check_real("learning_rate", learning_rate)  # inf or 1e30 turned every fit into NaN, written with exit 0
     check_real("finetune_learning_rate", finetune_learning_rate)
     check_real("normaliser_weight", normaliser_weight, positive=False)
+    if response_cap is not None:
+        check_real("response_cap", response_cap)
     if (
         isinstance(finetune_attention_weight, bool)
         or not isinstance(finetune_attention_weight, numbers.Real)
@@ -265,6 +282,7 @@ def distill(
         "steps": steps,
         "learning_rate": learning_rate,
         "normaliser_weight": normaliser_weight,
+        "response_cap": response_cap,
         "sequences": int(tokens.shape[0]),
         "layers": [],
     }
@@ -279,6 +297,7 @@ def distill(
             steps=steps,
             learning_rate=learning_rate,
             normaliser_weight=normaliser_weight,
+            response_cap=response_cap,
             **LEARNED_MAPS[feature_map],
             key=jax.random.fold_in(key, layer),
         )
@@ -308,6 +327,7 @@ def distill(
             teacher=teacher if finetune_target == "teacher" else None,
             projections=finetune_projections,
             everything=finetune_all,
+            response_cap=response_cap,
         )
         record["finetune"] = {
             "steps": finetune_steps,
@@ -392,23 +412,41 @@ def _check_out(out, run_dir, overwrite: bool) -> Path:
     return out
 
 
+def _head_terms(
+    model: Transformer, tokens: Int[Array, "B L"], response_cap: float | None
+) -> tuple[Float[Array, ""], Float[Array, ""]]:
+    """`(attention_cross_entropy, response penalty)` from one pass over the layers; the penalty is the mean over
+    layers, heads and sequences of `response_excess` (0 if `response_cap` is None)."""
+    ce, excess = [], []
+    for block, (q, k, _) in zip(model.blocks, layer_qkv(model, tokens)):
+        maps = _feature_map(block)
+        if not isinstance(maps, HeadwiseFeatures):
+            raise TypeError(f"model: expected HeadwiseFeatures in every block, got {type(maps).__name__}")
+        q, k = jax.lax.stop_gradient(q), jax.lax.stop_gradient(k)
+
+        def per_head(m, qh, kh):
+            phi_q, phi_k = m(qh), m(kh)
+            terms = jax.vmap(
+                lambda a, b, qb, kb: (
+                    weights_cross_entropy(a, b, qb, kb),
+                    jnp.zeros(()) if response_cap is None else response_excess(a, b, response_cap),
+                )
+            )(phi_q, phi_k, qh, kh)
+            return jax.tree.map(jnp.mean, terms)
+
+        c, e = eqx.filter_vmap(per_head)(maps.maps, q, k)
+        ce.append(jnp.mean(c))
+        excess.append(jnp.mean(e))
+    return jnp.mean(jnp.stack(ce)), jnp.mean(jnp.stack(excess))
+
+
 def attention_cross_entropy(model: Transformer, tokens: Int[Array, "B L"]) -> Float[Array, ""]:
     r"""Mean over layers, heads and sequences of the attention-weight cross-entropy (`AttentionWeightsTarget`)
     of a student's feature neurons against softmax of its own queries and keys (held fixed: no gradient flows
     into them).
 
     Every block's attention must be a `NeuronAstrocyteAttention` with `HeadwiseFeatures`."""
-    from ..fit import AttentionWeightsTarget
-
-    losses = []
-    for block, (q, k, _) in zip(model.blocks, layer_qkv(model, tokens)):
-        maps = _feature_map(block)
-        if not isinstance(maps, HeadwiseFeatures):
-            raise TypeError(f"model: expected HeadwiseFeatures in every block, got {type(maps).__name__}")
-        q, k = jax.lax.stop_gradient(q), jax.lax.stop_gradient(k)
-        per_head = eqx.filter_vmap(lambda m, qh, kh: AttentionWeightsTarget(qh, kh)(m))(maps.maps, q, k)
-        losses.append(jnp.mean(per_head))
-    return jnp.mean(jnp.stack(losses))
+    return _head_terms(model, tokens, None)[0]
 
 
 def _finetune_features(
@@ -423,9 +461,11 @@ def _finetune_features(
     teacher: Transformer | None = None,
     projections: bool = False,
     everything: bool = False,
+    response_cap: float | None = None,
 ):
     """Adam on the next-token loss (or, with `teacher`, the cross-entropy against the teacher's next-token
-    distribution), plus `attention_weight` times `attention_cross_entropy`, over the feature-neuron leaves (and the
+    distribution), plus `attention_weight` times `attention_cross_entropy` and, if `response_cap` is a number, the
+    astrocyte-response penalty (`response_excess` averaged over layers, heads and sequences), over the feature-neuron leaves (and the
     attention layers' query, key, value and output projections if `projections`; every trainable leaf, as `train`
     trains them, if `everything`).
 
@@ -463,8 +503,9 @@ def _finetune_features(
             nll = optax.softmax_cross_entropy(student.batched(tokens).astype(jnp.float32), target)
             mask = jnp.asarray(batch.mask, jnp.float32)
             loss = jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-        if attention_weight:
-            loss = loss + attention_weight * attention_cross_entropy(student, tokens)
+        if attention_weight or response_cap is not None:
+            ce, excess = _head_terms(student, tokens, response_cap)
+            loss = loss + attention_weight * ce + excess
         return loss
 
     # The frozen weights and the teacher are arguments, not constants closed over: XLA would otherwise embed
@@ -583,10 +624,29 @@ def register(subparsers) -> None:
         action="store_true",
         help="fine-tune every weight of the student (embeddings, norms, MLPs, attention, feature neurons)",
     )
+    p.add_argument(
+        "--response-cap",
+        type=_cap_argument,
+        default=RESPONSE_CAP,
+        help="penalise astrocyte responses above e^CAP in both stages, so the model's float32 reads do not "
+        f"overflow (default {RESPONSE_CAP:.1f}, half of float32's range; 'none': no penalty)",
+    )
     p.add_argument("--seed", type=seed_argument, default=0)
     p.add_argument("--no-eval", action="store_true", help="do not evaluate the distilled model")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.set_defaults(func=_distill_command)
+
+
+def _cap_argument(text: str) -> float | None:
+    """`--response-cap`: a number, or `none`."""
+    import argparse
+
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return check_real("--response-cap", float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'none', got {text!r}") from None
 
 
 def _distill_command(args) -> int:
@@ -609,6 +669,7 @@ def _distill_command(args) -> int:
             finetune_target=args.finetune_target,
             finetune_projections=args.finetune_projections,
             finetune_all=args.finetune_all,
+            response_cap=args.response_cap,
             seed=args.seed,
             evaluate_model=not args.no_eval,
             overwrite=args.overwrite,
