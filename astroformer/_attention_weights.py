@@ -23,15 +23,21 @@ def _present_mean(values: Float[Array, " L"], allowed, mask) -> Float[Array, ""]
     return jnp.sum(jnp.where(present, values, 0.0)) / jnp.maximum(jnp.sum(present), 1)
 
 
-def _scaled_kernel(phi_q: Float[Array, "L M"], phi_k: Float[Array, "L M"]) -> tuple[Array, Array]:
-    r"""`(kernel, log_scale)` with $\phi(q_t)\cdot\phi(k_\tau) = \mathrm{kernel}_{t\tau}\, e^{\mathrm{log\_scale}_t}$:
-    each query's largest rate and the largest key rate, where they exceed 1, factored out, so that the kernel stays
-    finite where the products of the rates overflow (rates near $e^{45}$ in float32). The factors are constants
-    to differentiation (the kernel times $e^{\mathrm{log\_scale}}$ is exact, so every derivative is too), and never
-    below 1, so that dividing by them cannot overflow a gradient."""
+def _log_kernel(phi_q: Float[Array, "L M"], phi_k: Float[Array, "L M"]) -> tuple[Array, Array]:
+    r"""`(log_kernel, overlap)`: $\log \phi(q_t)\cdot\phi(k_\tau)$ for every pair (L, L), finite where the products of
+    the rates overflow the dtype (rates near $e^{45}$ in float32).
+
+    Each query's and each key's largest rate, where above 1, is factored out of the product and its log added
+    back. The factors are constants to differentiation (the result is exact, so its derivatives are too) and never
+    below 1, so dividing by them cannot overflow a gradient. `overlap` is False where the product is 0 (no feature
+    active for both); `log_kernel` is there the log of the dtype's smallest normal number."""
+    tiny = jnp.finfo(phi_q.dtype).tiny
     scale_q = jax.lax.stop_gradient(jnp.maximum(jnp.max(phi_q, axis=-1, keepdims=True), 1.0))
-    scale_k = jax.lax.stop_gradient(jnp.maximum(jnp.max(phi_k), 1.0))
-    return (phi_q / scale_q) @ (phi_k / scale_k).T, jnp.log(scale_q[:, 0]) + jnp.log(scale_k)
+    scale_k = jax.lax.stop_gradient(jnp.maximum(jnp.max(phi_k, axis=-1, keepdims=True), 1.0))
+    scaled = (phi_q / scale_q) @ (phi_k / scale_k).T
+    overlap = scaled > 0
+    log_scaled = jnp.log(jnp.maximum(scaled, tiny)) + jnp.log(scale_q) + jnp.log(scale_k).T
+    return jnp.where(overlap, log_scaled, jnp.log(tiny)), overlap
 
 
 def softmax_weights(
@@ -51,7 +57,10 @@ def kernel_weights(
 ) -> Float[Array, "L L"]:
     """Kernel (linear-attention) weights $a^\\phi$ from feature rates (L, M), zero where a key is not visible."""
     allowed = _allowed(phi_q.shape[0], causal, mask)
-    kernel = jnp.where(allowed, _scaled_kernel(phi_q, phi_k)[0], 0.0)  # the weights do not depend on the scale
+    log_kernel, overlap = _log_kernel(phi_q, phi_k)
+    use = allowed & overlap
+    top = jax.lax.stop_gradient(jnp.max(jnp.where(use, log_kernel, -jnp.inf), axis=-1, keepdims=True))
+    kernel = jnp.where(use, jnp.exp(log_kernel - jnp.where(jnp.isfinite(top), top, 0.0)), 0.0)
     total = jnp.sum(kernel, axis=-1, keepdims=True)
     return kernel / jnp.where(total > 0, total, 1.0)
 
@@ -70,9 +79,7 @@ def weights_cross_entropy(
     over $\phi$, exactly when $a^\phi = a^{\mathrm{sm}}$)."""
     allowed = _allowed(q.shape[0], causal, mask)
     target = softmax_weights(q, k, causal=causal, mask=mask)
-    tiny = jnp.finfo(phi_q.dtype).tiny
-    kernel, _ = _scaled_kernel(phi_q, phi_k)  # the weights do not depend on the scale factored out
-    log_kernel = jnp.log(jnp.maximum(kernel, tiny))
+    log_kernel, _ = _log_kernel(phi_q, phi_k)
     log_total = jax.nn.logsumexp(jnp.where(allowed, log_kernel, -jnp.inf), axis=-1, keepdims=True)
     rows = -jnp.sum(jnp.where(allowed, target * (log_kernel - log_total), 0.0), axis=-1)
     return _present_mean(rows, allowed, mask)
@@ -90,17 +97,17 @@ def log_astrocyte_response(
     causal: bool = True,
     mask: Bool[Array, " L"] | None = None,
 ) -> Float[Array, " L"]:
-    r"""$\log A_t$ of the astrocyte response $A_t = \sum_\tau \phi(q_t)\cdot\phi(k_\tau) = \phi(q_t)\cdot g = M\,\bar p_t$
-    (model.md §3: the calcium mean times M) for every query, over the keys it may see.
+    r"""$\log A_t$ of the astrocyte response $A_t = \sum_\tau \phi(q_t)\cdot\phi(k_\tau) = \phi(q_t)\cdot g
+    = M\,\bar p_t$ (model.md §3: the calcium mean times M) for every query, over the keys it may see.
 
-    Finite where $A_t$ itself overflows the dtype (`_scaled_kernel`); $\log$ of the dtype's smallest normal number
+    Finite where $A_t$ itself overflows the dtype (`_log_kernel`); $\log$ of the dtype's smallest normal number
     where no visible key has any overlap with the query."""
     allowed = _allowed(phi_q.shape[0], causal, mask)
-    tiny = jnp.finfo(phi_q.dtype).tiny
-    kernel, log_scale = _scaled_kernel(phi_q, phi_k)
-    total = jnp.sum(jnp.where(allowed, kernel, 0.0), axis=-1)
-    log_response = jnp.log(jnp.maximum(total, tiny)) + log_scale
-    return jnp.where(total > 0, log_response, jnp.log(tiny))
+    log_kernel, overlap = _log_kernel(phi_q, phi_k)
+    use = allowed & overlap
+    some = jnp.any(use, axis=-1)
+    log_response = jax.nn.logsumexp(jnp.where(use | ~some[:, None], log_kernel, -jnp.inf), axis=-1)
+    return jnp.where(some, log_response, jnp.log(jnp.finfo(phi_q.dtype).tiny))
 
 
 def log_normaliser_mse(
@@ -130,8 +137,9 @@ def response_excess(
     mask: Bool[Array, " L"] | None = None,
 ) -> Float[Array, ""]:
     r"""Mean over queries of $\max(0,\ \log A_t - \mathrm{cap})^2$, $A_t$ the astrocyte response
-    (`log_astrocyte_response`): a penalty, zero while every response stays below $e^{\mathrm{cap}}$, that keeps a
-    fitted feature map's reads inside the range of a floating-point type."""
+    (`log_astrocyte_response`): a penalty, zero while every response stays below $e^{\mathrm{cap}}$, that pushes
+    a fitted feature map's responses back under the cap on the text it is fitted on (softly: not a guarantee for
+    other text)."""
     allowed = _allowed(phi_q.shape[0], causal, mask)
     excess = jax.nn.relu(log_astrocyte_response(phi_q, phi_k, causal=causal, mask=mask) - cap)
     return _present_mean(excess**2, allowed, mask)

@@ -104,19 +104,21 @@ def check_int(name: str, value, *, minimum: int = 1, or_none: bool = False) -> i
     return int(value)
 
 
-def check_real(name: str, value, *, positive: bool = True) -> float:
+def check_real(name: str, value, *, positive: bool | None = True, or_none: bool = False) -> float | None:
     """Raise a `ValueError` naming `name` unless `value` is a finite real number (a 0-d array too; not a bool),
-    positive (or, with `positive=False`, non-negative); returns it as a Python float."""
+    positive (with `positive=False`, non-negative; with `positive=None`, of any sign); returns it as a Python
+    float. `or_none`: `None` is accepted too, and returned."""
     import math
 
+    if or_none and value is None:
+        return None
     try:  # Python and NumPy numbers and 0-d arrays; not bools or strings, which float() would also take
         number = math.nan if isinstance(value, bool | str) else float(value)
     except (TypeError, ValueError):
         number = math.nan
-    if not (math.isfinite(number) and (number > 0 if positive else number >= 0)):
-        raise ValueError(
-            f"{name}: expected a {'positive' if positive else 'non-negative'} finite number, got {value!r}"
-        )
+    if not (math.isfinite(number) and (positive is None or (number > 0 if positive else number >= 0))):
+        sign = {True: "positive ", False: "non-negative ", None: ""}[positive]
+        raise ValueError(f"{name}: expected {'None or ' if or_none else ''}a {sign}finite number, got {value!r}")
     return number
 
 

@@ -292,6 +292,10 @@ def test_log_astrocyte_response_is_exact_where_the_response_overflows_float32(ca
     rows = np.array([t for t in range(L) if t != 3 and allowed[t].any() and (mask is None or mask[t])])
     np.testing.assert_allclose(got[rows], expected[rows], rtol=2e-6)
     assert got[3] == pytest.approx(math.log(np.finfo(np.float32).tiny), rel=1e-6)
+    # A query that sees only a tiny key, while a later key is huge: each key's own scale is factored out.
+    one, keys = jnp.ones((2, 1)), jnp.asarray([[1e-30], [1e20]])
+    np.testing.assert_allclose(np.asarray(kernel_weights(one, keys))[0], [1.0, 0.0])
+    np.testing.assert_allclose(float(log_astrocyte_response(one, keys)[0]), math.log(1e-30), rtol=1e-6)
     cap = 70.0
     present = allowed.any(1) & (True if mask is None else mask)
     reference = np.where(present, np.maximum(got - cap, 0.0) ** 2, 0.0).sum() / present.sum()
@@ -328,7 +332,7 @@ def test_response_cap_keeps_the_fitted_rates_inside_a_ceiling(getkey):
     assert worst_log_response(start) > 20 and worst_log_response(plain) > 28, worst_log_response(plain)
     assert worst_log_response(capped) < 15.5, worst_log_response(capped)
     assert weights_loss(capped) < 1.05 * weights_loss(plain), (weights_loss(capped), weights_loss(plain))
-    with pytest.raises(ValueError, match="response_cap: expected a positive finite number, got nan"):
+    with pytest.raises(ValueError, match="response_cap: expected None or a finite number, got nan"):
         AttentionWeightsTarget(q, k, response_cap=float("nan"))
 
 
@@ -502,8 +506,8 @@ def test_finetuning_with_the_attention_term_keeps_the_heads_closer_to_softmax(ge
 
 def test_finetuning_frees_what_it_is_asked_to_and_distils_the_teachers_outputs(getkey):
     """The fine-tuning trains the feature neurons, and the attention's projections only with `projections`; every
-    other weight stays, unless `everything` frees them all. With a teacher its loss is the cross-entropy against the teacher's next-token
-    distribution (checked at the first step against NumPy from both models' logits)."""
+    other weight stays, unless `everything` frees them all. With a teacher its loss is the cross-entropy against
+    the teacher's next-token distribution (checked at the first step against NumPy from both models' logits)."""
     from astroformer.tasks import get_task
     from astroformer.training import Transformer
     from astroformer.training._distill import _finetune_features
@@ -550,7 +554,8 @@ def test_finetuning_with_a_response_cap_brings_the_responses_under_it(getkey):
     """Fine-tuning a student (unmirrored learned features) whose rates were all scaled by e^12, so that its
     astrocyte responses reach about e^30: with `response_cap=10` its penalty (recomputed here from the returned
     model) falls from over 50 to under 1% of that; without the cap, only what the next-token loss happens to do
-    to the scale, and the penalty stays ten times higher at least."""
+    to the scale, and the penalty stays ten times higher at least. The penalty's gradient reaches the query
+    projection (queries that grow are one way to overflow); the attention cross-entropy's does not."""
     from astroformer.tasks import get_task
     from astroformer.training import Transformer
     from astroformer.training._distill import _finetune_features, _head_terms
@@ -571,11 +576,18 @@ def test_finetuning_with_a_response_cap_brings_the_responses_under_it(getkey):
         lambda m: m.blocks[0].attention.feature_map.maps.b, student, student.blocks[0].attention.feature_map.maps.b + 12
     )
     tokens = jnp.asarray(task.batch("train", 8, seed=1).inputs)
-    before = float(_head_terms(student, tokens, 10.0)[1])
+    before = float(_head_terms(student, tokens, response_cap=10.0)[1])
     capped, _, _ = _finetune_features(student, task, 40, 0.1, 8, 0, response_cap=10.0)
     plain, _, _ = _finetune_features(student, task, 40, 0.1, 8, 0)
-    after, untouched = (float(_head_terms(m, tokens, 10.0)[1]) for m in (capped, plain))
+    after, untouched = (float(_head_terms(m, tokens, response_cap=10.0)[1]) for m in (capped, plain))
     assert before > 50 and after < 0.01 * before and after < 0.1 * untouched, (before, after, untouched)
+
+    # The penalty reaches the queries and keys (the query projection's gradient); the cross-entropy does not.
+    def query_gradient(which):  # 0: the cross-entropy, 1: the penalty
+        grads = eqx.filter_grad(lambda m: _head_terms(m, tokens, response_cap=10.0)[which])(student)
+        return grads.blocks[0].attention.query.weight
+
+    assert bool(jnp.any(query_gradient(1) != 0)) and bool(jnp.all(query_gradient(0) == 0))
 
 
 def test_finetuning_that_overflows_stops_and_keeps_the_last_finite_model(getkey):
@@ -619,7 +631,7 @@ def test_finetuning_that_overflows_stops_and_keeps_the_last_finite_model(getkey)
             "'learned-envelope-unmirrored', got 'prf'",
         ),
         (dict(num_features=7), "num_features: expected an even M .* the -unmirrored feature maps take any M"),
-        (dict(response_cap=-1.0), "response_cap: expected a positive finite number, got -1.0"),
+        (dict(response_cap=float("inf")), "response_cap: expected None or a finite number, got inf"),
     ],
 )
 def test_distill_rejects_bad_fine_tuning_options(tmp_path, kwargs, match):

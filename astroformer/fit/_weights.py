@@ -29,8 +29,8 @@ class AttentionWeightsTarget(AbstractTarget):
     `mask` (B, L) / (L,) or `None`, `causal` (static), `normaliser_weight` $\lambda \ge 0$ (static; default 0:
     attention weights only, Hedgehog's loss), `response_cap` (static; default `None`): if a number, the loss also
     has `response_excess`, $\max(0, \log A_t - \mathrm{cap})^2$ averaged over queries, $A_t$ the astrocyte
-    response $\phi(q_t)\cdot\sum_\tau\phi(k_\tau)$, which keeps the fitted rates' products inside a float's
-    range (the attention weights do not change when all rates are scaled, so the penalty chooses the scale).
+    response $\phi(q_t)\cdot\sum_\tau\phi(k_\tau)$: zero below the cap, it bounds the scale of the rates from
+    above, softly, which the attention weights leave free (they do not change when all rates are scaled).
 
     The model may be an `AbstractFeatureMap` (fit its leaves `"W"`, `"b"`, ...) or an `NAModel` (fit
     `"feature_map.W"`, ...; its `qk_gain` scales q and k first).
@@ -64,7 +64,7 @@ class AttentionWeightsTarget(AbstractTarget):
             raise ValueError(f"normaliser_weight: expected a number >= 0, got {normaliser_weight!r}")
         self.q, self.k, self.mask, self.causal = q, k, mask, causal
         self.normaliser_weight = float(normaliser_weight)
-        self.response_cap = None if response_cap is None else check_real("response_cap", response_cap)
+        self.response_cap = check_real("response_cap", response_cap, positive=None, or_none=True)
 
     def __call__(self, model) -> Float[Array, ""]:
         if isinstance(model, NAModel):

@@ -122,7 +122,8 @@ def distill_heads(
     (`"fixed"` or `"learned"`) and `mirrored` are `LearnedFeatures`' options: a learned envelope is fitted too.
     `normaliser_weight` and `response_cap` are `AttentionWeightsTarget`'s.
 
-    **Returns:** `(maps, initial_loss, final_loss)`, the losses per head (H,)."""
+    **Returns:** `(maps, initial_loss, final_loss)`, per head (H,) the fitted target's loss before and after the
+    fit, without the response penalty (`response_excess`; the fit's objective includes it)."""
     from ..fit import AttentionWeightsTarget, fit
 
     H, _, _, D = q.shape
@@ -136,9 +137,10 @@ def distill_heads(
     free = [f.name for f in dataclasses.fields(maps.maps) if eqx.is_array(getattr(maps.maps, f.name))]
 
     def one(m, qh, kh):
-        target = AttentionWeightsTarget(qh, kh, normaliser_weight=normaliser_weight, response_cap=response_cap)
-        result = fit(m, target, free, steps=steps, learning_rate=learning_rate)
-        return result.model, result.loss_history[0], result.loss_history[-1]
+        objective = AttentionWeightsTarget(qh, kh, normaliser_weight=normaliser_weight, response_cap=response_cap)
+        fitted = fit(m, objective, free, steps=steps, learning_rate=learning_rate).model
+        reported = AttentionWeightsTarget(qh, kh, normaliser_weight=normaliser_weight)  # without the penalty
+        return fitted, reported(m), reported(fitted)
 
     fitted, first, last = eqx.filter_vmap(one)(maps.maps, q, k)
     return HeadwiseFeatures(fitted, H), first, last
@@ -199,11 +201,13 @@ def distill(
       feature neurons only, every transferred weight stays the softmax model's.
     - `finetune_all`: fine-tune every trainable weight of the student (embeddings, norms, MLPs, attention and
       feature neurons), as Hedgehog's second stage does.
-    - `response_cap`: both stages' losses get the penalty $\max(0, \log A_t - \mathrm{cap})^2$ (mean over
-      queries, heads, layers), $A_t$ the astrocyte response $\phi(q_t)\cdot\sum_\tau\phi(k_\tau) = M\bar p_t$.
-      Attention weights do not change when a head's rates are all scaled, but without a ceiling the fit lets
-      them grow until a float32 read overflows on some text (`RESPONSE_CAP`, the default, is half of float32's
-      range). `None`: no penalty.
+    - `response_cap`: both stages' losses get the penalty $\max(0, \log A_t - \mathrm{cap})^2$, averaged over
+      queries and sequences (each head's own fit), then heads and layers (the fine-tuning), $A_t$ the astrocyte
+      response $\phi(q_t)\cdot\sum_\tau\phi(k_\tau) = M\bar p_t$. Attention weights do not change when a head's
+      rates are all scaled, and without a ceiling the fine-tuning let them grow until a float32 read overflowed on
+      some text (`RESPONSE_CAP`, the default, is half of float32's range; a soft bound on the training text, not
+      a guarantee elsewhere). `None`: no penalty. The record's `response_excess_final` is each head's penalty
+      after its fit.
     - `seed`: seeds the feature initialisation and the choice of training windows.
     - `evaluate_model`: evaluate the distilled model (and the softmax one) on the run's eval split and record
       both in `metrics.jsonl`.
@@ -231,8 +235,7 @@ def distill(
     check_real("learning_rate", learning_rate)  # inf or 1e30 turned every fit into NaN, written with exit 0
     check_real("finetune_learning_rate", finetune_learning_rate)
     check_real("normaliser_weight", normaliser_weight, positive=False)
-    if response_cap is not None:
-        check_real("response_cap", response_cap)
+    response_cap = check_real("response_cap", response_cap, positive=None, or_none=True)
     if (
         isinstance(finetune_attention_weight, bool)
         or not isinstance(finetune_attention_weight, numbers.Real)
@@ -311,6 +314,9 @@ def distill(
         record["layers"].append(
             {"cross_entropy_initial": np.asarray(first).tolist(), "cross_entropy_final": np.asarray(last).tolist()}
         )
+        if response_cap is not None:
+            excess = eqx.filter_vmap(lambda m, qh, kh: _response_penalty(m, qh, kh, response_cap))(maps.maps, q, k)
+            record["layers"][-1]["response_excess_final"] = np.asarray(excess).tolist()
         log(
             f"layer {layer}: attention-weight cross-entropy per head {np.round(np.asarray(first), 3).tolist()} "
             f"-> {np.round(np.asarray(last), 3).tolist()}"
@@ -412,27 +418,32 @@ def _check_out(out, run_dir, overwrite: bool) -> Path:
     return out
 
 
+def _response_penalty(m: AbstractFeatureMap, q: Float[Array, "B L D"], k: Float[Array, "B L D"], cap: float):
+    """`response_excess` of one head's feature map, the mean over the B sequences (causal)."""
+    return jnp.mean(jax.vmap(lambda a, b: response_excess(m(a), m(b), cap))(q, k))
+
+
 def _head_terms(
-    model: Transformer, tokens: Int[Array, "B L"], response_cap: float | None
+    model: Transformer, tokens: Int[Array, "B L"], *, cross_entropy: bool = True, response_cap: float | None = None
 ) -> tuple[Float[Array, ""], Float[Array, ""]]:
-    """`(attention_cross_entropy, response penalty)` from one pass over the layers; the penalty is the mean over
-    layers, heads and sequences of `response_excess` (0 if `response_cap` is None)."""
+    """`(attention cross-entropy, response penalty)` of a student, means over layers, heads and sequences, from one
+    pass over the layers; a term not asked for (`cross_entropy=False`, `response_cap=None`) is 0.
+
+    The cross-entropy is taken against softmax of the student's own queries and keys, held fixed (no gradient
+    flows into them); the penalty, `response_excess`, reaches them: growing queries and keys are one way in which
+    the responses overflow when the projections are fine-tuned."""
     ce, excess = [], []
+    zero = jnp.zeros(())
     for block, (q, k, _) in zip(model.blocks, layer_qkv(model, tokens)):
         maps = _feature_map(block)
         if not isinstance(maps, HeadwiseFeatures):
             raise TypeError(f"model: expected HeadwiseFeatures in every block, got {type(maps).__name__}")
-        q, k = jax.lax.stop_gradient(q), jax.lax.stop_gradient(k)
 
         def per_head(m, qh, kh):
-            phi_q, phi_k = m(qh), m(kh)
-            terms = jax.vmap(
-                lambda a, b, qb, kb: (
-                    weights_cross_entropy(a, b, qb, kb),
-                    jnp.zeros(()) if response_cap is None else response_excess(a, b, response_cap),
-                )
-            )(phi_q, phi_k, qh, kh)
-            return jax.tree.map(jnp.mean, terms)
+            q0, k0 = jax.lax.stop_gradient(qh), jax.lax.stop_gradient(kh)
+            c = jax.vmap(lambda a, b: weights_cross_entropy(m(a), m(b), a, b))(q0, k0) if cross_entropy else zero
+            e = zero if response_cap is None else _response_penalty(m, qh, kh, response_cap)
+            return jnp.mean(c), e
 
         c, e = eqx.filter_vmap(per_head)(maps.maps, q, k)
         ce.append(jnp.mean(c))
@@ -446,7 +457,7 @@ def attention_cross_entropy(model: Transformer, tokens: Int[Array, "B L"]) -> Fl
     into them).
 
     Every block's attention must be a `NeuronAstrocyteAttention` with `HeadwiseFeatures`."""
-    return _head_terms(model, tokens, None)[0]
+    return _head_terms(model, tokens)[0]
 
 
 def _finetune_features(
@@ -465,9 +476,9 @@ def _finetune_features(
 ):
     """Adam on the next-token loss (or, with `teacher`, the cross-entropy against the teacher's next-token
     distribution), plus `attention_weight` times `attention_cross_entropy` and, if `response_cap` is a number, the
-    astrocyte-response penalty (`response_excess` averaged over layers, heads and sequences), over the feature-neuron leaves (and the
-    attention layers' query, key, value and output projections if `projections`; every trainable leaf, as `train`
-    trains them, if `everything`).
+    astrocyte-response penalty (`_head_terms`), over the feature-neuron leaves (and the attention layers' query,
+    key, value and output projections if `projections`; every trainable leaf, as `train` trains them, if
+    `everything`).
 
     Returns `(model, losses, report)`. A step whose gradients are not all finite is skipped, leaving the
     parameters unchanged (`optax.apply_if_finite`; `MAX_SKIPPED_IN_A_ROW` in a row end the fine-tuning). A step
@@ -504,7 +515,7 @@ def _finetune_features(
             mask = jnp.asarray(batch.mask, jnp.float32)
             loss = jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
         if attention_weight or response_cap is not None:
-            ce, excess = _head_terms(student, tokens, response_cap)
+            ce, excess = _head_terms(student, tokens, cross_entropy=bool(attention_weight), response_cap=response_cap)
             loss = loss + attention_weight * ce + excess
         return loss
 
@@ -644,9 +655,9 @@ def _cap_argument(text: str) -> float | None:
     if text.strip().lower() == "none":
         return None
     try:
-        return check_real("--response-cap", float(text))
+        return check_real("--response-cap", float(text), positive=None)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number or 'none', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a finite number or 'none', got {text!r}") from None
 
 
 def _distill_command(args) -> int:
