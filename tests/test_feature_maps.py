@@ -471,7 +471,7 @@ def test_attention_cross_entropy_of_a_student_matches_numpy(getkey):
     np.testing.assert_allclose(got, np.mean(losses), rtol=1e-4)
 
 
-def _learned_student(task, key):
+def _learned_student(task, key, feature_map="learned"):
     """A one-layer, two-head na-equilibrium model with learned feature neurons (M = 8) for `task`."""
     from astroformer.training import Transformer
 
@@ -483,7 +483,7 @@ def _learned_student(task, key):
         d_model=16,
         num_layers=1,
         num_heads=2,
-        attention_kwargs=dict(feature_map="learned"),
+        attention_kwargs=dict(feature_map=feature_map),
         key=key,
     )
 
@@ -557,21 +557,10 @@ def test_finetuning_with_a_response_cap_brings_the_responses_under_it(getkey):
     to the scale, and the penalty stays ten times higher at least. The penalty's gradient reaches the query
     projection (queries that grow are one way to overflow); the attention cross-entropy's does not."""
     from astroformer.tasks import get_task
-    from astroformer.training import Transformer
     from astroformer.training._distill import _finetune_features, _head_terms
 
     task = get_task("induction", vocab_size=8, seq_len=16)
-    student = Transformer(
-        task.vocab_size,
-        16,
-        attention="na-equilibrium",
-        num_features=8,
-        d_model=16,
-        num_layers=1,
-        num_heads=2,
-        attention_kwargs=dict(feature_map="learned-envelope-unmirrored"),
-        key=getkey(),
-    )
+    student = _learned_student(task, getkey(), "learned-envelope-unmirrored")
     student = eqx.tree_at(
         lambda m: m.blocks[0].attention.feature_map.maps.b, student, student.blocks[0].attention.feature_map.maps.b + 12
     )
