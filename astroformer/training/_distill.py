@@ -38,7 +38,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from .._attention import NeuronAstrocyteAttention
-from .._attention_weights import response_excess, weights_cross_entropy
+from .._attention_weights import response_excess
 from .._features._headwise import HeadwiseFeatures
 from .._head._params import NUM_FEATURES
 from .._features._learned import LearnedFeatures
@@ -432,6 +432,8 @@ def _head_terms(
     The cross-entropy is taken against softmax of the student's own queries and keys, held fixed (no gradient
     flows into them); the penalty, `response_excess`, reaches them: growing queries and keys are one way in which
     the responses overflow when the projections are fine-tuned."""
+    from ..fit import AttentionWeightsTarget
+
     ce, excess = [], []
     zero = jnp.zeros(())
     for block, (q, k, _) in zip(model.blocks, layer_qkv(model, tokens)):
@@ -441,9 +443,9 @@ def _head_terms(
 
         def per_head(m, qh, kh):
             q0, k0 = jax.lax.stop_gradient(qh), jax.lax.stop_gradient(kh)
-            c = jax.vmap(lambda a, b: weights_cross_entropy(m(a), m(b), a, b))(q0, k0) if cross_entropy else zero
+            c = AttentionWeightsTarget(q0, k0)(m) if cross_entropy else zero
             e = zero if response_cap is None else _response_penalty(m, qh, kh, response_cap)
-            return jnp.mean(c), e
+            return c, e
 
         c, e = eqx.filter_vmap(per_head)(maps.maps, q, k)
         ce.append(jnp.mean(c))
