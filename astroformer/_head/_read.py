@@ -312,9 +312,11 @@ def _relaxing_sweep(field, grid, cotangent):
 
     (Unrolling the S steps in Python instead of the two `lax.scan`s compiled three times slower and ran slower.)"""
     scalars, scalars_vjp = jax.vjp(_step_scalars, field, grid)
-    per_query = (field.phi_q, field.source.p0, field.source.p_bar)
+    p0, p_bar = field.source.p0, field.source.p_bar
+    per_query = (field.phi_q, p0, jnp.broadcast_to(p_bar, p0.shape))
     zeros = jnp.zeros_like(field.phi_q)
     ct_query, ct_scalars = _reverse_sweep(_element_step, per_query, scalars, (zeros, zeros), cotangent)
+    ct_query = (*ct_query[:2], jnp.sum(ct_query[2], axis=-1, keepdims=True))
     ct_field, ct_grid = scalars_vjp(ct_scalars)
     ct_field = eqx.tree_at(
         lambda f: (f.phi_q, f.source.p0, f.source.p_bar),
