@@ -196,3 +196,28 @@ def test_chunked_head_promotes_mixed_dtypes_like_the_whole_sequence_form():
     )
     assert chunked.dtype == whole.dtype == jnp.float64
     np.testing.assert_allclose(chunked, whole, rtol=1e-12)
+
+
+@pytest.mark.parametrize("lead", [(L,), (2, L)])
+def test_relaxing_sweep_matches_the_generic_sweep(lead):
+    """The abstract astrocyte's reverse sweep (per-element step, per-step scalars, the calcium mean broadcast over
+    the features before the steps and its cotangent summed back after them): the same cotangents, of the same
+    shapes, as the generic step-by-step sweep of the field."""
+    from astroformer._head._read import ReducedReadField, RelaxingCalcium, _relaxing_sweep, _sweep, read_grid
+
+    *_, params = _inputs()
+    kq, kg, kp, kc = jax.random.split(jax.random.PRNGKey(7), 4)
+    phi_q = jax.random.uniform(kq, (*lead, M), jnp.float64, 0.2, 1.5)
+    p0 = phi_q * jax.random.uniform(kg, (*lead, M), jnp.float64, 0.2, 1.5)
+    p_bar = jax.random.uniform(kp, (*lead, 1), jnp.float64, 0.5, 2.0)
+    source = RelaxingCalcium(p0=p0, p_bar=p_bar, kappa=N * M * params.t_read / params.tau_p)
+    field = ReducedReadField(phi_q=phi_q, source=source, params=params)
+    grid = read_grid(params, N, M, 6, jnp.float64)
+    cotangent = tuple(jax.random.normal(k, (*lead, M), jnp.float64) for k in jax.random.split(kc))
+    fast = _relaxing_sweep(field, grid, cotangent)
+    generic = _sweep(field, grid, cotangent)
+    assert fast[0].source.p_bar.shape == p_bar.shape
+    assert jax.tree.structure(fast) == jax.tree.structure(generic)
+    for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(generic)):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)

@@ -311,17 +311,18 @@ def _relaxing_sweep(field, grid, cotangent):
     the grid once, through a vjp of `_step_scalars`. Equal to `_sweep` up to rounding.
 
     The calcium mean $\bar p$ (one per query) enters the step broadcast over the features, so its cotangent is
-    accumulated per element and summed over the features once, after the sweep: left at its own shape, the
+    accumulated per element and summed back to its own shape once, after the sweep: left at its own shape, the
     broadcast's transpose put that sum inside every step of the reverse loop, which cost the default train step
     about 5 % (66 against 63 ms side by side, 2026-12-05).
 
     (Unrolling the S steps in Python instead of the two `lax.scan`s compiled three times slower and ran slower.)"""
     scalars, scalars_vjp = jax.vjp(_step_scalars, field, grid)
-    p0, p_bar = field.source.p0, field.source.p_bar
-    per_query = (field.phi_q, p0, jnp.broadcast_to(p_bar, p0.shape))
+    p0 = field.source.p0
+    p_bar, unbroadcast = jax.vjp(lambda b: jnp.broadcast_to(b, p0.shape), field.source.p_bar)
+    per_query = (field.phi_q, p0, p_bar)
     zeros = jnp.zeros_like(field.phi_q)
     ct_query, ct_scalars = _reverse_sweep(_element_step, per_query, scalars, (zeros, zeros), cotangent)
-    ct_query = (*ct_query[:2], jnp.sum(ct_query[2], axis=-1, keepdims=True))
+    ct_query = (*ct_query[:2], *unbroadcast(ct_query[2]))  # p̄'s cotangent summed back to its own shape, once
     ct_field, ct_grid = scalars_vjp(ct_scalars)
     ct_field = eqx.tree_at(
         lambda f: (f.phi_q, f.source.p0, f.source.p_bar),
