@@ -33,6 +33,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from .._solvers._magnus import Magnus2, magnus_update
+from .._solvers._special import magnus_exponentials_and_slopes
 from ._equations import (
     calcium_rhs,
     calcium_window_mean,
@@ -303,26 +304,70 @@ def _element_step(y, per_query, scalars):
     return magnus_update((c * (p_bar + (p0 - p_bar) * rho), (beta * eta) * phi_q, beta, c), 1.0, y)
 
 
+def _element_step_adjoint(sigma0, per_query, scalars, ct_sigma1, ct_z1):
+    r"""The adjoint of one `_element_step`, written out: from the state $\sigma_0$ before the step and the
+    cotangents $(\bar\sigma_1, \bar z_1)$ after it, with $\alpha = c\,(\bar p + (p_0 - \bar p)\rho)$ and
+    $b = \beta\eta\,\phi(q)$ (the step is $\sigma_1 = e^{-\alpha}\sigma_0 + c\,\psi(\alpha)$,
+    $z_1 = e^{-\beta} z_0 + b\,w$, $w = \sigma_0 E_1(\alpha, \beta) + c\,E_2(\alpha, \beta)$):
+
+        ct_sigma0 = e^{-alpha} ct_sigma1 + b E_1 ct_z1
+        ct_alpha  = ct_sigma1 (-e^{-alpha} sigma0 + c psi'(alpha)) + ct_z1 b (sigma0 dE_1/dalpha + c dE_2/dalpha)
+
+    Returns `(ct_sigma0, ct_alpha, w)`, each like $\sigma_0$; $z_0$'s cotangent is $e^{-\beta}\bar z_1$ and
+    $b$'s is $w\,\bar z_1$ (`_relaxing_sweep`)."""
+    phi_q, p0, p_bar = per_query
+    c, beta, rho, eta = scalars
+    alpha = c * (p_bar + (p0 - p_bar) * rho)
+    b_ct_z1 = (beta * eta) * phi_q * ct_z1
+    (e_a, _, e1, e2), (de_a, dpsi_a, de1, de2) = magnus_exponentials_and_slopes(alpha, beta)
+    ct_alpha = ct_sigma1 * (de_a * sigma0 + c * dpsi_a) + b_ct_z1 * (sigma0 * de1 + c * de2)
+    return e_a * ct_sigma1 + e1 * b_ct_z1, ct_alpha, sigma0 * e1 + c * e2
+
+
 def _relaxing_sweep(field, grid, cotangent):
-    """`_sweep` for the abstract astrocyte (`RelaxingCalcium`): the step's coefficients factor into per-element
-    leaves and per-step scalars (`_step_scalars`), so only the elementwise step (`_element_step`) is
-    differentiated per element (no module, grid lookup or coefficient function inside the reverse scan), and the
-    scalars' cotangents (sums over the elements, one (S,) array each) are pulled back to the time constants and
-    the grid once, through a vjp of `_step_scalars`. Equal to `_sweep` up to rounding.
+    r"""`_sweep` for the abstract astrocyte (`RelaxingCalcium`), with the per-element adjoint written out.
 
-    The calcium mean $\bar p$ (one per query) enters the step broadcast over the features, so its cotangent is
-    accumulated per element and summed back to its own shape once, after the sweep: left at its own shape, the
-    broadcast's transpose put that sum inside every step of the reverse loop, which cost the default train step
-    about 5 % (66 against 63 ms side by side, 2026-12-05).
+    The step's coefficients factor into per-element leaves $(\phi(q), p_0, \bar p)$ and per-step scalars
+    $(c, \beta, \rho, \eta)$ (`_step_scalars`, `_element_step`), and
+    - $z$ enters each step only as $e^{-\beta_k} z$, so its cotangent after step $k$ is $\bar z_{end}$ times
+      the later steps' decays, a per-step scalar: only $\bar\sigma$ is carried back;
+    - $p_0$ and $\bar p$ enter only through $\alpha_k$ (with weights $c_k\rho_k$ and $c_k(1 - \rho_k)$), and
+      $\phi(q)$ only through $b_k$ (weight $\beta_k\eta_k$): the reverse scan stacks $\bar\alpha_k$ and $w_k$
+      (`_element_step_adjoint`) and their weighted sums over the steps are taken once, after it;
+    - the scalars' cotangents (sums over the elements) come from autodiff of the step in the scalars alone, and
+      are pulled back to the time constants and the grid through a vjp of `_step_scalars`; where those are not
+      differentiated (training, whose time constants are frozen), XLA drops that work.
 
+    Equal to `_sweep` up to rounding (tests). Written out instead of `jax.vjp` of the step: the reverse step
+    compiled to 18 elementwise kernels over the (queries, features) arrays, each a pass over memory, and now
+    to about 8; the default layer's forward+backward went from 17.9 to 15.6 ms (2026-12-05, docs/performance.md).
     (Unrolling the S steps in Python instead of the two `lax.scan`s compiled three times slower and ran slower.)"""
     scalars, scalars_vjp = jax.vjp(_step_scalars, field, grid)
-    p0 = field.source.p0
-    p_bar, unbroadcast = jax.vjp(lambda b: jnp.broadcast_to(b, p0.shape), field.source.p_bar)
-    per_query = (field.phi_q, p0, p_bar)
-    zeros = jnp.zeros_like(field.phi_q)
-    ct_query, ct_scalars = _reverse_sweep(_element_step, per_query, scalars, (zeros, zeros), cotangent)
-    ct_query = (*ct_query[:2], *unbroadcast(ct_query[2]))  # p̄'s cotangent summed back to its own shape, once
+    c, beta, rho, eta = scalars
+    phi_q, p0 = field.phi_q, field.source.p0
+    # The calcium mean (one per query) enters the steps broadcast over the features; its cotangent is summed
+    # back to its own shape once, after the sweep (in the loop, that sum cost the train step about 5 %).
+    p_bar, unbroadcast = jax.vjp(lambda m: jnp.broadcast_to(m, p0.shape), field.source.p_bar)
+    per_query = (phi_q, p0, p_bar)
+    zeros = jnp.zeros_like(phi_q)
+    _, before = jax.lax.scan(lambda y, x: (_element_step(y, per_query, x), y), (zeros, zeros), scalars)
+    decay = jnp.exp(-beta)
+    later = jnp.concatenate([jnp.cumprod(decay[::-1])[::-1][1:], jnp.ones_like(decay[:1])])  # prod_{j > k} e^{-beta_j}
+    ct_sigma_end, ct_z_end = cotangent
+
+    def back(ct_sigma, inputs):
+        y, x, later_k = inputs
+        ct_z = ct_z_end * later_k
+        ct_sigma0, ct_alpha, w = _element_step_adjoint(y[0], per_query, x, ct_sigma, ct_z)
+        _, scalars_step_vjp = jax.vjp(lambda s: _element_step(y, per_query, s), x)
+        return ct_sigma0, (ct_alpha, w, *scalars_step_vjp((ct_sigma, ct_z)))
+
+    _, (ct_alpha, w, ct_scalars) = jax.lax.scan(back, ct_sigma_end, (before, scalars, later), reverse=True)
+    ct_query = (
+        ct_z_end * jnp.tensordot(beta * eta * later, w, axes=1),
+        jnp.tensordot(c * rho, ct_alpha, axes=1),
+        *unbroadcast(jnp.tensordot(c * (1 - rho), ct_alpha, axes=1)),
+    )
     ct_field, ct_grid = scalars_vjp(ct_scalars)
     ct_field = eqx.tree_at(
         lambda f: (f.phi_q, f.source.p0, f.source.p_bar),
