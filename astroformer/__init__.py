@@ -14,6 +14,7 @@ from ._features._learned import LearnedFeatures as LearnedFeatures
 from ._features._oprf import OptimalPositiveRandomFeatures as OptimalPositiveRandomFeatures, fit_A as fit_A
 from ._features._oprf import optimal_A as optimal_A
 from ._head._params import NAParams as NAParams
+from ._host_memory import keep_freed_host_memory as keep_freed_host_memory
 from ._solvers._magnus import Magnus2 as Magnus2
 from ._solvers._rosenbrock import Ros2 as Ros2
 from ._transforms import Constrained as Constrained, unwrap as unwrap

@@ -46,6 +46,7 @@ def machine_info() -> dict[str, Any]:
     import numpy
 
     import astroformer
+    from astroformer._host_memory import freed_host_memory_kept
 
     return {
         "python": sys.version.split()[0],
@@ -63,8 +64,29 @@ def machine_info() -> dict[str, Any]:
         "devices": [str(d) for d in jax.devices()],
         "x64": bool(jax.config.jax_enable_x64),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "freed_host_memory_kept": freed_host_memory_kept(),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def add_host_memory_argument(parser) -> None:
+    """`--release-host-memory`: measure with the C allocator's defaults instead of
+    `astroformer.keep_freed_host_memory` (the default of these scripts, as of `astroformer train`)."""
+    parser.add_argument(
+        "--release-host-memory",
+        action="store_true",
+        help="leave the C allocator's defaults: freed large blocks are unmapped, so XLA's temporaries above 32 MiB"
+        " page-fault afresh at every call (default: keep them, as `astroformer train` does)",
+    )
+
+
+def apply_host_memory_argument(args) -> None:
+    """Keep freed host memory (`astroformer.keep_freed_host_memory`) unless `--release-host-memory` was given.
+    Call before anything is compiled; `machine_info()` records the outcome."""
+    if not args.release_host_memory:
+        from astroformer import keep_freed_host_memory
+
+        keep_freed_host_memory()
 
 
 def _jaxlib_version() -> str | None:

@@ -39,7 +39,17 @@ import numpy as np
 
 import astroformer as af
 
-from ._common import RESULTS_DIR, compile_time, machine_info, pyplot, summarise, time_call, write_json
+from ._common import (
+    RESULTS_DIR,
+    add_host_memory_argument,
+    apply_host_memory_argument,
+    compile_time,
+    machine_info,
+    pyplot,
+    summarise,
+    time_call,
+    write_json,
+)
 
 
 KINDS = ("softmax", "softmax-batched", "linear", "na-equilibrium", "na-ode", "na-ode-full")
@@ -318,7 +328,9 @@ def main(argv=None) -> dict:
         " not timed, its cost is the accuracy reference's `reference_seconds`)",
     )
     parser.add_argument("--no-accuracy", action="store_true", help="skip the accuracy measurements")
+    add_host_memory_argument(parser)
     args = parser.parse_args(argv)
+    apply_host_memory_argument(args)
 
     if args.quick:
         cfg = dict(

@@ -28,7 +28,7 @@ import jax
 from astroformer.training import TrainConfig, build_model, build_task, make_optimizer, make_train_step
 from astroformer.training._model import trainable_filter
 
-from ._common import machine_info, write_json
+from ._common import add_host_memory_argument, apply_host_memory_argument, machine_info, write_json
 
 
 def prepare(kind: str):
@@ -54,7 +54,9 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--processes", type=int, default=1, help="fresh processes to repeat the measurement in")
     parser.add_argument("--out", default=None)
+    add_host_memory_argument(parser)
     args = parser.parse_args(argv)
+    apply_host_memory_argument(args)
     if args.processes < 1:
         parser.error(f"--processes: expected a positive integer, got {args.processes}")
     if args.processes > 1:
@@ -114,6 +116,8 @@ def _in_processes(args):
             out = os.path.join(tmp, f"run{i}.json")
             command = [sys.executable, "-m", "benchmarks.train_compile", "--kinds", *args.kinds]
             root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where `benchmarks` is importable
+            if args.release_host_memory:
+                command.append("--release-host-memory")
             subprocess.run([*command, "--repeats", str(args.repeats), "--out", out], check=True, cwd=root)
             with open(out) as f:
                 runs.append(json.load(f))

@@ -21,7 +21,7 @@ import time
 from astroformer import ATTENTION_KINDS
 from astroformer.training import TASK_PRESETS, TrainConfig, read_metrics, train
 
-from ._common import machine_info, pyplot, write_json
+from ._common import add_host_memory_argument, apply_host_memory_argument, machine_info, pyplot, write_json
 
 TASKS = {task: {**TASK_PRESETS[task].get("task_kwargs", {})} for task in TASK_PRESETS}  # the CLI's task sizes
 TASKS["charlm"] = {"seq_len": 64}
@@ -100,7 +100,9 @@ def main(argv=None) -> int:
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), help="tasks to run (default: all)")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/train_tasks[_quick].json)")
     parser.add_argument("--kinds", nargs="+", choices=list(ATTENTION_KINDS), help="attention kinds (default: all)")
+    add_host_memory_argument(parser)
     args = parser.parse_args(argv)
+    apply_host_memory_argument(args)
     tasks = args.tasks or (["mqar", "charlm"] if args.quick else list(TASKS))
     kinds = args.kinds or (["softmax", "na-ode"] if args.quick else list(ATTENTION_KINDS))
     steps = args.steps or (20 if args.quick else 200)
