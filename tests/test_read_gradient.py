@@ -68,6 +68,10 @@ def test_custom_vjp_matches_diffrax_adjoint_and_finite_differences():
             - loss(phi_q, phi_k, v, _replace(params, name, value0 - step), w)
         ) / (2 * step)
         np.testing.assert_allclose(getattr(grads[3], name), fd, rtol=1e-5, atol=1e-10, err_msg=name)
+    # The time constants held fixed (as in training): the written-out per-element adjoint, the same gradients.
+    fixed = jax.jit(jax.grad(_loss(), argnums=(0, 1, 2)))(phi_q, phi_k, v, params, w)
+    for got, ref in zip(fixed, grads[:3]):
+        np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-13)
 
 
 def _replace(params, name, value):
@@ -108,10 +112,12 @@ def test_vmap_over_heads_with_their_own_parameters():
             np.testing.assert_allclose(b[h], s, rtol=1e-10, atol=1e-14)
 
 
-def test_chunked_read_matches_diffrax_adjoint_over_many_queries():
+@pytest.mark.parametrize("argnums", [(0, 1, 2, 3), (0, 1, 2)], ids=["time-constants", "time-constants-fixed"])
+def test_chunked_read_matches_diffrax_adjoint_over_many_queries(argnums):
     """More queries than `QUERY_CHUNK` and not a multiple of it (the forward solves and the backward sweeps run
     chunk by chunk, the last chunk short): values and gradients equal diffrax's own solve and adjoint of the
-    whole read at once, vmapped over two heads with their own parameters."""
+    whole read at once, vmapped over two heads with their own parameters. With the time constants held fixed
+    (as in training), the read's backward takes its written-out per-element adjoint."""
     from astroformer._head._read import QUERY_CHUNK
 
     Lq = QUERY_CHUNK * 2 + 5
@@ -125,7 +131,7 @@ def test_chunked_read_matches_diffrax_adjoint_over_many_queries():
     heads = _two_heads(params)
 
     def total(adjoint):
-        one = jax.value_and_grad(_loss(adjoint), argnums=(0, 1, 2, 3))
+        one = jax.value_and_grad(_loss(adjoint), argnums=argnums)
         return jax.jit(jax.vmap(one))(phi_q, phi_k, v, heads, w)
 
     (value, grads), (ref_value, ref_grads) = total(None), total(diffrax.RecursiveCheckpointAdjoint(checkpoints=6))
@@ -214,13 +220,22 @@ def test_relaxing_sweep_matches_the_generic_sweep(lead):
     field = ReducedReadField(phi_q=phi_q, source=source, params=params)
     grid = read_grid(params, N, M, 6, jnp.float64)
     cotangent = tuple(jax.random.normal(k, (*lead, M), jnp.float64) for k in jax.random.split(kc))
-    fast = _relaxing_sweep(field, grid, cotangent)
     generic = _sweep(field, grid, cotangent)
+    fast = _relaxing_sweep(field, grid, cotangent, shared=True)
     assert fast[0].source.p_bar.shape == p_bar.shape
     assert jax.tree.structure(fast) == jax.tree.structure(generic)
     for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(generic)):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+    # Shared inputs not differentiated: the written-out per-element adjoint, the shared cotangents zero.
+    written = _relaxing_sweep(field, grid, cotangent, shared=False)
+    assert jax.tree.structure(written) == jax.tree.structure(generic)
+    per_element = lambda f: (f.phi_q, f.source.p0, f.source.p_bar)  # noqa: E731
+    for a, b in zip(per_element(written[0]), per_element(generic[0])):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+    for a in [*jax.tree.leaves(written[0].params), written[0].source.kappa, written[1]]:
+        assert not np.any(a)
 
 
 def _slopes_by_quadrature(alpha, beta, n=64):

@@ -30,6 +30,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 from jaxtyping import Array, ArrayLike, Float
 
 from .._solvers._magnus import Magnus2, magnus_update
@@ -231,9 +232,24 @@ def _solve_end(field, grid, throw):
     return jax.lax.optimization_barrier(solved)
 
 
+class _Differentiated(eqx.Module):
+    """Kept with the read's residuals: whether its shared inputs (time constants, relaxation rate, step grid) are
+    differentiated, which decides how the abstract astrocyte's reverse sweep runs (`_relaxing_sweep`)."""
+
+    shared: bool = eqx.field(static=True)
+
+
+def _is_primal(x):
+    return isinstance(x, CustomVJPPrimal)
+
+
 def _solve_end_fwd(field, grid, throw):
+    # With symbolic zeros, every leaf comes as a CustomVJPPrimal(value, perturbed).
+    shared = (field.params, getattr(field.source, "kappa", None), grid)
+    perturbed = any(p.perturbed for p in jax.tree.leaves(shared, is_leaf=_is_primal))
+    field, grid = jax.tree.map(lambda p: p.value, (field, grid), is_leaf=_is_primal)
     # Nothing of the trajectory is kept: the backward recomputes it, a chunk of queries at a time.
-    return _solve_end(field, grid, throw), (field, grid)
+    return _solve_end(field, grid, throw), (field, grid, _Differentiated(perturbed))
 
 
 def _reverse_sweep(step, shared, xs, y0, cotangent):
@@ -324,57 +340,68 @@ def _element_step_adjoint(sigma0, per_query, scalars, ct_sigma1, ct_z1):
     return e_a * ct_sigma1 + e1 * b_ct_z1, ct_alpha, sigma0 * e1 + c * e2
 
 
-def _relaxing_sweep(field, grid, cotangent):
-    r"""`_sweep` for the abstract astrocyte (`RelaxingCalcium`), with the per-element adjoint written out.
+def _relaxing_sweep(field, grid, cotangent, *, shared: bool = True):
+    r"""`_sweep` for the abstract astrocyte (`RelaxingCalcium`): its step's coefficients factor into per-element
+    leaves $(\phi(q), p_0, \bar p)$ and per-step scalars $(c, \beta, \rho, \eta)$ (`_step_scalars`,
+    `_element_step`), so no module, grid lookup or coefficient function is differentiated inside the reverse scan.
+    The calcium mean $\bar p$ (one per query) enters the steps broadcast over the features and its cotangent is
+    summed back to its own shape once, after the sweep (in the loop, that sum cost the train step about 5 %).
 
-    The step's coefficients factor into per-element leaves $(\phi(q), p_0, \bar p)$ and per-step scalars
-    $(c, \beta, \rho, \eta)$ (`_step_scalars`, `_element_step`), and
-    - $z$ enters each step only as $e^{-\beta_k} z$, so its cotangent after step $k$ is $\bar z_{end}$ times
-      the later steps' decays, a per-step scalar: only $\bar\sigma$ is carried back;
-    - $p_0$ and $\bar p$ enter only through $\alpha_k$ (with weights $c_k\rho_k$ and $c_k(1 - \rho_k)$), and
-      $\phi(q)$ only through $b_k$ (weight $\beta_k\eta_k$): the reverse scan stacks $\bar\alpha_k$ and $w_k$
-      (`_element_step_adjoint`) and their weighted sums over the steps are taken once, after it;
-    - the scalars' cotangents (sums over the elements) come from autodiff of the step in the scalars alone, and
-      are pulled back to the time constants and the grid through a vjp of `_step_scalars`; where those are not
-      differentiated (training, whose time constants are frozen), XLA drops that work.
+    `shared`: whether the time constants, the relaxation rate and the grid are differentiated.
 
-    Equal to `_sweep` up to rounding (tests). Written out instead of `jax.vjp` of the step: the reverse step
-    compiled to 18 elementwise kernels over the (queries, features) arrays, each a pass over memory, and now
-    to about 8; the default layer's forward+backward went from 17.9 to 15.6 ms (2026-12-05, docs/performance.md).
-    (Unrolling the S steps in Python instead of the two `lax.scan`s compiled three times slower and ran slower.)"""
+    - True (fitting time constants): `jax.vjp` of the elementwise step, whose scalars' cotangents (sums over the
+      elements) are pulled back to the time constants and the grid through a vjp of `_step_scalars`.
+    - False (training, whose time constants are frozen): the per-element adjoint written out
+      (`_element_step_adjoint`), and the shared cotangents are zero. $z$ enters each step only as
+      $e^{-\beta_k} z$, so its cotangent after step $k$ is $\bar z_{end}$ times the later steps' decays, a
+      per-step scalar, and only $\bar\sigma$ is carried back; $p_0$ and $\bar p$ enter only through
+      $\alpha_k$ (weights $c_k\rho_k$ and $c_k(1 - \rho_k)$) and $\phi(q)$ only through $b_k$ (weight
+      $\beta_k\eta_k$), so the scan stacks $\bar\alpha_k$ and $w_k$ and their weighted sums over the steps are
+      taken once, after it. `jax.vjp` of the step compiled to 18 elementwise kernels over the (query, feature)
+      arrays, each a pass over memory; this, to about 8 (docs/performance.md).
+
+    Both equal `_sweep` up to rounding (tests). (Unrolling the S steps in Python instead of the two `lax.scan`s
+    compiled three times slower and ran slower.)"""
     scalars, scalars_vjp = jax.vjp(_step_scalars, field, grid)
-    c, beta, rho, eta = scalars
     phi_q, p0 = field.phi_q, field.source.p0
-    # The calcium mean (one per query) enters the steps broadcast over the features; its cotangent is summed
-    # back to its own shape once, after the sweep (in the loop, that sum cost the train step about 5 %).
     p_bar, unbroadcast = jax.vjp(lambda m: jnp.broadcast_to(m, p0.shape), field.source.p_bar)
     per_query = (phi_q, p0, p_bar)
     zeros = jnp.zeros_like(phi_q)
-    _, before = jax.lax.scan(lambda y, x: (_element_step(y, per_query, x), y), (zeros, zeros), scalars)
+    if shared:
+        ct_query, ct_scalars = _reverse_sweep(_element_step, per_query, scalars, (zeros, zeros), cotangent)
+        ct_query = (*ct_query[:2], *unbroadcast(ct_query[2]))
+        ct_field, ct_grid = scalars_vjp(ct_scalars)
+    else:
+        ct_query = _element_sweep(per_query, scalars, cotangent, unbroadcast)
+        ct_field, ct_grid = jax.tree.map(jnp.zeros_like, (field, grid))
+    return eqx.tree_at(
+        lambda f: (f.phi_q, f.source.p0, f.source.p_bar),
+        ct_field,
+        jax.tree.map(jnp.add, (ct_field.phi_q, ct_field.source.p0, ct_field.source.p_bar), ct_query),
+    ), ct_grid
+
+
+def _element_sweep(per_query, scalars, cotangent, unbroadcast):
+    r"""The per-element cotangents $(\phi(q), p_0, \bar p)$ of the read from rest, by the written-out adjoint
+    (`_relaxing_sweep` with `shared=False`); `unbroadcast` sums $\bar p$'s back to its own shape."""
+    c, beta, rho, eta = scalars
+    zeros = jnp.zeros_like(per_query[0])
+    _, before = jax.lax.scan(lambda y, x: (_element_step(y, per_query, x), y[0]), (zeros, zeros), scalars)
     decay = jnp.exp(-beta)
     later = jnp.concatenate([jnp.cumprod(decay[::-1])[::-1][1:], jnp.ones_like(decay[:1])])  # prod_{j > k} e^{-beta_j}
     ct_sigma_end, ct_z_end = cotangent
 
     def back(ct_sigma, inputs):
-        y, x, later_k = inputs
-        ct_z = ct_z_end * later_k
-        ct_sigma0, ct_alpha, w = _element_step_adjoint(y[0], per_query, x, ct_sigma, ct_z)
-        _, scalars_step_vjp = jax.vjp(lambda s: _element_step(y, per_query, s), x)
-        return ct_sigma0, (ct_alpha, w, *scalars_step_vjp((ct_sigma, ct_z)))
+        sigma0, x, later_k = inputs
+        ct_sigma0, ct_alpha, w = _element_step_adjoint(sigma0, per_query, x, ct_sigma, ct_z_end * later_k)
+        return ct_sigma0, (ct_alpha, w)
 
-    _, (ct_alpha, w, ct_scalars) = jax.lax.scan(back, ct_sigma_end, (before, scalars, later), reverse=True)
-    ct_query = (
+    _, (ct_alpha, w) = jax.lax.scan(back, ct_sigma_end, (before, scalars, later), reverse=True)
+    return (
         ct_z_end * jnp.tensordot(beta * eta * later, w, axes=1),
         jnp.tensordot(c * rho, ct_alpha, axes=1),
         *unbroadcast(jnp.tensordot(c * (1 - rho), ct_alpha, axes=1)),
     )
-    ct_field, ct_grid = scalars_vjp(ct_scalars)
-    ct_field = eqx.tree_at(
-        lambda f: (f.phi_q, f.source.p0, f.source.p_bar),
-        ct_field,
-        jax.tree.map(jnp.add, (ct_field.phi_q, ct_field.source.p0, ct_field.source.p_bar), ct_query),
-    )
-    return ct_field, ct_grid
 
 
 def _solve_end_bwd(throw, residuals, cotangent):
@@ -383,9 +410,13 @@ def _solve_end_bwd(throw, residuals, cotangent):
     one chunk's S states are ever held. Leaves of the field with a leading query axis are chunked; the others
     (time constants, the relaxation rate) are shared and their cotangents summed over the queries."""
     del throw
-    field, grid = residuals
+    field, grid, differentiated = residuals
+    cotangent = tuple(jnp.zeros(c.shape, c.dtype) if isinstance(c, SymbolicZero) else c for c in cotangent)
     spec = _query_spec(field)
-    sweep = _relaxing_sweep if isinstance(field.source, RelaxingCalcium) else _sweep
+    if isinstance(field.source, RelaxingCalcium):
+        sweep = functools.partial(_relaxing_sweep, shared=differentiated.shared)
+    else:
+        sweep = _sweep
     L = field.phi_q.shape[0] if spec is not None else 0
     if spec is None or L <= QUERY_CHUNK:  # nothing to chunk: the whole trajectory is recomputed at once
         return sweep(field, grid, cotangent)
@@ -402,7 +433,7 @@ def _solve_end_bwd(throw, residuals, cotangent):
     return eqx.combine(ct_rows, ct_shared), jnp.sum(ct_grid, axis=0)
 
 
-_solve_end.defvjp(_solve_end_fwd, _solve_end_bwd)
+_solve_end.defvjp(_solve_end_fwd, _solve_end_bwd, symbolic_zeros=True)
 
 
 def solve_read(
