@@ -9,7 +9,8 @@ gradient takes minutes to compile) on a batch (B, L, d_model) in float32, and me
 
 - compile time of the jitted forward and forward+backward (`lower().compile()`),
 - forward time and forward+backward time: the gradient of a scalar loss with respect to the input x (hence the
-  queries, keys and values) and all the layer's parameters,
+  queries, keys and values) and all the layer's parameters; `na-ode-fixed-tau` is the `na-ode` layer with its
+  time constants held fixed, as `astroformer train` holds them (the gradient training computes),
 
 interleaved: inside each repeat every kind is timed once, in a rotating order, so that machine noise hits all
 kinds alike. Every raw time is kept, with the median and the ratio of medians to softmax (the library's per-head layer)
@@ -52,7 +53,7 @@ from ._common import (
 )
 
 
-KINDS = ("softmax", "softmax-batched", "linear", "na-equilibrium", "na-ode", "na-ode-full")
+KINDS = ("softmax", "softmax-batched", "linear", "na-equilibrium", "na-ode", "na-ode-fixed-tau", "na-ode-full")
 FORWARD_ONLY = ("na-ode-full",)
 SOFTMAX_KINDS = ("softmax", "softmax-batched")
 
@@ -75,7 +76,20 @@ class BatchedSoftmaxAttention(eqx.Module):
         return project(self.layer.output, out.reshape(L, d_model))
 
 
+class FixedTimeConstants(eqx.Module):
+    """The na-ode layer with its time constants held fixed (`jax.lax.stop_gradient`), as `astroformer train`
+    holds them (`trainable_filter`): its gradient is the one training computes, and the read's backward takes
+    its written-out per-element adjoint."""
+
+    layer: af.NeuronAstrocyteAttention
+
+    def __call__(self, x):
+        return eqx.tree_at(lambda a: a.params, self.layer, jax.lax.stop_gradient(self.layer.params))(x)
+
+
 def build_layer(kind: str, d_model: int, num_heads: int, num_features: int, key):
+    if kind == "na-ode-fixed-tau":
+        return FixedTimeConstants(af.make_attention("na-ode", d_model, num_heads, num_features=num_features, key=key))
     if kind == "softmax-batched":
         return BatchedSoftmaxAttention(af.make_attention("softmax", d_model, num_heads, key=key))
     if kind == "na-ode-full":

@@ -12,7 +12,7 @@ import pytest
 pytestmark = pytest.mark.slow  # runs in CI through `pytest -m slow`
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("softmax", "softmax-batched", "linear", "na-equilibrium", "na-ode")
+KINDS = ("softmax", "softmax-batched", "linear", "na-equilibrium", "na-ode", "na-ode-fixed-tau")
 
 
 @pytest.fixture(scope="module")
