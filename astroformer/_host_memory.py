@@ -26,17 +26,19 @@ def keep_freed_host_memory() -> bool:
     temporaries (see the module's docstring for why this matters on the CPU).
 
     Process-wide and for the rest of the process: the process then keeps memory it has freed instead of
-    returning it to the system (its resident size does not shrink after a large computation). Call it at the
-    start of a training or benchmark program; `astroformer train`, `astroformer bench` and the benchmark scripts
-    do. It changes no result, only where memory comes from.
+    returning it to the system, so its resident size does not shrink after a large computation (memory freed
+    inside the heap is reused by later allocations). Call it at the start of a training or benchmark program;
+    `astroformer train` and the speed benchmarks do. It changes no result, only where memory comes from.
+    `ASTROFORMER_KEEP_HOST_MEMORY=0` in the environment turns it off (then it does nothing and returns False).
 
     Returns whether the allocator took the settings: False where the C library is not glibc (macOS, Windows,
-    musl), which do not have this cost in the same form or do not offer the setting.
+    musl), which do not offer them. (With another allocator preloaded, e.g. jemalloc, glibc takes the settings
+    but the allocations are not its own: the call then has no effect.)
     """
     global _kept
     if _kept:
         return True
-    if os.name != "posix":
+    if os.name != "posix" or os.environ.get("ASTROFORMER_KEEP_HOST_MEMORY", "1") == "0":
         return False
     try:
         libc = ctypes.CDLL(None)  # the C library this process runs on

@@ -152,9 +152,6 @@ def _extra_commands():
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from ._host_memory import keep_freed_host_memory
-
-    keep_freed_host_memory()  # XLA's per-call temporaries reuse freed pages (`astroformer._host_memory`)
     return args.func(args)
 
 

@@ -3,6 +3,10 @@
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The CLI's `train` keeps freed host memory process-wide (`astroformer.keep_freed_host_memory`); tests that call it
+# in-process must not change the allocator of the whole test session (tests/test_host_memory.py checks it in
+# subprocesses of its own).
+os.environ.setdefault("ASTROFORMER_KEEP_HOST_MEMORY", "0")
 
 import jax
 import jaxtyping

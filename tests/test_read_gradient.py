@@ -33,9 +33,9 @@ def _inputs():
     return phi_q, phi_k, v, w, params
 
 
-def _loss(adjoint=None):
+def _loss(adjoint=None, **kwargs):
     def loss(phi_q, phi_k, v, params, w):
-        x = af.na_attention(phi_q, phi_k, v, params, read_steps=6, adjoint=adjoint)
+        x = af.na_attention(phi_q, phi_k, v, params, read_steps=6, adjoint=adjoint, **kwargs)
         return jnp.sum(x * w)
 
     return loss
@@ -117,7 +117,8 @@ def test_chunked_read_matches_diffrax_adjoint_over_many_queries(argnums):
     """More queries than `QUERY_CHUNK` and not a multiple of it (the forward solves and the backward sweeps run
     chunk by chunk, the last chunk short): values and gradients equal diffrax's own solve and adjoint of the
     whole read at once, vmapped over two heads with their own parameters. With the time constants held fixed
-    (as in training), the read's backward takes its written-out per-element adjoint."""
+    (as in training), the read's backward takes its written-out per-element adjoint. The causal head runs the
+    sequence as one chunk (`chunk_size`), so the read sees all Lq queries at once."""
     from astroformer._head._read import QUERY_CHUNK
 
     Lq = QUERY_CHUNK * 2 + 5
@@ -131,7 +132,7 @@ def test_chunked_read_matches_diffrax_adjoint_over_many_queries(argnums):
     heads = _two_heads(params)
 
     def total(adjoint):
-        one = jax.value_and_grad(_loss(adjoint), argnums=argnums)
+        one = jax.value_and_grad(_loss(adjoint, chunk_size=Lq), argnums=argnums)
         return jax.jit(jax.vmap(one))(phi_q, phi_k, v, heads, w)
 
     (value, grads), (ref_value, ref_grads) = total(None), total(diffrax.RecursiveCheckpointAdjoint(checkpoints=6))
@@ -277,5 +278,47 @@ def test_magnus_exponential_slopes_match_quadrature_and_autodiff():
     _, slopes32 = magnus_exponentials_and_slopes(alpha.astype(jnp.float32), beta.astype(jnp.float32))
     for k in range(4):
         np.testing.assert_allclose(slopes32[k], expected[k], rtol=5e-4, atol=1e-7, err_msg=f"float32 slope {k}")
-    stiff = magnus_exponentials_and_slopes(jnp.float32(1e9), jnp.float32(0.5))
-    assert all(bool(jnp.isfinite(v)) for v in jax.tree.leaves(stiff))
+    # Stiff steps (the default layer's alpha reaches about 2e5): float32 against float64, and psi' against its
+    # closed form (e^{-x}(1 + x) - 1) / x^2.
+    big = np.concatenate([np.geomspace(20.0, 2e5, 101), [1e9]])
+    for b in (0.0, 0.5, 3.0):
+        _, s64 = magnus_exponentials_and_slopes(jnp.asarray(big), jnp.float64(b))
+        _, s32 = magnus_exponentials_and_slopes(jnp.asarray(big, jnp.float32), jnp.float32(b))
+        np.testing.assert_allclose(s64[1], (np.exp(-big) * (1 + big) - 1) / big**2, rtol=1e-12)
+        for k in range(4):
+            assert np.all(np.isfinite(s32[k]))
+            np.testing.assert_allclose(s32[k], s64[k], rtol=1e-5, atol=1e-30, err_msg=f"stiff slope {k}, beta {b}")
+
+
+@pytest.mark.parametrize("queries", ["one-chunk", "query-chunks"])
+def test_backward_follows_what_is_differentiated(monkeypatch, queries):
+    """The read's backward takes the written-out per-element adjoint exactly when its time constants are not
+    differentiated (not asked for, or held fixed with `stop_gradient` as training holds them), and autodiff of the
+    step when they are, with L at most `QUERY_CHUNK` and above it (the chunked backward)."""
+    from astroformer._head import _read
+
+    traced = []
+
+    def spy(name, f):
+        def wrapped(*args, **kwargs):
+            traced.append(name)
+            return f(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(_read, "_element_sweep", spy("written", _read._element_sweep))
+    monkeypatch.setattr(_read, "_reverse_sweep", spy("autodiff", _read._reverse_sweep))
+    phi_q, phi_k, v, w, params = _inputs()
+    if queries == "query-chunks":
+        reps = _read.QUERY_CHUNK // L + 1
+        phi_q, phi_k, v, w = (jnp.tile(a, (reps, 1)) for a in (phi_q, phi_k, v, w))
+    loss = _loss(chunk_size=phi_q.shape[0])
+    cases = {
+        "time constants": (lambda q, p: loss(q, phi_k, v, p, w), {"autodiff"}),
+        "inputs only": (lambda q, p: loss(q, phi_k, v, params, w), {"written"}),
+        "stop_gradient": (lambda q, p: loss(q, phi_k, v, jax.lax.stop_gradient(p), w), {"written"}),
+    }
+    for name, (f, expected) in cases.items():
+        traced.clear()
+        jax.grad(f, argnums=(0, 1))(phi_q, params)
+        assert set(traced) == expected, name

@@ -86,16 +86,17 @@ _PSI_SLOPE_SERIES = tuple((-1) ** n * n / math.factorial(n + 1) for n in range(1
 
 
 def psi_slope(x: Float[ArrayLike, "*shape"], psi_x: Float[ArrayLike, "*shape"]) -> Float[Array, "*shape"]:
-    r"""$\psi'(x) = (e^{-x} - \psi(x))/x = -\int_0^1 w\,e^{-xw}\,dw$ for $x \ge 0$, given `psi_x` $= \psi(x)$.
+    r"""$\psi'(x) = (e^{-x} - \psi(x))/x = -\int_0^1 w\,e^{-xw}\,dw$ for $x \ge 0$ (not for negative $x$),
+    given `psi_x` $= \psi(x)$.
 
-    Uses $e^{-x} = 1 - x\psi(x)$ (no further exponential), and the Taylor series below $x = 0.1$, where the
-    difference cancels. (Differentiating `psi`'s formula instead cancels already at $x = 10^{-4}$: in float32,
-    relative errors up to $10^{-3}$.)
+    The Taylor series below $x = 0.1$, where the difference cancels. (Differentiating `psi`'s formula instead
+    cancels already at $x = 10^{-4}$: in float32, relative errors up to $10^{-3}$. $e^{-x}$ is evaluated, not
+    taken as $1 - x\psi(x)$, which cancels for large $x$.)
     """
     x = jnp.asarray(x)
     small = x < 0.1
     x_safe = jnp.where(small, 1.0, x)
-    exact = (1.0 - x_safe * psi_x - psi_x) / x_safe
+    exact = (jnp.exp(-x) - psi_x) / x_safe  # e^{-x} <= 1 for x >= 0: finite in either branch
     xs = jnp.where(small, x, 0.0)
     series = _PSI_SLOPE_SERIES[-1]
     for coefficient in _PSI_SLOPE_SERIES[-2::-1]:

@@ -150,6 +150,9 @@ def _one_line(error: Exception) -> str:
 
 
 def _train(args) -> int:
+    from .._host_memory import keep_freed_host_memory
+
+    keep_freed_host_memory()  # the train step's temporaries reuse freed pages (`astroformer._host_memory`)
     try:
         return _train_inner(args)
     except _errors() as error:
