@@ -44,6 +44,20 @@ def exp_mean3(x: Float[ArrayLike, "*shape"], y: Float[ArrayLike, "*shape"]) -> F
     return magnus_exponentials(x, y)[3]
 
 
+def _sorted_nodes(alpha, beta):
+    """The nodes of `magnus_exponentials` sorted, and the guards of its Taylor branch (where hi < 0.1):
+    `(alpha_lo, lo, hi, small, hi_safe, x, y)`, with `x, y` the nodes where `small` and 0 elsewhere."""
+    # Selected (not min/max) so that at ties the derivative is attributed consistently.
+    alpha_lo = alpha <= beta
+    lo = jnp.where(alpha_lo, alpha, beta)
+    hi = jnp.where(alpha_lo, beta, alpha)
+    small = hi < 0.1
+    hi_safe = jnp.where(small, 1.0, hi)
+    x = jnp.where(small, alpha, 0.0)  # guarded: x^5 overflows for large x, and inf * 0 is NaN in the backward
+    y = jnp.where(small, beta, 0.0)
+    return alpha_lo, lo, hi, small, hi_safe, x, y
+
+
 def magnus_exponentials(
     alpha: Float[ArrayLike, "*shape"], beta: Float[ArrayLike, "*b"]
 ) -> tuple[Float[Array, "*shape"], Float[Array, "*shape"], Float[Array, "*shape"], Float[Array, "*shape"]]:
@@ -60,18 +74,11 @@ def magnus_exponentials(
     psi_a = psi(alpha)
     e_b = jnp.exp(-beta)
     psi_b = psi(beta)
-    # Sorted nodes, selected (not min/max) so that at ties the derivative is attributed consistently.
-    alpha_lo = alpha <= beta
-    lo = jnp.where(alpha_lo, alpha, beta)
-    hi = jnp.where(alpha_lo, beta, alpha)
+    alpha_lo, lo, hi, small, hi_safe, x, y = _sorted_nodes(alpha, beta)
     # E_1 = e^{-lo} psi(hi - lo)   (exp_mean2)
     e1 = jnp.where(alpha_lo, e_a, e_b) * psi(hi - lo)
     # E_2 = (psi(lo) - E_1(lo, hi)) / hi, or its Taylor series when hi < 0.1   (exp_mean3)
-    small = hi < 0.1
-    hi_safe = jnp.where(small, 1.0, hi)
     exact = (jnp.where(alpha_lo, psi_a, psi_b) - e1) / hi_safe
-    x = jnp.where(small, alpha, 0.0)  # guarded: x^5 overflows for large x, and inf * 0 is NaN in the backward
-    y = jnp.where(small, beta, 0.0)
     h1 = x + y
     h2 = x * x + x * y + y * y
     h3 = h2 * x + y**3
@@ -127,18 +134,12 @@ def magnus_exponentials_and_slopes(
     values = magnus_exponentials(alpha, beta)
     e_a, psi_a, _, e2 = values
     e_b = jnp.exp(-beta)
-    alpha_lo = alpha <= beta
-    lo = jnp.where(alpha_lo, alpha, beta)
-    hi = jnp.where(alpha_lo, beta, alpha)
+    alpha_lo, lo, hi, small, hi_safe, x, y = _sorted_nodes(alpha, beta)
     psi_d = psi(hi - lo)
     dpsi_d = psi_slope(hi - lo, psi_d)
     dpsi_a = psi_slope(alpha, psi_a)
     de1 = jnp.where(alpha_lo, -e_a * (psi_d + dpsi_d), e_b * dpsi_d)
-    small = hi < 0.1
-    hi_safe = jnp.where(small, 1.0, hi)
     de2 = jnp.where(alpha_lo, dpsi_a - de1, -(de1 + e2)) / hi_safe
-    x = jnp.where(small, alpha, 0.0)  # guarded as in magnus_exponentials
-    y = jnp.where(small, beta, 0.0)
     h, dh = x + y, jnp.ones_like(x)  # h_n(x, y) = h_{n-1} x + y^n and its derivative in x
     de2_series = -dh / 6
     for n in range(2, 9):
