@@ -362,17 +362,17 @@ def _relaxing_sweep(field, grid, cotangent, *, shared: bool = True):
 
     Both equal `_sweep` up to rounding (tests). (Unrolling the S steps in Python instead of the two `lax.scan`s
     compiled three times slower and ran slower.)"""
-    scalars, scalars_vjp = jax.vjp(_step_scalars, field, grid)
     phi_q, p0 = field.phi_q, field.source.p0
     p_bar, unbroadcast = jax.vjp(lambda m: jnp.broadcast_to(m, p0.shape), field.source.p_bar)
     per_query = (phi_q, p0, p_bar)
-    zeros = jnp.zeros_like(phi_q)
     if shared:
+        scalars, scalars_vjp = jax.vjp(_step_scalars, field, grid)
+        zeros = jnp.zeros_like(phi_q)
         ct_query, ct_scalars = _reverse_sweep(_element_step, per_query, scalars, (zeros, zeros), cotangent)
         ct_query = (*ct_query[:2], *unbroadcast(ct_query[2]))
         ct_field, ct_grid = scalars_vjp(ct_scalars)
     else:
-        ct_query = _element_sweep(per_query, scalars, cotangent, unbroadcast)
+        ct_query = _element_sweep(per_query, _step_scalars(field, grid), cotangent, unbroadcast)
         ct_field, ct_grid = jax.tree.map(jnp.zeros_like, (field, grid))
     return eqx.tree_at(
         lambda f: (f.phi_q, f.source.p0, f.source.p_bar),
