@@ -322,3 +322,34 @@ def test_backward_follows_what_is_differentiated(monkeypatch, queries):
         traced.clear()
         jax.grad(f, argnums=(0, 1))(phi_q, params)
         assert set(traced) == expected, name
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["default", "diffrax-adjoint", "calcium"],
+)
+def test_float32_model_keeps_its_dtype_under_x64(kind):
+    """With float64 switched on (as here), a float32 model's read stays float32, forward and backward: diffrax's
+    times default to float64 and it promotes the state to them, which once made the read float64 and its custom
+    VJP fail on cotangents of the wrong dtype. The values equal the same model run with float64 off."""
+    phi_q, phi_k, v, w = (a.astype(jnp.float32) for a in _inputs()[:4])
+    params = jax.tree.map(lambda a: a.astype(jnp.float32), _inputs()[4])
+
+    def loss(phi_q, params):
+        if kind == "calcium":
+            x = af.na_attention_calcium(phi_q, phi_k, v, params, read_steps=4)
+        else:
+            adjoint = diffrax.RecursiveCheckpointAdjoint(checkpoints=6) if kind == "diffrax-adjoint" else None
+            x = af.na_attention(phi_q, phi_k, v, params, read_steps=6, adjoint=adjoint)
+        return jnp.sum(x * w), x
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))
+    (g_q, g_params), x = grad(phi_q, params)
+    assert x.dtype == jnp.float32 and g_q.dtype == jnp.float32
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(g_params))
+    with jax.enable_x64(False):
+        (r_q, r_params), r_x = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))(phi_q, params)
+    np.testing.assert_allclose(x, r_x, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(g_q, r_q, rtol=1e-4, atol=1e-6)
+    for g, r in zip(jax.tree.leaves(g_params), jax.tree.leaves(r_params), strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-6)

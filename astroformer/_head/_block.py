@@ -232,8 +232,8 @@ def reduced_read(
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(field),
         solver,
-        0.0,
-        1.0,
+        jnp.asarray(0.0, phi_q.dtype),  # times in the state's dtype: diffrax promotes the state to theirs
+        jnp.asarray(1.0, phi_q.dtype),
         dt0,
         y0,
         stepsize_controller=stepsize_controller,

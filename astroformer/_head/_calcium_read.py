@@ -279,8 +279,8 @@ def calcium_read(
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(field),
         solver,
-        0.0,
-        1.0,
+        jnp.asarray(0.0, dtype),  # times in the state's dtype: diffrax promotes the state to theirs
+        jnp.asarray(1.0, dtype),
         dt0,
         y0,
         saveat=diffrax.SaveAt(ts=nodes.reshape(-1)),

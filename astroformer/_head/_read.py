@@ -29,7 +29,6 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 from jaxtyping import Array, ArrayLike, Float
 
@@ -173,15 +172,18 @@ def read_grid(params: NAParams, N: int, M: int, steps: int, dtype) -> Float[Arra
 def _step_time_solve(term_field: StepTimeField, saveat: diffrax.SaveAt, throw: bool):
     S = term_field.grid.shape[0] - 1
     zeros = jnp.zeros_like(term_field.field.phi_q)
+    # The step times in the grid's dtype: diffrax promotes the state to its times' dtype, and Python or NumPy
+    # times are float64 under x64, which would turn a float32 model's read (and its cotangents) into float64.
+    ts = jnp.arange(S + 1, dtype=term_field.grid.dtype)
     return diffrax.diffeqsolve(
         diffrax.ODETerm(term_field),
         Magnus2(),
-        0.0,
-        S,
+        ts[0],
+        ts[-1],
         None,
         (zeros, zeros),
         saveat=saveat,
-        stepsize_controller=diffrax.StepTo(ts=jnp.asarray(np.arange(S + 1.0))),  # what StepTo's converter does
+        stepsize_controller=diffrax.StepTo(ts=ts),
         max_steps=S,
         throw=throw,
     )
