@@ -290,6 +290,38 @@ def test_magnus_exponential_slopes_match_quadrature_and_autodiff():
             np.testing.assert_allclose(s32[k], s64[k], rtol=1e-5, atol=1e-30, err_msg=f"stiff slope {k}, beta {b}")
 
 
+def test_magnus_exponentials_where_both_nodes_are_large():
+    """Both nodes large (e^{-lo} below the square root of the smallest normal number, lo > 43.7 in float32):
+    E_1 is taken with e^{-(hi - lo)} = 0, so its error must stay negligible beside E_2, next to which it enters
+    the step, and autodiff's gradient must stay finite. Also: a scalar beta gives the values of the broadcast one."""
+    from astroformer._solvers._special import magnus_exponentials, magnus_exponentials_and_slopes
+
+    grid = np.geomspace(30.0, 300.0, 41)
+    # float32 nodes, and the float64 reference at the same (rounded) nodes
+    a, b = (g.ravel().astype(np.float32).astype(np.float64) for g in np.meshgrid(grid, grid, indexing="ij"))
+    values64, slopes64 = magnus_exponentials_and_slopes(jnp.asarray(a), jnp.asarray(b))
+    values32, slopes32 = magnus_exponentials_and_slopes(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
+    e2 = np.asarray(values64[3])
+    for k in (0, 1, 3):
+        np.testing.assert_allclose(
+            values32[k], values64[k], rtol=1e-6, atol=np.finfo(np.float32).tiny, err_msg=f"value {k}"
+        )
+    assert np.max(np.abs(np.asarray(values32[2], np.float64) - np.asarray(values64[2])) / e2) < 1e-12
+    assert np.max(np.abs(np.asarray(slopes32[2], np.float64) - np.asarray(slopes64[2])) / np.abs(slopes64[3])) < 1e-12
+    np.testing.assert_allclose(slopes32[3], slopes64[3], rtol=2e-5)
+    for dtype in (jnp.float32, jnp.float64):
+        grads = jax.grad(lambda x, y: sum(jnp.sum(v) for v in magnus_exponentials(x, y)), argnums=(0, 1))(
+            jnp.asarray(a, dtype), jnp.asarray(b, dtype)
+        )
+        assert all(np.all(np.isfinite(g)) for g in grads)
+    alpha = jnp.asarray(np.concatenate([[0.0], np.geomspace(1e-6, 2e5, 200)]))
+    for beta in (0.0, 0.05, 3.0, 60.0):
+        scalar = magnus_exponentials(alpha, jnp.float64(beta))
+        full = magnus_exponentials(alpha, jnp.full_like(alpha, beta))
+        for k in range(4):
+            np.testing.assert_allclose(scalar[k], full[k], rtol=1e-14, atol=1e-300)
+
+
 @pytest.mark.parametrize("queries", ["one-chunk", "query-chunks"])
 def test_backward_follows_what_is_differentiated(monkeypatch, queries):
     """The read's backward takes the written-out per-element adjoint exactly when its time constants are not
