@@ -252,13 +252,26 @@ def _slopes_by_quadrature(alpha, beta, n=64):
     return -np.exp(-alpha), dpsi, de1, de2
 
 
-NODES = (0.0, 1e-6, 1e-3, 0.05, 0.0999, 0.1, 0.1001, 0.3, 1.0, 3.0, 20.0)
+def _values_by_quadrature(alpha, beta, n=64):
+    """(e^{-alpha}, psi(alpha), E_1, E_2) from their integral forms by Gauss-Legendre quadrature (float64 NumPy)."""
+    w01, x01 = (lambda x, w: (w / 2, (x + 1) / 2))(*np.polynomial.legendre.leggauss(n))
+    psi = np.sum(w01 * np.exp(-alpha * x01))
+    e1 = np.sum(w01 * np.exp(-(1 - x01) * alpha - x01 * beta))
+    b = x01[:, None]
+    a = b * x01[None, :]  # a in [0, b]: weight b
+    e2 = np.sum(w01[:, None] * w01[None, :] * b * np.exp(-(b - a) * alpha - (1 - b) * beta))
+    return np.exp(-alpha), psi, e1, e2
+
+
+# Every branch point: the Taylor branches below 0.1 (E_2) and 1/2 (psi, psi'), ties, both orders.
+NODES = (0.0, 1e-6, 1e-3, 0.05, 0.0999, 0.1, 0.1001, 0.3, 0.4999, 0.5, 0.5001, 1.0, 3.0, 20.0)
 
 
 def test_magnus_exponential_slopes_match_quadrature_and_autodiff():
     """The read's hand-written adjoint differentiates `magnus_exponentials` in alpha by closed forms: they equal
     quadrature of the integral forms (every branch: small and large nodes, ties, both orders) and autodiff of the
-    stable forms; their values are `magnus_exponentials`' own; and they stay finite for very stiff steps."""
+    stable forms; their values are `magnus_exponentials`' own and equal quadrature too (float64 and float32); and
+    they stay finite for very stiff steps."""
     from astroformer._solvers._special import magnus_exponentials, magnus_exponentials_and_slopes
 
     pairs = (
@@ -268,6 +281,12 @@ def test_magnus_exponential_slopes_match_quadrature_and_autodiff():
     values, slopes = magnus_exponentials_and_slopes(alpha, beta)
     for mine, theirs in zip(values, magnus_exponentials(alpha, beta)):
         np.testing.assert_array_equal(mine, theirs)
+    reference = np.array([_values_by_quadrature(a, b) for a, b in pairs]).T
+    for k in range(4):
+        np.testing.assert_allclose(values[k], reference[k], rtol=1e-12, atol=1e-15, err_msg=f"value {k}")
+    values32 = magnus_exponentials(alpha.astype(jnp.float32), beta.astype(jnp.float32))
+    for k in range(4):
+        np.testing.assert_allclose(values32[k], reference[k], rtol=2e-6, atol=1e-8, err_msg=f"float32 value {k}")
     expected = np.array([_slopes_by_quadrature(a, b) for a, b in pairs]).T
     for k in range(4):
         np.testing.assert_allclose(slopes[k], expected[k], rtol=1e-10, atol=1e-14, err_msg=f"slope {k}")
@@ -385,3 +404,28 @@ def test_float32_model_keeps_its_dtype_under_x64(kind):
     np.testing.assert_allclose(g_q, r_q, rtol=1e-4, atol=1e-6)
     for g, r in zip(jax.tree.leaves(g_params), jax.tree.leaves(r_params), strict=True):
         np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-6)
+
+
+def test_float32_full_model_keeps_its_dtype_under_x64():
+    """The literal model (`state="full"`) in float32 with an explicit solver, as its docstring allows, with float64
+    switched on: its write and read solves stay float32 (they once failed in the write's scan, whose carry came
+    back float64), with the values of the same call with float64 off."""
+    phi_q, phi_k, v = (a.astype(jnp.float32) for a in _inputs()[:3])
+    params = jax.tree.map(lambda a: a.astype(jnp.float32), _inputs()[4])
+
+    def run():
+        return af.na_attention(
+            phi_q[:4],
+            phi_k[:4],
+            v[:4],
+            params,
+            state="full",
+            solver=diffrax.Tsit5(),
+            stepsize_controller=diffrax.PIDController(rtol=1e-5, atol=1e-7),
+        )
+
+    x = run()
+    assert x.dtype == jnp.float32
+    with jax.enable_x64(False):
+        reference = run()
+    np.testing.assert_allclose(x, reference, rtol=1e-5, atol=1e-6)

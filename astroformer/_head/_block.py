@@ -293,8 +293,8 @@ def full_read(phi_q_t, c_t, g_t, params, *, solver, stepsize_controller, adjoint
     return diffrax.diffeqsolve(
         diffrax.ODETerm(FullReadField(params)),
         solver,
-        0.0,
-        1.0,
+        jnp.asarray(0.0, dtype),  # times in the state's dtype: diffrax promotes the state to theirs
+        jnp.asarray(1.0, dtype),
         dt0,
         y0,
         args=(phi_q_t, c_t),

@@ -141,8 +141,8 @@ def write_full(
         sol = diffrax.diffeqsolve(
             term,
             solver,
-            0.0,
-            1.0,
+            jnp.asarray(0.0, dtype),  # times in the state's dtype: diffrax promotes the state to theirs
+            jnp.asarray(1.0, dtype),
             dt0,
             y,
             args=(phi, vt),

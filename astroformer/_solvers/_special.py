@@ -39,7 +39,7 @@ def exp_mean3(x: Float[ArrayLike, "*shape"], y: Float[ArrayLike, "*shape"]) -> F
 
     The second divided difference of $e^{-u}$ on the nodes $(0, x, y)$ (Hermite–Genocchi). Equals $1/2$ at
     $x = y = 0$. Computed as $(E_1(0, lo) - E_1(lo, hi)) / hi$ with $lo, hi$ the sorted nodes, and by its
-    Taylor series $\sum_n (-1)^n h_n(x, y) / (n+2)!$ when $hi < 0.1$ (truncation error below $10^{-10}$).
+    Taylor series $\sum_n (-1)^n h_n(x, y) / (n+2)!$ when $hi < 0.1$ (truncation below an ulp).
     """
     return magnus_exponentials(x, y)[3]
 
@@ -52,8 +52,8 @@ def _series_terms(dtype, float32_terms: int, float64_terms: int) -> int:
 def _psi_given_exp(x, e_x):
     r"""$\psi(x) = (1 - e^{-x})/x$ for $x \ge 0$ from `e_x` $= e^{-x}$, so that no second transcendental is
     evaluated: the quotient where $x \ge 1/2$ (there $1 - e^{-x} \ge 0.39$ does not cancel), the Taylor series
-    $\sum_n (-x)^n / (n+1)!$ below (to an ulp: 8 terms in float32, 15 in float64)."""
-    small = x < 0.5
+    $\sum_n (-x)^n / (n+1)!$ below (to an ulp: 8 terms in float32, 15 in float64); for either sign of $x$."""
+    small = jnp.abs(x) < 0.5
     x_safe = jnp.where(small, 1.0, x)
     xs = jnp.where(small, x, 0.0)
     terms = _series_terms(xs.dtype, 8, 15)
@@ -99,7 +99,7 @@ def _exponentials(alpha, beta):
     e_a = jnp.exp(-alpha)  # the one transcendental per element
     psi_a = _psi_given_exp(alpha, e_a)
     e_b = jnp.exp(-beta)  # beta's functions on its own (lower-rank) shape
-    psi_b = psi(beta)
+    psi_b = _psi_given_exp(beta, e_b)
     alpha_lo, lo, hi, small, hi_safe, x, y = _sorted_nodes(alpha, beta)
     e_lo = jnp.where(alpha_lo, e_a, e_b)
     # e^{-(hi - lo)} = e^{-hi} / e^{-lo}. Where e^{-lo} is below the square root of the smallest normal number
@@ -111,9 +111,10 @@ def _exponentials(alpha, beta):
     psi_d = _psi_given_exp(delta, e_d)
     # E_1 = e^{-lo} psi(hi - lo)   (exp_mean2)
     e1 = e_lo * psi_d
-    # E_2 = (psi(lo) - E_1(lo, hi)) / hi, or its Taylor series sum_{n <= 5} (-1)^n h_n / (n+2)! when hi < 0.1
+    # E_2 = (psi(lo) - E_1(lo, hi)) / hi, or its Taylor series sum_{n <= top} (-1)^n h_n / (n+2)! when hi < 0.1
+    # (top 5 in float32, 9 in float64: truncation below an ulp)
     exact = (jnp.where(alpha_lo, psi_a, psi_b) - e1) / hi_safe
-    coefficients = _coefficients_in_y(y, 5, 0)
+    coefficients = _coefficients_in_y(y, _series_terms(y.dtype, 5, 9), 0)
     series = coefficients[-1]
     for c in coefficients[-2::-1]:
         series = series * x + c
@@ -127,23 +128,24 @@ def magnus_exponentials(
     r"""$(e^{-\alpha}, \psi(\alpha), E_1(\alpha, \beta), E_2(\alpha, \beta))$ in one pass, for $\alpha, \beta \ge 0$.
 
     The same values as `jnp.exp(-alpha)`, `psi(alpha)`, `exp_mean2(alpha, beta)` and `exp_mean3(alpha, beta)`
-    (to rounding), with one transcendental evaluation per element: $\psi(\alpha)$ and $\psi(|\alpha - \beta|)$
-    are taken from $e^{-\alpha}$ and $e^{-|\alpha - \beta|} = e^{-hi}/e^{-lo}$ (`_psi_given_exp`; a Taylor series
-    below 1/2), and $E_2$'s Taylor branch is a polynomial in $\alpha$ whose coefficients are functions of $\beta$.
-    `beta` may be of lower rank than `alpha` (e.g. a scalar); its functions are evaluated before broadcasting.
-    Used by `Magnus2`, whose step needs all four at $\alpha = a\,\Delta t$, $\beta = d\,\Delta t$. (On the read's
-    training step, against one `exp` and two `expm1` per element and the series in both nodes: 12 % faster.)
+    (to rounding), with one transcendental evaluation per element of `alpha`: $\psi(\alpha)$ and
+    $\psi(|\alpha - \beta|)$ are taken from $e^{-\alpha}$ and $e^{-|\alpha - \beta|} = e^{-hi}/e^{-lo}$
+    (`_psi_given_exp`; a Taylor series below 1/2), and $E_2$'s Taylor branch is a polynomial in $\alpha$ whose
+    coefficients are functions of $\beta$. `beta` may be of lower rank than `alpha` (e.g. a scalar, as in the
+    read); its functions are evaluated on its own shape, before broadcasting. Used by `Magnus2`, whose step needs
+    all four at $\alpha = a\,\Delta t$, $\beta = d\,\Delta t$. (On the default train step, against one `exp`
+    and two `expm1` per element and the series formed per element: 6-9 ms of 45-48 ms faster, docs/performance.md.)
     """
     return _exponentials(alpha, beta)[0]
 
 
 def _psi_slope_given_exp(x, psi_x, e_x):
-    r"""$\psi'(x) = (e^{-x} - \psi(x))/x = -\int_0^1 w\,e^{-xw}\,dw$ for $x \ge 0$, from `psi_x` $= \psi(x)$ and
-    `e_x` $= e^{-x}$: the quotient where $x \ge 1/2$, the Taylor series $\sum_{n \ge 1} (-1)^n n x^{n-1}/(n+1)!$
+    r"""$\psi'(x) = (e^{-x} - \psi(x))/x = -\int_0^1 w\,e^{-xw}\,dw$ from `psi_x` $= \psi(x)$ and
+    `e_x` $= e^{-x}$: the quotient where $|x| \ge 1/2$, the Taylor series $\sum_{n \ge 1} (-1)^n n x^{n-1}/(n+1)!$
     below, where the difference cancels (to an ulp: 8 terms in float32, 16 in float64). (Differentiating `psi`'s
     formula instead cancels already at $x = 10^{-4}$: in float32, relative errors up to $10^{-3}$. $e^{-x}$ is
     not taken as $1 - x\psi(x)$, which cancels for large $x$.)"""
-    small = x < 0.5
+    small = jnp.abs(x) < 0.5
     x_safe = jnp.where(small, 1.0, x)
     xs = jnp.where(small, x, 0.0)
     terms = _series_terms(xs.dtype, 8, 16)
@@ -167,7 +169,7 @@ def magnus_exponentials_and_slopes(
                     = -(dE_1/dalpha + E_2) / alpha               otherwise          (E_2 = (psi(beta) - E_1) / alpha)
 
     and, where $hi < 0.1$, the derivative of $E_2$'s Taylor series $\sum_n (-1)^n h_n(\alpha, \beta)/(n+2)!$ (to
-    $n = 8$). Written out so that the read's reverse sweep is a handful of fused elementwise kernels (autodiff of
+    $n = 8$ in float32, 12 in float64). Written out so that the read's reverse sweep is a handful of fused elementwise kernels (autodiff of
     the stable forms produced about three times as many, each a pass over memory), and more accurate than
     autodiff of those forms, which cancels near their branch points.
     """
@@ -177,9 +179,11 @@ def magnus_exponentials_and_slopes(
     dpsi_a = _psi_slope_given_exp(jnp.asarray(alpha), psi_a, e_a)
     de1 = jnp.where(alpha_lo, -e_a * (psi_d + dpsi_d), e_b * dpsi_d)
     de2 = jnp.where(alpha_lo, dpsi_a - de1, -(de1 + e2)) / hi_safe
-    # d/dalpha of the series sum_{n <= 8} (-1)^n h_n / (n+2)! = sum_{i >= 1} i x^(i-1) C_i(beta)
-    coefficients = _coefficients_in_y(y, 8, 1)
-    de2_series = 8 * coefficients[-1]
-    for i in range(7, 0, -1):
+    # d/dalpha of the series sum_{n <= top} (-1)^n h_n / (n+2)! = sum_{i >= 1} i x^(i-1) C_i(beta) (top 8 in
+    # float32, 12 in float64: truncation below an ulp)
+    top = _series_terms(y.dtype, 8, 12)
+    coefficients = _coefficients_in_y(y, top, 1)
+    de2_series = top * coefficients[-1]
+    for i in range(top - 1, 0, -1):
         de2_series = de2_series * x + i * coefficients[i - 1]
     return values, (-e_a, dpsi_a, de1, jnp.where(small, de2_series, de2))
