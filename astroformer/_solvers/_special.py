@@ -50,9 +50,9 @@ def _series_terms(dtype, float32_terms: int, float64_terms: int) -> int:
 
 
 def _psi_given_exp(x, e_x):
-    r"""$\psi(x) = (1 - e^{-x})/x$ for $x \ge 0$ from `e_x` $= e^{-x}$, so that no second transcendental is
-    evaluated: the quotient where $x \ge 1/2$ (there $1 - e^{-x} \ge 0.39$ does not cancel), the Taylor series
-    $\sum_n (-x)^n / (n+1)!$ below (to an ulp: 8 terms in float32, 15 in float64); for either sign of $x$."""
+    r"""$\psi(x) = (1 - e^{-x})/x$ from `e_x` $= e^{-x}$, so that no second transcendental is evaluated:
+    the quotient where $|x| \ge 1/2$ (there $1 - e^{-x} \ge 0.39$ does not cancel), the Taylor series
+    $\sum_n (-x)^n / (n+1)!$ below (to an ulp: 8 terms in float32, 15 in float64)."""
     small = jnp.abs(x) < 0.5
     x_safe = jnp.where(small, 1.0, x)
     xs = jnp.where(small, x, 0.0)
@@ -169,9 +169,9 @@ def magnus_exponentials_and_slopes(
                     = -(dE_1/dalpha + E_2) / alpha               otherwise          (E_2 = (psi(beta) - E_1) / alpha)
 
     and, where $hi < 0.1$, the derivative of $E_2$'s Taylor series $\sum_n (-1)^n h_n(\alpha, \beta)/(n+2)!$ (to
-    $n = 8$ in float32, 12 in float64). Written out so that the read's reverse sweep is a handful of fused elementwise kernels (autodiff of
-    the stable forms produced about three times as many, each a pass over memory), and more accurate than
-    autodiff of those forms, which cancels near their branch points.
+    $n = 8$ in float32, 12 in float64). Written out so that the read's reverse sweep is a handful of fused
+    elementwise kernels (autodiff of the stable forms produced about three times as many, each a pass over
+    memory), and more accurate than autodiff of those forms, which cancels near their branch points.
     """
     values, (e_b, alpha_lo, small, hi_safe, x, y, delta, e_d, psi_d) = _exponentials(alpha, beta)
     e_a, psi_a, _, e2 = values
