@@ -33,6 +33,11 @@ def _inputs():
     return phi_q, phi_k, v, w, params
 
 
+def _float32_inputs():
+    """`_inputs()` cast to float32, the model's default dtype."""
+    return jax.tree.map(lambda a: a.astype(jnp.float32), _inputs())
+
+
 def _loss(adjoint=None, **kwargs):
     def loss(phi_q, phi_k, v, params, w):
         x = af.na_attention(phi_q, phi_k, v, params, read_steps=6, adjoint=adjoint, **kwargs)
@@ -383,8 +388,7 @@ def test_float32_model_keeps_its_dtype_under_x64(kind):
     """With float64 switched on (as here), a float32 model's read stays float32, forward and backward: diffrax's
     times default to float64 and it promotes the state to them, which once made the read float64 and its custom
     VJP fail on cotangents of the wrong dtype. The values equal the same model run with float64 off."""
-    phi_q, phi_k, v, w = (a.astype(jnp.float32) for a in _inputs()[:4])
-    params = jax.tree.map(lambda a: a.astype(jnp.float32), _inputs()[4])
+    phi_q, phi_k, v, w, params = _float32_inputs()
 
     def loss(phi_q, params):
         if kind == "calcium":
@@ -410,8 +414,7 @@ def test_float32_full_model_keeps_its_dtype_under_x64():
     """The literal model (`state="full"`) in float32 with an explicit solver, as its docstring allows, with float64
     switched on: its write and read solves stay float32 (they once failed in the write's scan, whose carry came
     back float64), with the values of the same call with float64 off."""
-    phi_q, phi_k, v = (a.astype(jnp.float32) for a in _inputs()[:3])
-    params = jax.tree.map(lambda a: a.astype(jnp.float32), _inputs()[4])
+    phi_q, phi_k, v, _, params = _float32_inputs()
 
     def run():
         return af.na_attention(

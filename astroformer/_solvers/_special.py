@@ -81,14 +81,14 @@ def _sorted_nodes(alpha, beta):
 def _coefficients_in_y(y, top: int, first: int):
     r"""$C_i(y) = \sum_{n=i}^{top} (-1)^n y^{n-i} / (n+2)!$ for $i = first, \dots, top$, on `y`'s shape: with
     $h_n(x, y) = \sum_{i \le n} x^i y^{n-i}$, $\sum_{n \le top} (-1)^n h_n(x, y) / (n+2)! = \sum_i x^i C_i(y)$.
-    `y` is the read's per-step $\beta$, so the per-element work of the series is one polynomial in $x$."""
-    out = []
-    for i in range(first, top + 1):
-        c = jnp.full_like(y, (-1) ** top / math.factorial(top + 2))
-        for n in range(top - 1, i - 1, -1):
-            c = c * y + (-1) ** n / math.factorial(n + 2)
+    `y` is the read's per-step $\beta$, so the per-element work of the series is one polynomial in $x$. One
+    Horner pass from the top: $C_{top} = (-1)^{top}/(top+2)!$, $C_i = (-1)^i/(i+2)! + y\,C_{i+1}$."""
+    c = jnp.full_like(y, (-1) ** top / math.factorial(top + 2))
+    out = [c]
+    for i in range(top - 1, first - 1, -1):
+        c = c * y + (-1) ** i / math.factorial(i + 2)
         out.append(c)
-    return out
+    return out[::-1]
 
 
 def _exponentials(alpha, beta):
