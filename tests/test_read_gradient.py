@@ -257,6 +257,16 @@ def _slopes_by_quadrature(alpha, beta, n=64):
     return -np.exp(-alpha), dpsi, de1, de2
 
 
+def _beta_slopes_by_quadrature(alpha, beta, n=64):
+    """The beta-derivatives of (E_1, E_2) from their integral forms, as `_slopes_by_quadrature`."""
+    w01, x01 = (lambda x, w: (w / 2, (x + 1) / 2))(*np.polynomial.legendre.leggauss(n))
+    de1 = -np.sum(w01 * x01 * np.exp(-(1 - x01) * alpha - x01 * beta))
+    b = x01[:, None]
+    a = b * x01[None, :]  # a in [0, b]: weight b
+    de2 = -np.sum(w01[:, None] * w01[None, :] * b * (1 - b) * np.exp(-(b - a) * alpha - (1 - b) * beta))
+    return de1, de2
+
+
 def _values_by_quadrature(alpha, beta, n=64):
     """(e^{-alpha}, psi(alpha), E_1, E_2) from their integral forms by Gauss-Legendre quadrature (float64 NumPy)."""
     w01, x01 = (lambda x, w: (w / 2, (x + 1) / 2))(*np.polynomial.legendre.leggauss(n))
@@ -273,9 +283,9 @@ NODES = (0.0, 1e-6, 1e-3, 0.05, 0.0999, 0.1, 0.1001, 0.3, 0.4999, 0.5, 0.5001, 1
 
 
 def test_magnus_exponential_slopes_match_quadrature_and_autodiff():
-    """The read's hand-written adjoint differentiates `magnus_exponentials` in alpha by closed forms: they equal
-    quadrature of the integral forms (every branch: small and large nodes, ties, both orders) and autodiff of the
-    stable forms; their values are `magnus_exponentials`' own and equal quadrature too (float64 and float32); and
+    """The read's hand-written adjoint differentiates `magnus_exponentials` in alpha (and E_1, E_2 in beta) by
+    closed forms: they equal quadrature of the integral forms (every branch: small and large nodes, ties, both
+    orders) and autodiff of the stable forms; their values are `magnus_exponentials`' own and equal quadrature too (float64 and float32); and
     they stay finite for very stiff steps."""
     from astroformer._solvers._special import magnus_exponentials, magnus_exponentials_and_slopes
 
@@ -302,6 +312,20 @@ def test_magnus_exponential_slopes_match_quadrature_and_autodiff():
     _, slopes32 = magnus_exponentials_and_slopes(alpha.astype(jnp.float32), beta.astype(jnp.float32))
     for k in range(4):
         np.testing.assert_allclose(slopes32[k], expected[k], rtol=5e-4, atol=1e-7, err_msg=f"float32 slope {k}")
+    # The beta-slopes of E_1 and E_2 (the read's per-step scalars' cotangents, when fitting time constants):
+    # quadrature, autodiff in beta, float32; the alpha-slopes returned beside them are the ones above.
+    from astroformer._solvers._special import magnus_exponentials_and_gradients
+
+    values_b, slopes_a, slopes_b = magnus_exponentials_and_gradients(alpha, beta)
+    for mine, theirs in zip((*values_b, *slopes_a), (*values, *slopes)):
+        np.testing.assert_array_equal(mine, theirs)
+    expected_b = np.array([_beta_slopes_by_quadrature(a, b) for a, b in pairs]).T
+    _, autodiff_b = jax.jvp(lambda y: magnus_exponentials(alpha, y), (beta,), (jnp.ones_like(beta),))
+    _, _, slopes_b32 = magnus_exponentials_and_gradients(alpha.astype(jnp.float32), beta.astype(jnp.float32))
+    for k in range(2):
+        np.testing.assert_allclose(slopes_b[k], expected_b[k], rtol=1e-10, atol=1e-14, err_msg=f"beta slope {k}")
+        np.testing.assert_allclose(slopes_b[k], autodiff_b[k + 2], rtol=1e-6, atol=1e-12, err_msg=f"beta slope {k}")
+        np.testing.assert_allclose(slopes_b32[k], expected_b[k], rtol=5e-4, atol=1e-7, err_msg=f"f32 beta slope {k}")
     # Stiff steps (the default layer's alpha reaches about 2e5): float32 against float64, and psi' against its
     # closed form (e^{-x}(1 + x) - 1) / x^2.
     big = np.concatenate([np.geomspace(20.0, 2e5, 101), [1e9]])
@@ -348,31 +372,32 @@ def test_magnus_exponentials_where_both_nodes_are_large():
 
 @pytest.mark.parametrize("queries", ["one-chunk", "query-chunks"])
 def test_backward_follows_what_is_differentiated(monkeypatch, queries):
-    """The read's backward takes the written-out per-element adjoint exactly when its time constants are not
-    differentiated (not asked for, or held fixed with `stop_gradient` as training holds them), and autodiff of the
-    step when they are, with L at most `QUERY_CHUNK` and above it (the chunked backward)."""
+    """The read's backward takes the written-out adjoint in every case, and asks it for the per-step scalars'
+    cotangents exactly when the time constants are differentiated: not when they are not asked for or are held
+    fixed with `stop_gradient` (as training holds them), with L at most `QUERY_CHUNK` and above it (the chunked
+    backward). Autodiff of the step (`_reverse_sweep`) is never traced for the abstract astrocyte."""
     from astroformer._head import _read
 
     traced = []
 
-    def spy(name, f):
+    def spy(f, name=None):
         def wrapped(*args, **kwargs):
-            traced.append(name)
+            traced.append(name or ("with scalars" if kwargs["shared"] else "per element"))
             return f(*args, **kwargs)
 
         return wrapped
 
-    monkeypatch.setattr(_read, "_element_sweep", spy("written", _read._element_sweep))
-    monkeypatch.setattr(_read, "_reverse_sweep", spy("autodiff", _read._reverse_sweep))
+    monkeypatch.setattr(_read, "_element_sweep", spy(_read._element_sweep))
+    monkeypatch.setattr(_read, "_reverse_sweep", spy(_read._reverse_sweep, "autodiff"))
     phi_q, phi_k, v, w, params = _inputs()
     if queries == "query-chunks":
         reps = _read.QUERY_CHUNK // L + 1
         phi_q, phi_k, v, w = (jnp.tile(a, (reps, 1)) for a in (phi_q, phi_k, v, w))
     loss = _loss(chunk_size=phi_q.shape[0])
     cases = {
-        "time constants": (lambda q, p: loss(q, phi_k, v, p, w), {"autodiff"}),
-        "inputs only": (lambda q, p: loss(q, phi_k, v, params, w), {"written"}),
-        "stop_gradient": (lambda q, p: loss(q, phi_k, v, jax.lax.stop_gradient(p), w), {"written"}),
+        "time constants": (lambda q, p: loss(q, phi_k, v, p, w), {"with scalars"}),
+        "inputs only": (lambda q, p: loss(q, phi_k, v, params, w), {"per element"}),
+        "stop_gradient": (lambda q, p: loss(q, phi_k, v, jax.lax.stop_gradient(p), w), {"per element"}),
     }
     for name, (f, expected) in cases.items():
         traced.clear()

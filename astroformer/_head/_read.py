@@ -33,7 +33,7 @@ from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 from jaxtyping import Array, ArrayLike, Float
 
 from .._solvers._magnus import Magnus2, magnus_update
-from .._solvers._special import magnus_exponentials_and_slopes
+from .._solvers._special import magnus_exponentials_and_gradients, magnus_exponentials_and_slopes
 from ._equations import (
     calcium_rhs,
     calcium_window_mean,
@@ -349,18 +349,20 @@ def _relaxing_sweep(field, grid, cotangent, *, shared: bool = True):
     The calcium mean $\bar p$ (one per query) enters the steps broadcast over the features and its cotangent is
     summed back to its own shape once, after the sweep (in the loop, that sum cost the train step about 5 %).
 
-    `shared`: whether the time constants, the relaxation rate and the grid are differentiated.
+    `shared`: whether the time constants, the relaxation rate and the grid are differentiated. Either way the
+    per-element adjoint is written out (`_element_sweep`, `_element_step_adjoint`). $z$ enters each step only as
+    $e^{-\beta_k} z$, so its cotangent after step $k$ is $\bar z_{end}$ times the later steps' decays, a per-step
+    scalar, and only $\bar\sigma$ is carried back; $p_0$ and $\bar p$ enter only through $\alpha_k$ (weights
+    $c_k\rho_k$ and $c_k(1 - \rho_k)$) and $\phi(q)$ only through $b_k$ (weight $\beta_k\eta_k$), so the scan
+    stacks $\bar\alpha_k$ and $w_k$ and their weighted sums over the steps are taken once, after it. `jax.vjp` of
+    the step compiled to 18 elementwise kernels over the (query, feature) arrays, each a pass over memory; this,
+    to about 8 (docs/performance.md).
 
-    - True (fitting time constants): `jax.vjp` of the elementwise step, whose scalars' cotangents (sums over the
-      elements) are pulled back to the time constants and the grid through a vjp of `_step_scalars`.
-    - False (training, whose time constants are frozen): the per-element adjoint written out
-      (`_element_step_adjoint`), and the shared cotangents are zero. $z$ enters each step only as
-      $e^{-\beta_k} z$, so its cotangent after step $k$ is $\bar z_{end}$ times the later steps' decays, a
-      per-step scalar, and only $\bar\sigma$ is carried back; $p_0$ and $\bar p$ enter only through
-      $\alpha_k$ (weights $c_k\rho_k$ and $c_k(1 - \rho_k)$) and $\phi(q)$ only through $b_k$ (weight
-      $\beta_k\eta_k$), so the scan stacks $\bar\alpha_k$ and $w_k$ and their weighted sums over the steps are
-      taken once, after it. `jax.vjp` of the step compiled to 18 elementwise kernels over the (query, feature)
-      arrays, each a pass over memory; this, to about 8 (docs/performance.md).
+    - True (fitting time constants): the sweep also returns the per-step scalars' cotangents (sums over the
+      elements), pulled back to the time constants and the grid through a vjp of `_step_scalars`. (It took
+      `jax.vjp` of the elementwise step before: the layer's all-parameter gradient was 18 % slower at L = 256.)
+    - False (training, whose time constants are frozen): the shared cotangents are zero, and no sum over the
+      elements is taken inside the loop.
 
     Both equal `_sweep` up to rounding (tests). (Unrolling the S steps in Python instead of the two `lax.scan`s
     compiled three times slower and ran slower.)"""
@@ -369,12 +371,10 @@ def _relaxing_sweep(field, grid, cotangent, *, shared: bool = True):
     per_query = (phi_q, p0, p_bar)
     if shared:
         scalars, scalars_vjp = jax.vjp(_step_scalars, field, grid)
-        zeros = jnp.zeros_like(phi_q)
-        ct_query, ct_scalars = _reverse_sweep(_element_step, per_query, scalars, (zeros, zeros), cotangent)
-        ct_query = (*ct_query[:2], *unbroadcast(ct_query[2]))
+        ct_query, ct_scalars = _element_sweep(per_query, scalars, cotangent, unbroadcast, shared=True)
         ct_field, ct_grid = scalars_vjp(ct_scalars)
     else:
-        ct_query = _element_sweep(per_query, _step_scalars(field, grid), cotangent, unbroadcast)
+        ct_query, _ = _element_sweep(per_query, _step_scalars(field, grid), cotangent, unbroadcast, shared=False)
         ct_field, ct_grid = jax.tree.map(jnp.zeros_like, (field, grid))
     return eqx.tree_at(
         lambda f: (f.phi_q, f.source.p0, f.source.p_bar),
@@ -383,27 +383,63 @@ def _relaxing_sweep(field, grid, cotangent, *, shared: bool = True):
     ), ct_grid
 
 
-def _element_sweep(per_query, scalars, cotangent, unbroadcast):
-    r"""The per-element cotangents $(\phi(q), p_0, \bar p)$ of the read from rest, by the written-out adjoint
-    (`_relaxing_sweep` with `shared=False`); `unbroadcast` sums $\bar p$'s back to its own shape."""
+def _element_sweep(per_query, scalars, cotangent, unbroadcast, *, shared: bool):
+    r"""The per-element cotangents $(\phi(q), p_0, \bar p)$ of the read from rest by the written-out adjoint
+    (`_relaxing_sweep`); `unbroadcast` sums $\bar p$'s back to its own shape. With `shared`, also the cotangents
+    of the per-step scalars $(c, \beta, \rho, \eta)$, each (S,): with $P = \bar p + (p_0 - \bar p)\rho$,
+    $\alpha = cP$, $b = \beta\eta\phi(q)$, $w = \sigma_0 E_1 + c E_2$ and $\bar z_1 = \bar z_{end}\,\ell_k$
+    ($\ell_k$ the later steps' decays), summed over the elements,
+
+        ct_c    = sum(ct_alpha P + ct_sigma1 psi(alpha) + ct_z1 b E_2)
+        ct_beta = sum(ct_z1 (eta phi w + b (sigma0 dE_1/dbeta + c dE_2/dbeta) - e^{-beta} z0))
+        ct_rho  = c sum(ct_alpha (p0 - p_bar)),        ct_eta = beta sum(ct_z1 phi w)
+
+    The sums of the stacked $\bar\alpha_k$ and $w_k$ are taken after the reverse loop, the two that need the
+    step's own values inside it, and $\bar z_{end} \cdot z_k$ from $z$'s recurrence on those sums (S scalars)."""
+    phi_q, p0, p_bar = per_query
     c, beta, rho, eta = scalars
-    zeros = jnp.zeros_like(per_query[0])
+    zeros = jnp.zeros_like(phi_q)
+    ct_sigma_end, ct_z_end = cotangent
+
     _, before = jax.lax.scan(lambda y, x: (_element_step(y, per_query, x), y[0]), (zeros, zeros), scalars)
     decay = jnp.exp(-beta)
     later = jnp.concatenate([jnp.cumprod(decay[::-1])[::-1][1:], jnp.ones_like(decay[:1])])  # prod_{j > k} e^{-beta_j}
-    ct_sigma_end, ct_z_end = cotangent
 
     def back(ct_sigma, inputs):
         sigma0, x, later_k = inputs
-        ct_sigma0, ct_alpha, w = _element_step_adjoint(sigma0, per_query, x, ct_sigma, ct_z_end * later_k)
-        return ct_sigma0, (ct_alpha, w)
+        ct_z1 = ct_z_end * later_k
+        if not shared:
+            ct_sigma0, ct_alpha, w = _element_step_adjoint(sigma0, per_query, x, ct_sigma, ct_z1)
+            return ct_sigma0, (ct_alpha, w, None)
+        c_k, beta_k, rho_k, eta_k = x
+        alpha = c_k * (p_bar + (p0 - p_bar) * rho_k)
+        b_ct_z1 = (beta_k * eta_k) * phi_q * ct_z1
+        (e_a, psi_a, e1, e2), (de_a, dpsi_a, de1, de2), (de1_b, de2_b) = magnus_exponentials_and_gradients(
+            alpha, beta_k
+        )
+        ct_alpha = ct_sigma * (de_a * sigma0 + c_k * dpsi_a) + b_ct_z1 * (sigma0 * de1 + c_k * de2)
+        sums = (jnp.sum(ct_sigma * psi_a + b_ct_z1 * e2), jnp.sum(b_ct_z1 * (sigma0 * de1_b + c_k * de2_b)))
+        return e_a * ct_sigma + e1 * b_ct_z1, (ct_alpha, sigma0 * e1 + c_k * e2, sums)
 
-    _, (ct_alpha, w) = jax.lax.scan(back, ct_sigma_end, (before, scalars, later), reverse=True)
-    return (
+    _, (ct_alpha, w, sums) = jax.lax.scan(back, ct_sigma_end, (before, scalars, later), reverse=True)
+    ct_query = (
         ct_z_end * jnp.tensordot(beta * eta * later, w, axes=1),
         jnp.tensordot(c * rho, ct_alpha, axes=1),
         *unbroadcast(jnp.tensordot(c * (1 - rho), ct_alpha, axes=1)),
     )
+    if not shared:
+        return ct_query, None
+    elements = tuple(range(1, ct_alpha.ndim))
+    alpha_p_bar = jnp.sum(ct_alpha * p_bar, axis=elements)  # p_bar is broadcast to the elements' shape
+    alpha_dp = jnp.sum(ct_alpha * (p0 - p_bar), axis=elements)
+    phi_w = jnp.sum(w * (ct_z_end * phi_q), axis=elements)
+    # z_dot_k = sum(ct_z_end z_k) by z's own recurrence z_{k+1} = e^{-beta_k} z_k + beta_k eta_k phi w_k, on the
+    # step's scalars (summing ct_z_end z_k in the states' recomputation made it compute z as well)
+    _, z_dot = jax.lax.scan(lambda z, x: (x[0] * z + x[1], z), jnp.zeros_like(phi_w[0]), (decay, beta * eta * phi_w))
+    phi_w = later * phi_w
+    ct_c = alpha_p_bar + rho * alpha_dp + sums[0]
+    ct_beta = eta * phi_w + sums[1] - decay * later * z_dot
+    return ct_query, (ct_c, ct_beta, c * alpha_dp, beta * phi_w)
 
 
 def _solve_end_bwd(throw, residuals, cotangent):

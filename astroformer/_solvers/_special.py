@@ -173,6 +173,32 @@ def magnus_exponentials_and_slopes(
     elementwise kernels (autodiff of the stable forms produced about three times as many, each a pass over
     memory), and more accurate than autodiff of those forms, which cancels near their branch points.
     """
+    values, alpha_slopes, _ = _slopes(alpha, beta, in_beta=False)
+    return values, alpha_slopes
+
+
+def magnus_exponentials_and_gradients(
+    alpha: Float[ArrayLike, "*shape"], beta: Float[ArrayLike, "*b"]
+) -> tuple[tuple[Float[Array, "*shape"], ...], tuple[Float[Array, "*shape"], ...], tuple[Float[Array, "*shape"], ...]]:
+    r"""`magnus_exponentials_and_slopes(alpha, beta)` and the derivatives of $E_1$ and $E_2$ in $\beta$ (the
+    other two values do not depend on it): returns `(values, alpha_slopes, (dE_1/dbeta, dE_2/dbeta))`.
+
+    $E_1$ and $E_2$ are divided differences of $e^{-u}$ on the nodes $(\alpha, \beta)$ and $(0, \alpha, \beta)$,
+    symmetric in $\alpha$ and $\beta$, so their $\beta$-slopes are the $\alpha$-slopes' forms with the two nodes'
+    roles exchanged:
+
+        dE_1/dbeta = e^{-alpha} psi'(delta)                      if alpha <= beta
+                   = -e^{-beta} (psi(delta) + psi'(delta))       otherwise
+        dE_2/dbeta = -(dE_1/dbeta + E_2) / beta                  if alpha <= beta
+                   = (psi'(beta) - dE_1/dbeta) / alpha           otherwise
+
+    and, where $hi < 0.1$, the series $\sum_i \alpha^i C_i'(\beta)$ (`_coefficients_in_y` differentiated, on
+    $\beta$'s own shape). The read's adjoint uses them for the cotangents of its per-step scalars (fitting the
+    time constants)."""
+    return _slopes(alpha, beta, in_beta=True)
+
+
+def _slopes(alpha, beta, *, in_beta: bool):
     values, (e_b, alpha_lo, small, hi_safe, x, y, delta, e_d, psi_d) = _exponentials(alpha, beta)
     e_a, psi_a, _, e2 = values
     dpsi_d = _psi_slope_given_exp(delta, psi_d, e_d)
@@ -182,8 +208,22 @@ def magnus_exponentials_and_slopes(
     # d/dalpha of the series sum_{n <= top} (-1)^n h_n / (n+2)! = sum_{i >= 1} i x^(i-1) C_i(beta) (top 8 in
     # float32, 12 in float64: truncation below an ulp)
     top = _series_terms(y.dtype, 8, 12)
-    coefficients = _coefficients_in_y(y, top, 1)
+    coefficients = _coefficients_in_y(y, top, 0)
     de2_series = top * coefficients[-1]
     for i in range(top - 1, 0, -1):
-        de2_series = de2_series * x + i * coefficients[i - 1]
-    return values, (-e_a, dpsi_a, de1, jnp.where(small, de2_series, de2))
+        de2_series = de2_series * x + i * coefficients[i]
+    alpha_slopes = (-e_a, dpsi_a, de1, jnp.where(small, de2_series, de2))
+    if not in_beta:
+        return values, alpha_slopes, None
+    dpsi_b = _psi_slope_given_exp(jnp.asarray(beta), _psi_given_exp(beta, e_b), e_b)
+    de1_b = jnp.where(alpha_lo, e_a * dpsi_d, -e_b * (psi_d + dpsi_d))
+    de2_b = jnp.where(alpha_lo, -(de1_b + e2), dpsi_b - de1_b) / hi_safe
+    # d/dbeta of the series sum_i x^i C_i(y): C_i' = C_{i+1} + y C_{i+1}' from C_i = c_i + y C_{i+1} (C_top' = 0)
+    slopes_in_y = [jnp.zeros_like(y)]
+    for i in range(top - 1, -1, -1):
+        slopes_in_y.append(coefficients[i + 1] + y * slopes_in_y[-1])
+    slopes_in_y = slopes_in_y[::-1]  # C_0', ..., C_top'
+    de2_b_series = slopes_in_y[top - 1]
+    for i in range(top - 2, -1, -1):
+        de2_b_series = de2_b_series * x + slopes_in_y[i]
+    return values, alpha_slopes, (de1_b, jnp.where(small, de2_b_series, de2_b))
