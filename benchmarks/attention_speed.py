@@ -78,8 +78,8 @@ class BatchedSoftmaxAttention(eqx.Module):
 
 class FixedTimeConstants(eqx.Module):
     """The na-ode layer with its time constants held fixed (`jax.lax.stop_gradient`), as `astroformer train`
-    holds them (`trainable_filter`): its gradient is the one training computes, and the read's backward takes
-    its written-out per-element adjoint."""
+    holds them (`trainable_filter`): its gradient is the one training computes, and the read's backward skips the
+    cotangents of its per-step scalars."""
 
     layer: af.NeuronAstrocyteAttention
 

@@ -483,7 +483,8 @@ def solve_read(
     not batched under `vmap`). Its gradient is the exact reverse sweep of the same $S$ steps (what
     `RecursiveCheckpointAdjoint(checkpoints=S)` computes, including the dependence of the grid on the
     parameters): the forward keeps nothing of the trajectory; the backward recomputes it for a chunk of
-    `QUERY_CHUNK` queries at a time and pulls the cotangent back through each step's `jax.vjp` in one reverse
-    `lax.scan`, so no diffrax loop is differentiated and the temporary memory does not grow with S.
+    `QUERY_CHUNK` queries at a time and pulls the cotangent back through each step in one reverse `lax.scan` (the
+    abstract astrocyte's step adjoint written out, `_relaxing_sweep`; another source's by `jax.vjp`), so no
+    diffrax loop is differentiated and the temporary memory does not grow with S.
     """
     return _solve_end(jax.tree.map(jnp.asarray, field), jnp.asarray(grid), throw)
