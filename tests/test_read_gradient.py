@@ -285,8 +285,8 @@ NODES = (0.0, 1e-6, 1e-3, 0.05, 0.0999, 0.1, 0.1001, 0.3, 0.4999, 0.5, 0.5001, 1
 def test_magnus_exponential_slopes_match_quadrature_and_autodiff():
     """The read's hand-written adjoint differentiates `magnus_exponentials` in alpha (and E_1, E_2 in beta) by
     closed forms: they equal quadrature of the integral forms (every branch: small and large nodes, ties, both
-    orders) and autodiff of the stable forms; their values are `magnus_exponentials`' own and equal quadrature too (float64 and float32); and
-    they stay finite for very stiff steps."""
+    orders) and autodiff of the stable forms; their values are `magnus_exponentials`' own and equal quadrature
+    too (float64 and float32); and they stay finite for very stiff steps."""
     from astroformer._solvers._special import magnus_exponentials, magnus_exponentials_and_slopes
 
     pairs = (
@@ -314,14 +314,14 @@ def test_magnus_exponential_slopes_match_quadrature_and_autodiff():
         np.testing.assert_allclose(slopes32[k], expected[k], rtol=5e-4, atol=1e-7, err_msg=f"float32 slope {k}")
     # The beta-slopes of E_1 and E_2 (the read's per-step scalars' cotangents, when fitting time constants):
     # quadrature, autodiff in beta, float32; the alpha-slopes returned beside them are the ones above.
-    from astroformer._solvers._special import magnus_exponentials_and_gradients
+    from astroformer._solvers._special import magnus_exponentials_and_both_slopes
 
-    values_b, slopes_a, slopes_b = magnus_exponentials_and_gradients(alpha, beta)
+    values_b, slopes_a, slopes_b = magnus_exponentials_and_both_slopes(alpha, beta)
     for mine, theirs in zip((*values_b, *slopes_a), (*values, *slopes)):
         np.testing.assert_array_equal(mine, theirs)
     expected_b = np.array([_beta_slopes_by_quadrature(a, b) for a, b in pairs]).T
     _, autodiff_b = jax.jvp(lambda y: magnus_exponentials(alpha, y), (beta,), (jnp.ones_like(beta),))
-    _, _, slopes_b32 = magnus_exponentials_and_gradients(alpha.astype(jnp.float32), beta.astype(jnp.float32))
+    _, _, slopes_b32 = magnus_exponentials_and_both_slopes(alpha.astype(jnp.float32), beta.astype(jnp.float32))
     for k in range(2):
         np.testing.assert_allclose(slopes_b[k], expected_b[k], rtol=1e-10, atol=1e-14, err_msg=f"beta slope {k}")
         np.testing.assert_allclose(slopes_b[k], autodiff_b[k + 2], rtol=1e-6, atol=1e-12, err_msg=f"beta slope {k}")
@@ -336,6 +336,13 @@ def test_magnus_exponential_slopes_match_quadrature_and_autodiff():
         for k in range(4):
             assert np.all(np.isfinite(s32[k]))
             np.testing.assert_allclose(s32[k], s64[k], rtol=1e-5, atol=1e-30, err_msg=f"stiff slope {k}, beta {b}")
+    # ... and the beta-slopes there, with beta large too (E_1's where e^{-lo} is kept; E_2's everywhere)
+    for b in (0.0, 0.5, 3.0, 50.0, 400.0):
+        (*_, e2_64), _, b64 = magnus_exponentials_and_both_slopes(jnp.asarray(big), jnp.float64(b))
+        _, _, b32 = magnus_exponentials_and_both_slopes(jnp.asarray(big, jnp.float32), jnp.float32(b))
+        assert all(np.all(np.isfinite(a)) for a in (*b64, *b32))
+        np.testing.assert_allclose(b32[1], b64[1], rtol=1e-5, atol=1e-30, err_msg=f"stiff dE_2/dbeta, beta {b}")
+        assert np.max(np.abs(np.asarray(b32[0], np.float64) - b64[0]) / np.asarray(e2_64)) < 1e-6, b
 
 
 def test_magnus_exponentials_where_both_nodes_are_large():

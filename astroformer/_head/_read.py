@@ -33,7 +33,7 @@ from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 from jaxtyping import Array, ArrayLike, Float
 
 from .._solvers._magnus import Magnus2, magnus_update
-from .._solvers._special import magnus_exponentials_and_gradients, magnus_exponentials_and_slopes
+from .._solvers._special import magnus_exponentials_and_both_slopes
 from ._equations import (
     calcium_rhs,
     calcium_window_mean,
@@ -332,14 +332,18 @@ def _element_step_adjoint(sigma0, per_query, scalars, ct_sigma1, ct_z1):
         ct_alpha  = ct_sigma1 (-e^{-alpha} sigma0 + c psi'(alpha)) + ct_z1 b (sigma0 dE_1/dalpha + c dE_2/dalpha)
 
     Returns `(ct_sigma0, ct_alpha, w)`, each like $\sigma_0$; $z_0$'s cotangent is $e^{-\beta}\bar z_1$ and
-    $b$'s is $w\,\bar z_1$ (`_relaxing_sweep`)."""
+    $b$'s is $w\,\bar z_1$ (`_relaxing_sweep`). Also returns the per-element terms of the step scalars'
+    cotangents that need the step's own values (`_element_sweep` sums them; unused, they are not computed):
+    $(\bar\sigma_1\psi(\alpha) + \bar z_1 b E_2,\ \bar z_1 b\,(\sigma_0\,\partial_\beta E_1 + c\,\partial_\beta E_2))$,
+    of $c$ and $\beta$."""
     phi_q, p0, p_bar = per_query
     c, beta, rho, eta = scalars
     alpha = c * (p_bar + (p0 - p_bar) * rho)
     b_ct_z1 = (beta * eta) * phi_q * ct_z1
-    (e_a, _, e1, e2), (de_a, dpsi_a, de1, de2) = magnus_exponentials_and_slopes(alpha, beta)
+    (e_a, psi_a, e1, e2), (de_a, dpsi_a, de1, de2), (de1_b, de2_b) = magnus_exponentials_and_both_slopes(alpha, beta)
     ct_alpha = ct_sigma1 * (de_a * sigma0 + c * dpsi_a) + b_ct_z1 * (sigma0 * de1 + c * de2)
-    return e_a * ct_sigma1 + e1 * b_ct_z1, ct_alpha, sigma0 * e1 + c * e2
+    scalar_terms = (ct_sigma1 * psi_a + b_ct_z1 * e2, b_ct_z1 * (sigma0 * de1_b + c * de2_b))
+    return (e_a * ct_sigma1 + e1 * b_ct_z1, ct_alpha, sigma0 * e1 + c * e2), scalar_terms
 
 
 def _relaxing_sweep(field, grid, cotangent, *, shared: bool = True):
@@ -355,12 +359,13 @@ def _relaxing_sweep(field, grid, cotangent, *, shared: bool = True):
     scalar, and only $\bar\sigma$ is carried back; $p_0$ and $\bar p$ enter only through $\alpha_k$ (weights
     $c_k\rho_k$ and $c_k(1 - \rho_k)$) and $\phi(q)$ only through $b_k$ (weight $\beta_k\eta_k$), so the scan
     stacks $\bar\alpha_k$ and $w_k$ and their weighted sums over the steps are taken once, after it. `jax.vjp` of
-    the step compiled to 18 elementwise kernels over the (query, feature) arrays, each a pass over memory; this,
-    to about 8 (docs/performance.md).
+    the step compiled to 18 elementwise kernels over the (query, feature) arrays, each a pass over memory, without
+    the scalars' cotangents (about 50 with them); this, to about 8 (about 20 with them; docs/performance.md).
 
     - True (fitting time constants): the sweep also returns the per-step scalars' cotangents (sums over the
       elements), pulled back to the time constants and the grid through a vjp of `_step_scalars`. (It took
-      `jax.vjp` of the elementwise step before: the layer's all-parameter gradient was 18 % slower at L = 256.)
+      `jax.vjp` of the elementwise step before: the layer's all-parameter gradient took 16–18 % longer at
+      L = 256.)
     - False (training, whose time constants are frozen): the shared cotangents are zero, and no sum over the
       elements is taken inside the loop.
 
@@ -407,19 +412,10 @@ def _element_sweep(per_query, scalars, cotangent, unbroadcast, *, shared: bool):
 
     def back(ct_sigma, inputs):
         sigma0, x, later_k = inputs
-        ct_z1 = ct_z_end * later_k
-        if not shared:
-            ct_sigma0, ct_alpha, w = _element_step_adjoint(sigma0, per_query, x, ct_sigma, ct_z1)
-            return ct_sigma0, (ct_alpha, w, None)
-        c_k, beta_k, rho_k, eta_k = x
-        alpha = c_k * (p_bar + (p0 - p_bar) * rho_k)
-        b_ct_z1 = (beta_k * eta_k) * phi_q * ct_z1
-        (e_a, psi_a, e1, e2), (de_a, dpsi_a, de1, de2), (de1_b, de2_b) = magnus_exponentials_and_gradients(
-            alpha, beta_k
+        (ct_sigma0, ct_alpha, w), scalar_terms = _element_step_adjoint(
+            sigma0, per_query, x, ct_sigma, ct_z_end * later_k
         )
-        ct_alpha = ct_sigma * (de_a * sigma0 + c_k * dpsi_a) + b_ct_z1 * (sigma0 * de1 + c_k * de2)
-        sums = (jnp.sum(ct_sigma * psi_a + b_ct_z1 * e2), jnp.sum(b_ct_z1 * (sigma0 * de1_b + c_k * de2_b)))
-        return e_a * ct_sigma + e1 * b_ct_z1, (ct_alpha, sigma0 * e1 + c_k * e2, sums)
+        return ct_sigma0, (ct_alpha, w, tuple(jnp.sum(t) for t in scalar_terms) if shared else None)
 
     _, (ct_alpha, w, sums) = jax.lax.scan(back, ct_sigma_end, (before, scalars, later), reverse=True)
     ct_query = (

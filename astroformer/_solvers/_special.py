@@ -177,7 +177,7 @@ def magnus_exponentials_and_slopes(
     return values, alpha_slopes
 
 
-def magnus_exponentials_and_gradients(
+def magnus_exponentials_and_both_slopes(
     alpha: Float[ArrayLike, "*shape"], beta: Float[ArrayLike, "*b"]
 ) -> tuple[tuple[Float[Array, "*shape"], ...], tuple[Float[Array, "*shape"], ...], tuple[Float[Array, "*shape"], ...]]:
     r"""`magnus_exponentials_and_slopes(alpha, beta)` and the derivatives of $E_1$ and $E_2$ in $\beta$ (the
@@ -199,6 +199,8 @@ def magnus_exponentials_and_gradients(
 
 
 def _slopes(alpha, beta, *, in_beta: bool):
+    """`magnus_exponentials`' values, their alpha-slopes and, with `in_beta`, E_1's and E_2's beta-slopes (None
+    without): the one body of `magnus_exponentials_and_slopes` and `magnus_exponentials_and_both_slopes`."""
     values, (e_b, alpha_lo, small, hi_safe, x, y, delta, e_d, psi_d) = _exponentials(alpha, beta)
     e_a, psi_a, _, e2 = values
     dpsi_d = _psi_slope_given_exp(delta, psi_d, e_d)
