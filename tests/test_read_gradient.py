@@ -293,7 +293,7 @@ def test_magnus_exponential_slopes_match_quadrature_and_autodiff():
         [(a, b) for a in NODES for b in NODES] + [(a, a * (1 + 1e-7)) for a in NODES] + [(a * 1.001, a) for a in NODES]
     )
     alpha, beta = (jnp.asarray(v, jnp.float64) for v in zip(*pairs))
-    values, slopes = magnus_exponentials_and_slopes(alpha, beta)
+    values, slopes, slopes_b = magnus_exponentials_and_slopes(alpha, beta)
     for mine, theirs in zip(values, magnus_exponentials(alpha, beta)):
         np.testing.assert_array_equal(mine, theirs)
     reference = np.array([_values_by_quadrature(a, b) for a, b in pairs]).T
@@ -309,19 +309,13 @@ def test_magnus_exponential_slopes_match_quadrature_and_autodiff():
     for k in range(4):
         np.testing.assert_allclose(slopes[k], autodiff[k], rtol=1e-6, atol=1e-12, err_msg=f"slope {k}")
     # float32, against the float64 quadrature: within a few hundred ulps even where the branches cancel.
-    _, slopes32 = magnus_exponentials_and_slopes(alpha.astype(jnp.float32), beta.astype(jnp.float32))
+    _, slopes32, slopes_b32 = magnus_exponentials_and_slopes(alpha.astype(jnp.float32), beta.astype(jnp.float32))
     for k in range(4):
         np.testing.assert_allclose(slopes32[k], expected[k], rtol=5e-4, atol=1e-7, err_msg=f"float32 slope {k}")
     # The beta-slopes of E_1 and E_2 (the read's per-step scalars' cotangents, when fitting time constants):
-    # quadrature, autodiff in beta, float32; the alpha-slopes returned beside them are the ones above.
-    from astroformer._solvers._special import magnus_exponentials_and_both_slopes
-
-    values_b, slopes_a, slopes_b = magnus_exponentials_and_both_slopes(alpha, beta)
-    for mine, theirs in zip((*values_b, *slopes_a), (*values, *slopes)):
-        np.testing.assert_array_equal(mine, theirs)
+    # quadrature, autodiff in beta, float32.
     expected_b = np.array([_beta_slopes_by_quadrature(a, b) for a, b in pairs]).T
     _, autodiff_b = jax.jvp(lambda y: magnus_exponentials(alpha, y), (beta,), (jnp.ones_like(beta),))
-    _, _, slopes_b32 = magnus_exponentials_and_both_slopes(alpha.astype(jnp.float32), beta.astype(jnp.float32))
     for k in range(2):
         np.testing.assert_allclose(slopes_b[k], expected_b[k], rtol=1e-10, atol=1e-14, err_msg=f"beta slope {k}")
         np.testing.assert_allclose(slopes_b[k], autodiff_b[k + 2], rtol=1e-6, atol=1e-12, err_msg=f"beta slope {k}")
@@ -330,16 +324,16 @@ def test_magnus_exponential_slopes_match_quadrature_and_autodiff():
     # closed form (e^{-x}(1 + x) - 1) / x^2.
     big = np.concatenate([np.geomspace(20.0, 2e5, 101), [1e9]])
     for b in (0.0, 0.5, 3.0):
-        _, s64 = magnus_exponentials_and_slopes(jnp.asarray(big), jnp.float64(b))
-        _, s32 = magnus_exponentials_and_slopes(jnp.asarray(big, jnp.float32), jnp.float32(b))
+        _, s64, _ = magnus_exponentials_and_slopes(jnp.asarray(big), jnp.float64(b))
+        _, s32, _ = magnus_exponentials_and_slopes(jnp.asarray(big, jnp.float32), jnp.float32(b))
         np.testing.assert_allclose(s64[1], (np.exp(-big) * (1 + big) - 1) / big**2, rtol=1e-12)
         for k in range(4):
             assert np.all(np.isfinite(s32[k]))
             np.testing.assert_allclose(s32[k], s64[k], rtol=1e-5, atol=1e-30, err_msg=f"stiff slope {k}, beta {b}")
     # ... and the beta-slopes there, with beta large too (E_1's where e^{-lo} is kept; E_2's everywhere)
     for b in (0.0, 0.5, 3.0, 50.0, 400.0):
-        (*_, e2_64), _, b64 = magnus_exponentials_and_both_slopes(jnp.asarray(big), jnp.float64(b))
-        _, _, b32 = magnus_exponentials_and_both_slopes(jnp.asarray(big, jnp.float32), jnp.float32(b))
+        (*_, e2_64), _, b64 = magnus_exponentials_and_slopes(jnp.asarray(big), jnp.float64(b))
+        _, _, b32 = magnus_exponentials_and_slopes(jnp.asarray(big, jnp.float32), jnp.float32(b))
         assert all(np.all(np.isfinite(a)) for a in (*b64, *b32))
         np.testing.assert_allclose(b32[1], b64[1], rtol=1e-5, atol=1e-30, err_msg=f"stiff dE_2/dbeta, beta {b}")
         assert np.max(np.abs(np.asarray(b32[0], np.float64) - b64[0]) / np.asarray(e2_64)) < 1e-6, b
@@ -354,8 +348,8 @@ def test_magnus_exponentials_where_both_nodes_are_large():
     grid = np.geomspace(30.0, 300.0, 41)
     # float32 nodes, and the float64 reference at the same (rounded) nodes
     a, b = (g.ravel().astype(np.float32).astype(np.float64) for g in np.meshgrid(grid, grid, indexing="ij"))
-    values64, slopes64 = magnus_exponentials_and_slopes(jnp.asarray(a), jnp.asarray(b))
-    values32, slopes32 = magnus_exponentials_and_slopes(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
+    values64, slopes64, _ = magnus_exponentials_and_slopes(jnp.asarray(a), jnp.asarray(b))
+    values32, slopes32, _ = magnus_exponentials_and_slopes(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
     e2 = np.asarray(values64[3])
     for k in (0, 1, 3):
         np.testing.assert_allclose(

@@ -33,7 +33,7 @@ from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 from jaxtyping import Array, ArrayLike, Float
 
 from .._solvers._magnus import Magnus2, magnus_update
-from .._solvers._special import magnus_exponentials_and_both_slopes
+from .._solvers._special import magnus_exponentials_and_slopes
 from ._equations import (
     calcium_rhs,
     calcium_window_mean,
@@ -340,7 +340,7 @@ def _element_step_adjoint(sigma0, per_query, scalars, ct_sigma1, ct_z1):
     c, beta, rho, eta = scalars
     alpha = c * (p_bar + (p0 - p_bar) * rho)
     b_ct_z1 = (beta * eta) * phi_q * ct_z1
-    (e_a, psi_a, e1, e2), (de_a, dpsi_a, de1, de2), (de1_b, de2_b) = magnus_exponentials_and_both_slopes(alpha, beta)
+    (e_a, psi_a, e1, e2), (de_a, dpsi_a, de1, de2), (de1_b, de2_b) = magnus_exponentials_and_slopes(alpha, beta)
     ct_alpha = ct_sigma1 * (de_a * sigma0 + c * dpsi_a) + b_ct_z1 * (sigma0 * de1 + c * de2)
     scalar_terms = (ct_sigma1 * psi_a + b_ct_z1 * e2, b_ct_z1 * (sigma0 * de1_b + c * de2_b))
     return (e_a * ct_sigma1 + e1 * b_ct_z1, ct_alpha, sigma0 * e1 + c * e2), scalar_terms
@@ -428,14 +428,16 @@ def _element_sweep(per_query, scalars, cotangent, unbroadcast, *, shared: bool):
     elements = tuple(range(1, ct_alpha.ndim))
     alpha_p_bar = jnp.sum(ct_alpha * p_bar, axis=elements)  # p_bar is broadcast to the elements' shape
     alpha_dp = jnp.sum(ct_alpha * (p0 - p_bar), axis=elements)
-    phi_w = jnp.sum(w * (ct_z_end * phi_q), axis=elements)
+    z_phi_w = jnp.sum(w * (ct_z_end * phi_q), axis=elements)  # sum(ct_z_end phi w_k)
     # z_dot_k = sum(ct_z_end z_k) by z's own recurrence z_{k+1} = e^{-beta_k} z_k + beta_k eta_k phi w_k, on the
     # step's scalars (summing ct_z_end z_k in the states' recomputation made it compute z as well)
-    _, z_dot = jax.lax.scan(lambda z, x: (x[0] * z + x[1], z), jnp.zeros_like(phi_w[0]), (decay, beta * eta * phi_w))
-    phi_w = later * phi_w
+    _, z_dot = jax.lax.scan(
+        lambda z, x: (x[0] * z + x[1], z), jnp.zeros_like(z_phi_w[0]), (decay, beta * eta * z_phi_w)
+    )
+    ct_b = later * z_phi_w  # sum(ct_z1 phi w_k): the cotangent of b_k / phi
     ct_c = alpha_p_bar + rho * alpha_dp + sums[0]
-    ct_beta = eta * phi_w + sums[1] - decay * later * z_dot
-    return ct_query, (ct_c, ct_beta, c * alpha_dp, beta * phi_w)
+    ct_beta = eta * ct_b + sums[1] - decay * later * z_dot
+    return ct_query, (ct_c, ct_beta, c * alpha_dp, beta * ct_b)
 
 
 def _solve_end_bwd(throw, residuals, cotangent):

@@ -92,8 +92,8 @@ def _coefficients_in_y(y, top: int, first: int):
 
 
 def _exponentials(alpha, beta):
-    """`magnus_exponentials`' values and what its slopes reuse: `(values, (e_b, alpha_lo, small, hi_safe, x, y,
-    delta, e_d, psi_d))`."""
+    """`magnus_exponentials`' values and what its slopes reuse: `(values, (e_b, psi_b, alpha_lo, small, hi_safe,
+    x, y, delta, e_d, psi_d))`."""
     alpha = jnp.asarray(alpha)
     beta = jnp.asarray(beta)
     e_a = jnp.exp(-alpha)  # the one transcendental per element
@@ -119,7 +119,7 @@ def _exponentials(alpha, beta):
     for c in coefficients[-2::-1]:
         series = series * x + c
     values = (e_a, psi_a, e1, jnp.where(small, series, exact))
-    return values, (e_b, alpha_lo, small, hi_safe, x, y, delta, e_d, psi_d)
+    return values, (e_b, psi_b, alpha_lo, small, hi_safe, x, y, delta, e_d, psi_d)
 
 
 def magnus_exponentials(
@@ -157,9 +157,11 @@ def _psi_slope_given_exp(x, psi_x, e_x):
 
 def magnus_exponentials_and_slopes(
     alpha: Float[ArrayLike, "*shape"], beta: Float[ArrayLike, "*b"]
-) -> tuple[tuple[Float[Array, "*shape"], ...], tuple[Float[Array, "*shape"], ...]]:
-    r"""`magnus_exponentials(alpha, beta)` and its derivatives in $\alpha$, for $\alpha, \beta \ge 0$: returns
-    $((e^{-\alpha}, \psi(\alpha), E_1, E_2), (-e^{-\alpha}, \psi'(\alpha), \partial_\alpha E_1, \partial_\alpha E_2))$.
+) -> tuple[tuple[Float[Array, "*shape"], ...], tuple[Float[Array, "*shape"], ...], tuple[Float[Array, "*shape"], ...]]:
+    r"""`magnus_exponentials(alpha, beta)`, its derivatives in $\alpha$ and those of $E_1$ and $E_2$ in $\beta$
+    (the other two values do not depend on it), for $\alpha, \beta \ge 0$: returns
+    $((e^{-\alpha}, \psi(\alpha), E_1, E_2), (-e^{-\alpha}, \psi'(\alpha), \partial_\alpha E_1, \partial_\alpha E_2),
+    (\partial_\beta E_1, \partial_\beta E_2))$.
 
     With the sorted nodes $lo \le hi$ and $\delta = hi - lo$ (as in `magnus_exponentials`):
 
@@ -169,23 +171,9 @@ def magnus_exponentials_and_slopes(
                     = -(dE_1/dalpha + E_2) / alpha               otherwise          (E_2 = (psi(beta) - E_1) / alpha)
 
     and, where $hi < 0.1$, the derivative of $E_2$'s Taylor series $\sum_n (-1)^n h_n(\alpha, \beta)/(n+2)!$ (to
-    $n = 8$ in float32, 12 in float64). Written out so that the read's reverse sweep is a handful of fused
-    elementwise kernels (autodiff of the stable forms produced about three times as many, each a pass over
-    memory), and more accurate than autodiff of those forms, which cancels near their branch points.
-    """
-    values, alpha_slopes, _ = _slopes(alpha, beta, in_beta=False)
-    return values, alpha_slopes
-
-
-def magnus_exponentials_and_both_slopes(
-    alpha: Float[ArrayLike, "*shape"], beta: Float[ArrayLike, "*b"]
-) -> tuple[tuple[Float[Array, "*shape"], ...], tuple[Float[Array, "*shape"], ...], tuple[Float[Array, "*shape"], ...]]:
-    r"""`magnus_exponentials_and_slopes(alpha, beta)` and the derivatives of $E_1$ and $E_2$ in $\beta$ (the
-    other two values do not depend on it): returns `(values, alpha_slopes, (dE_1/dbeta, dE_2/dbeta))`.
-
-    $E_1$ and $E_2$ are divided differences of $e^{-u}$ on the nodes $(\alpha, \beta)$ and $(0, \alpha, \beta)$,
-    symmetric in $\alpha$ and $\beta$, so their $\beta$-slopes are the $\alpha$-slopes' forms with the two nodes'
-    roles exchanged:
+    $n = 8$ in float32, 12 in float64). $E_1$ and $E_2$ are divided differences of $e^{-u}$ on the nodes
+    $(\alpha, \beta)$ and $(0, \alpha, \beta)$, symmetric in $\alpha$ and $\beta$, so their $\beta$-slopes are the
+    same forms with the two nodes' roles exchanged:
 
         dE_1/dbeta = e^{-alpha} psi'(delta)                      if alpha <= beta
                    = -e^{-beta} (psi(delta) + psi'(delta))       otherwise
@@ -193,15 +181,12 @@ def magnus_exponentials_and_both_slopes(
                    = (psi'(beta) - dE_1/dbeta) / alpha           otherwise
 
     and, where $hi < 0.1$, the series $\sum_i \alpha^i C_i'(\beta)$ (`_coefficients_in_y` differentiated, on
-    $\beta$'s own shape). The read's adjoint uses them for the cotangents of its per-step scalars (fitting the
-    time constants)."""
-    return _slopes(alpha, beta, in_beta=True)
-
-
-def _slopes(alpha, beta, *, in_beta: bool):
-    """`magnus_exponentials`' values, their alpha-slopes and, with `in_beta`, E_1's and E_2's beta-slopes (None
-    without): the one body of `magnus_exponentials_and_slopes` and `magnus_exponentials_and_both_slopes`."""
-    values, (e_b, alpha_lo, small, hi_safe, x, y, delta, e_d, psi_d) = _exponentials(alpha, beta)
+    $\beta$'s own shape). Written out so that the read's reverse sweep is a handful of fused elementwise kernels
+    (autodiff of the stable forms produced about three times as many, each a pass over memory), and more accurate
+    than autodiff of those forms, which cancels near their branch points. The $\beta$-slopes serve the cotangents
+    of the read's per-step scalars (fitting the time constants); unused, as in training, XLA does not compute them.
+    """
+    values, (e_b, psi_b, alpha_lo, small, hi_safe, x, y, delta, e_d, psi_d) = _exponentials(alpha, beta)
     e_a, psi_a, _, e2 = values
     dpsi_d = _psi_slope_given_exp(delta, psi_d, e_d)
     dpsi_a = _psi_slope_given_exp(jnp.asarray(alpha), psi_a, e_a)
@@ -214,10 +199,7 @@ def _slopes(alpha, beta, *, in_beta: bool):
     de2_series = top * coefficients[-1]
     for i in range(top - 1, 0, -1):
         de2_series = de2_series * x + i * coefficients[i]
-    alpha_slopes = (-e_a, dpsi_a, de1, jnp.where(small, de2_series, de2))
-    if not in_beta:
-        return values, alpha_slopes, None
-    dpsi_b = _psi_slope_given_exp(jnp.asarray(beta), _psi_given_exp(beta, e_b), e_b)
+    dpsi_b = _psi_slope_given_exp(jnp.asarray(beta), psi_b, e_b)
     de1_b = jnp.where(alpha_lo, e_a * dpsi_d, -e_b * (psi_d + dpsi_d))
     de2_b = jnp.where(alpha_lo, -(de1_b + e2), dpsi_b - de1_b) / hi_safe
     # d/dbeta of the series sum_i x^i C_i(y): C_i' = C_{i+1} + y C_{i+1}' from C_i = c_i + y C_{i+1} (C_top' = 0)
@@ -228,4 +210,5 @@ def _slopes(alpha, beta, *, in_beta: bool):
     de2_b_series = slopes_in_y[top - 1]
     for i in range(top - 2, -1, -1):
         de2_b_series = de2_b_series * x + slopes_in_y[i]
+    alpha_slopes = (-e_a, dpsi_a, de1, jnp.where(small, de2_series, de2))
     return values, alpha_slopes, (de1_b, jnp.where(small, de2_b_series, de2_b))
