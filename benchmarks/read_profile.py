@@ -9,9 +9,21 @@ output with respect to phi(q), phi(k) and v), with its compile time:
 - `softmax`: `jax.nn.dot_product_attention(q, k, v, is_causal=True)` on (B, L, H, D);
 - `na-equilibrium`, `na-ode`: `na_attention` in each mode;
 - `na-ode/write`, `na-ode/read`, `na-ode/readout`: the three phases of the ode read alone (the write's
-  `ReducedMemory`; the solve of z(T_r); the causal linear readout), so their costs add up to `na-ode`.
+  `ReducedMemory`; the solve of z(T_r); the causal linear readout), so their costs add up to `na-ode`;
+- `floor/read`: not the model: the cheapest conceivable read of the same (query, feature) elements from the same
+  inputs and per-step scalars, S steps of sigma' = e^{-alpha} sigma + 1 - e^{-alpha},
+  z' = e^{-beta} z + beta eta phi(q) (sigma + sigma')/2 (one exponential per element and step, no guarded
+  function), unrolled so that XLA fuses all steps into one pass. What `na-ode/read` costs beyond it is the
+  `Magnus2` step's own arithmetic (its divided differences and their guards) and the loop over the steps.
+  Forward only: autodiff of the unrolled chain keeps every step's intermediates and is no floor for a backward
+  (28-272 ms at L = 256, against the read's written-out 29-68 ms); a backward needs at least a recomputation of
+  the steps and a reverse pass, so about three such forwards.
 
-    python -m benchmarks.read_profile [--quick] [--repeats N] [--out PATH]
+    python -m benchmarks.read_profile [--quick] [--repeats N] [--length L] [--out PATH] [--release-host-memory]
+
+Like the other speed benchmarks it keeps freed host memory (`astroformer.keep_freed_host_memory`, as
+`astroformer train` does) unless `--release-host-memory` is given; before 2026-12-05 it did not, and its
+na-ode calls page-faulted on fresh temporaries at random.
 """
 
 import argparse
@@ -22,11 +34,20 @@ import jax
 import jax.numpy as jnp
 
 import astroformer as af
-from astroformer._head._block import reduced_read
+from astroformer._head._block import _read_field, reduced_read
+from astroformer._head._read import _step_scalars, read_grid
 from astroformer._solvers._linear import linear_attention_state
 from astroformer._head._write import write_reduced
 
-from ._common import compile_time, machine_info, summarise, time_call, write_json
+from ._common import (
+    add_host_memory_argument,
+    apply_host_memory_argument,
+    compile_time,
+    machine_info,
+    summarise,
+    time_call,
+    write_json,
+)
 
 
 def _inputs(B, H, L, D, M, seed=0):
@@ -39,6 +60,9 @@ def _inputs(B, H, L, D, M, seed=0):
     params = jax.tree.map(lambda a: jnp.broadcast_to(jnp.asarray(a, jnp.float32), (H,)), af.NAParams(tau_s=0.01 / M))
     cot = jax.random.normal(kc, (B, H, L, D))
     return fm, q, k, v, params, cot
+
+
+FORWARD_ONLY = ("floor/read",)
 
 
 def _per_head(fn):
@@ -76,6 +100,19 @@ def cases(fm, read_steps):
         )
         return z[..., : v.shape[-1]]
 
+    def floor(pq, pk, v, prm):
+        mem = write_reduced(jax.lax.stop_gradient(pk), jax.lax.stop_gradient(v), prm, jnp.ones(pk.shape[0], bool))
+        field = _read_field(pq, mem.read_weights(True), prm, v.shape[-1])
+        c, beta, rho, eta = _step_scalars(field, read_grid(prm, v.shape[-1], pq.shape[-1], read_steps, pq.dtype))
+        p0, p_bar = field.source.p0, field.source.p_bar
+        sigma = z = jnp.zeros_like(pq)
+        for i in range(read_steps):  # unrolled: one fused pass over the elements
+            e = jnp.exp(-c[i] * (p_bar + (p0 - p_bar) * rho[i]))
+            sigma_next = e * sigma + (1.0 - e)
+            z = jnp.exp(-beta[i]) * z + (beta[i] * eta[i]) * pq * (sigma + sigma_next) * 0.5
+            sigma = sigma_next
+        return z[..., : v.shape[-1]]
+
     def readout(pq, pk, v, prm):
         mem = write_reduced(jax.lax.stop_gradient(pk), v, prm, jnp.ones(pk.shape[0], bool))
         return linear_attention_state(pq, mem.keys, mem.values, mem.log_decay, causal=True)
@@ -88,6 +125,7 @@ def cases(fm, read_steps):
         ("na-ode/write", write),
         ("na-ode/read", read),
         ("na-ode/readout", readout),
+        ("floor/read", floor),
     ):
         batched = _per_head(head)
 
@@ -114,7 +152,9 @@ def main(argv=None):
     parser.add_argument("--length", type=int, default=256)
     parser.add_argument("--cases", nargs="+", help="only these cases (softmax is always timed)")
     parser.add_argument("--out", default=None)
+    add_host_memory_argument(parser)
     args = parser.parse_args(argv)
+    apply_host_memory_argument(args)
     B, H, L, D, M = (2, 2, 32, 8, 16) if args.quick else (8, 4, args.length, 32, 64)
     fm, q, k, v, params, cot = _inputs(B, H, L, D, M)
     inputs = (q, k, v, params)
@@ -131,11 +171,13 @@ def main(argv=None):
     if args.cases:
         selected = {name: f for name, f in selected.items() if name in args.cases or name == "softmax"}
     for name, f in selected.items():
+        phases = ("forward",) if name in FORWARD_ONLY else ("forward", "forward_backward")
 
         def loss(q, k, v, prm, f=f):
             return jnp.sum(f(q, k, v, prm) * cot[..., : f(q, k, v, prm).shape[-1]])
 
-        for phase, fn in (("forward", jax.jit(f)), ("forward_backward", jax.jit(jax.grad(loss, argnums=(0, 1, 2))))):
+        for phase in phases:
+            fn = jax.jit(f) if phase == "forward" else jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
             seconds, c = compile_time(fn, *inputs)
             jax.block_until_ready(c(*inputs))
             compiled[(name, phase)] = c
@@ -150,16 +192,17 @@ def main(argv=None):
     soft = {phase: statistics.median(times[("softmax", phase)]) for phase in ("forward", "forward_backward")}
     for name in results["cases"]:
         results["cases"][name]["ratio_to_softmax"] = {
-            phase: statistics.median(times[(name, phase)]) / soft[phase] for phase in soft
+            phase: statistics.median(times[(name, phase)]) / soft[phase] for phase in soft if (name, phase) in times
         }
     path = write_json(results, args.out, "read_profile.json")
     for name, rec in results["cases"].items():
-        print(
-            f"{name:16s} fwd {rec['forward']['median'] * 1e3:8.1f} ms  fwd+bwd "
-            f"{rec['forward_backward']['median'] * 1e3:8.1f} ms  (x softmax {rec['ratio_to_softmax']['forward']:.2f}"
-            f" / {rec['ratio_to_softmax']['forward_backward']:.2f})  compile {rec['compile_s_forward']:.1f} / "
-            f"{rec['compile_s_forward_backward']:.1f} s"
-        )
+        ratio = rec["ratio_to_softmax"]
+        line = f"{name:16s} fwd {rec['forward']['median'] * 1e3:8.1f} ms (x softmax {ratio['forward']:.2f})"
+        compiles = f"{rec['compile_s_forward']:.1f}"
+        if "forward_backward" in rec:
+            line += f"  fwd+bwd {rec['forward_backward']['median'] * 1e3:8.1f} ms (x softmax {ratio['forward_backward']:.2f})"
+            compiles += f" / {rec['compile_s_forward_backward']:.1f}"
+        print(f"{line}  compile {compiles} s")
     print(f"wrote {path}")
     return results
 

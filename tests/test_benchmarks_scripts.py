@@ -6,6 +6,8 @@ them, and `.ci/run` runs them in a second step (`python -m pytest -q -m slow`).
 
 import json
 import math
+import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -209,3 +211,39 @@ def test_train_compile_in_fresh_processes(tmp_path):
         assert compile_s["values"] == values and all(finite_positive(v) for v in values)
         assert compile_s["min"] == min(values) and compile_s["max"] == max(values)
     assert data["summary"]["softmax"]["throughput_ratio_to_softmax"]["values"] == [1.0, 1.0]
+
+
+def test_read_profile_quick(tmp_path):
+    out = tmp_path / "read_profile.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.read_profile", "--quick", "--repeats", "2", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        # the script's own default, not the test session's (conftest turns keeping freed memory off)
+        env={k: v for k, v in os.environ.items() if k != "ASTROFORMER_KEEP_HOST_MEMORY"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out) as f:
+        data = json.load(f)
+    # timed with freed host memory kept, as the other speed benchmarks and `astroformer train` (glibc only)
+    assert data["machine"]["freed_host_memory_kept"] is (platform.libc_ver()[0] == "glibc")
+    cases = data["cases"]
+    assert set(cases) == {
+        "na-ode",
+        "na-equilibrium",
+        "na-ode/write",
+        "na-ode/read",
+        "na-ode/readout",
+        "floor/read",
+        "softmax",
+    }
+    for name, case in cases.items():
+        phases = ("forward",) if name == "floor/read" else ("forward", "forward_backward")
+        assert set(case["ratio_to_softmax"]) == set(phases)  # the floor is a forward only
+        for phase in phases:
+            assert len(case[phase]["times"]) == 2 and all(finite_positive(t) for t in case[phase]["times"])
+            assert finite_positive(case["ratio_to_softmax"][phase]) and finite_positive(case[f"compile_s_{phase}"])
+    assert "forward_backward" not in cases["floor/read"]
+    assert cases["softmax"]["ratio_to_softmax"] == {"forward": 1.0, "forward_backward": 1.0}
