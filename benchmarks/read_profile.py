@@ -8,16 +8,23 @@ output with respect to phi(q), phi(k) and v), with its compile time:
 
 - `softmax`: `jax.nn.dot_product_attention(q, k, v, is_causal=True)` on (B, L, H, D);
 - `na-equilibrium`, `na-ode`: `na_attention` in each mode;
-- `na-ode/write`, `na-ode/read`, `na-ode/readout`: the three phases of the ode read alone (the write's
-  `ReducedMemory`; the solve of z(T_r); the causal linear readout), so their costs add up to `na-ode`;
-- `floor/read`: not the model: the cheapest conceivable read of the same (query, feature) elements from the same
-  inputs and per-step scalars, S steps of sigma' = e^{-alpha} sigma + 1 - e^{-alpha},
-  z' = e^{-beta} z + beta eta phi(q) (sigma + sigma')/2 (one exponential per element and step, no guarded
-  function), unrolled so that XLA fuses all steps into one pass. What `na-ode/read` costs beyond it is the
-  `Magnus2` step's own arithmetic (its divided differences and their guards) and the loop over the steps.
-  Forward only: autodiff of the unrolled chain keeps every step's intermediates and is no floor for a backward
-  (28-272 ms at L = 256, against the read's written-out 29-68 ms); a backward needs at least a recomputation of
-  the steps and a reverse pass, so about three such forwards.
+- `na-ode/write`, `na-ode/read`, `na-ode/readout`: the three phases of the ode head jitted alone (the write's
+  `ReducedMemory`; the solve of z(T_r); the causal linear readout). Each also computes the feature maps, and the
+  read and the readout the write's forward, undifferentiated where the phase does not own it, so the three
+  overlap; and the chunked head composes them chunk by chunk, so they do not add up to `na-ode` exactly. Every
+  output element of a phase reaches the timed output (an (L, W) output is folded to (L, N) by summing its W/N
+  column blocks), so that XLA does not drop part of the work;
+- `floor/read`: not the model, but a reference recurrence of the same shape: the same (query, feature)
+  elements, inputs and per-step scalars as the read, S steps of sigma' = e^{-alpha} sigma + 1 - e^{-alpha},
+  z' = e^{-beta} z + beta eta phi(q) (sigma + sigma')/2 (one exponential per element and step, no division and
+  no guarded function), unrolled so that XLA fuses all steps into one pass. What `na-ode/read`'s forward costs
+  beyond it is the `Magnus2` step's own arithmetic (its divided differences and their guards) and the loop
+  over the steps. Forward only: autodiff of the unrolled chain keeps every step's intermediates and says nothing
+  about what a backward needs. With the read's policy (nothing kept from the forward) a backward recomputes the
+  steps and sweeps them in reverse: about three such forwards;
+- `floor/inputs`: what `floor/read` and `na-ode/read` compute before their steps (the feature maps, the write,
+  the calcium's initial value and mean, the per-step scalars), forward only, so that `floor/read` minus it is
+  the reference recurrence alone, and `na-ode/read`'s forward minus it the read's own solve.
 
     python -m benchmarks.read_profile [--quick] [--repeats N] [--length L] [--out PATH] [--release-host-memory]
 
@@ -62,7 +69,14 @@ def _inputs(B, H, L, D, M, seed=0):
     return fm, q, k, v, params, cot
 
 
-FORWARD_ONLY = ("floor/read",)
+FORWARD_ONLY = ("floor/read", "floor/inputs")
+
+
+def _fold(a, N):
+    """(..., L, W) -> (..., L, N): the sum of a's W/N column blocks, so every element of `a` reaches the output."""
+    W = a.shape[-1]
+    assert W % N == 0, (W, N)
+    return a.reshape(*a.shape[:-1], W // N, N).sum(-2)
 
 
 def _per_head(fn):
@@ -81,7 +95,9 @@ def cases(fm, read_steps):
 
     def write(pq, pk, v, prm):
         mem = write_reduced(pk, v, prm, jnp.ones(pk.shape[0], bool))
-        return jnp.concatenate([mem.keys[0], mem.keys[1], mem.astrocyte_weights()], -1)[..., : v.shape[-1]]
+        g = mem.astrocyte_weights()
+        every = jnp.concatenate([mem.keys[0], mem.keys[1], g, mem.values[0], mem.values[1]], -1)
+        return _fold(every * mem.log_decay[:, None], v.shape[-1])
 
     def read(pq, pk, v, prm):
         mem = write_reduced(jax.lax.stop_gradient(pk), jax.lax.stop_gradient(v), prm, jnp.ones(pk.shape[0], bool))
@@ -98,12 +114,16 @@ def cases(fm, read_steps):
             max_steps=read_steps,
             throw=True,
         )
-        return z[..., : v.shape[-1]]
+        return _fold(z, v.shape[-1])
 
-    def floor(pq, pk, v, prm):
+    def floor_inputs(pq, pk, v, prm):
         mem = write_reduced(jax.lax.stop_gradient(pk), jax.lax.stop_gradient(v), prm, jnp.ones(pk.shape[0], bool))
         field = _read_field(pq, mem.read_weights(True), prm, v.shape[-1])
-        c, beta, rho, eta = _step_scalars(field, read_grid(prm, v.shape[-1], pq.shape[-1], read_steps, pq.dtype))
+        scalars = _step_scalars(field, read_grid(prm, v.shape[-1], pq.shape[-1], read_steps, pq.dtype))
+        return field, scalars
+
+    def floor(pq, pk, v, prm):
+        field, (c, beta, rho, eta) = floor_inputs(pq, pk, v, prm)
         p0, p_bar = field.source.p0, field.source.p_bar
         sigma = z = jnp.zeros_like(pq)
         for i in range(read_steps):  # unrolled: one fused pass over the elements
@@ -111,7 +131,12 @@ def cases(fm, read_steps):
             sigma_next = e * sigma + (1.0 - e)
             z = jnp.exp(-beta[i]) * z + (beta[i] * eta[i]) * pq * (sigma + sigma_next) * 0.5
             sigma = sigma_next
-        return z[..., : v.shape[-1]]
+        return _fold(z, v.shape[-1])
+
+    def inputs(pq, pk, v, prm):
+        field, scalars = floor_inputs(pq, pk, v, prm)
+        out = field.phi_q + field.source.p0 + field.source.p_bar + sum(jnp.sum(x) for x in scalars)
+        return _fold(out, v.shape[-1])
 
     def readout(pq, pk, v, prm):
         mem = write_reduced(jax.lax.stop_gradient(pk), v, prm, jnp.ones(pk.shape[0], bool))
@@ -126,6 +151,7 @@ def cases(fm, read_steps):
         ("na-ode/read", read),
         ("na-ode/readout", readout),
         ("floor/read", floor),
+        ("floor/inputs", inputs),
     ):
         batched = _per_head(head)
 

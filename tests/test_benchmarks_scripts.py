@@ -237,13 +237,14 @@ def test_read_profile_quick(tmp_path):
         "na-ode/read",
         "na-ode/readout",
         "floor/read",
+        "floor/inputs",
         "softmax",
     }
     for name, case in cases.items():
-        phases = ("forward",) if name == "floor/read" else ("forward", "forward_backward")
+        phases = ("forward",) if name.startswith("floor/") else ("forward", "forward_backward")
         assert set(case["ratio_to_softmax"]) == set(phases)  # the floor is a forward only
         for phase in phases:
             assert len(case[phase]["times"]) == 2 and all(finite_positive(t) for t in case[phase]["times"])
             assert finite_positive(case["ratio_to_softmax"][phase]) and finite_positive(case[f"compile_s_{phase}"])
-    assert "forward_backward" not in cases["floor/read"]
+    assert "forward_backward" not in cases["floor/read"] and "forward_backward" not in cases["floor/inputs"]
     assert cases["softmax"]["ratio_to_softmax"] == {"forward": 1.0, "forward_backward": 1.0}
