@@ -4,22 +4,22 @@ One head batch (B, H, L, D, M), float32, causal, through the public `na_attentio
 (per-head parameters, as `NeuronAstrocyteAttention` passes them), against a batched
 `jax.nn.dot_product_attention` over all heads at once. Each case is jitted alone and timed interleaved with the
 others (every case once per round), forward and forward+backward (gradient of a random projection of the
-output with respect to phi(q), phi(k) and v), with its compile time:
+output with respect to q, k and v, through the feature maps), with its compile time:
 
 - `softmax`: `jax.nn.dot_product_attention(q, k, v, is_causal=True)` on (B, L, H, D);
 - `na-equilibrium`, `na-ode`: `na_attention` in each mode;
 - `na-ode/write`, `na-ode/read`, `na-ode/readout`: the three phases of the ode head jitted alone (the write's
-  `ReducedMemory`; the solve of z(T_r); the causal linear readout). Each also computes the feature maps, and the
-  read and the readout the write's forward, undifferentiated where the phase does not own it, so the three
-  overlap; and the chunked head composes them chunk by chunk, so they do not add up to `na-ode` exactly. Every
+  `ReducedMemory`; the solve of z(T_r); the causal linear readout). Each also computes what it needs of the
+  feature maps and of the write (undifferentiated where the phase does not own it), so the three overlap; and
+  the chunked head composes them chunk by chunk, so they do not add up to `na-ode` exactly. Every
   output element of a phase reaches the timed output (an (L, W) output is folded to (L, N) by summing its W/N
   column blocks), so that XLA does not drop part of the work;
 - `floor/read`: not the model, but a reference recurrence of the same shape: the same (query, feature)
   elements, inputs and per-step scalars as the read, S steps of sigma' = e^{-alpha} sigma + 1 - e^{-alpha},
   z' = e^{-beta} z + beta eta phi(q) (sigma + sigma')/2 (one exponential per element and step, no division and
   no guarded function), unrolled so that XLA fuses all steps into one pass. What `na-ode/read`'s forward costs
-  beyond it is the `Magnus2` step's own arithmetic (its divided differences and their guards) and the loop
-  over the steps. Forward only: autodiff of the unrolled chain keeps every step's intermediates and says nothing
+  beyond it is the `Magnus2` step's own arithmetic (its divided differences and their guards), the loop over
+  the steps and the read's query chunks. Forward only: autodiff of the unrolled chain keeps every step's intermediates and says nothing
   about what a backward needs. With the read's policy (nothing kept from the forward) a backward recomputes the
   steps and sweeps them in reverse: about three such forwards;
 - `floor/inputs`: what `floor/read` and `na-ode/read` compute before their steps (the feature maps, the write,
@@ -85,8 +85,6 @@ def _per_head(fn):
 
 
 def cases(fm, read_steps):
-    present = None
-
     def ode(pq, pk, v, prm):
         return af.na_attention(pq, pk, v, prm, read_steps=read_steps)
 
@@ -142,7 +140,6 @@ def cases(fm, read_steps):
         mem = write_reduced(jax.lax.stop_gradient(pk), v, prm, jnp.ones(pk.shape[0], bool))
         return linear_attention_state(pq, mem.keys, mem.values, mem.log_decay, causal=True)
 
-    del present
     out = {}
     for name, head in (
         ("na-ode", ode),
@@ -200,7 +197,8 @@ def main(argv=None):
         phases = ("forward",) if name in FORWARD_ONLY else ("forward", "forward_backward")
 
         def loss(q, k, v, prm, f=f):
-            return jnp.sum(f(q, k, v, prm) * cot[..., : f(q, k, v, prm).shape[-1]])
+            out = f(q, k, v, prm)
+            return jnp.sum(out * cot[..., : out.shape[-1]])
 
         for phase in phases:
             fn = jax.jit(f) if phase == "forward" else jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
