@@ -79,6 +79,11 @@ def _fold(a, N):
     return a.reshape(*a.shape[:-1], W // N, N).sum(-2)
 
 
+def _frozen_memory(pk, v, prm):
+    """The write's `ReducedMemory` of every token, undifferentiated: what the read's cases start from."""
+    return write_reduced(jax.lax.stop_gradient(pk), jax.lax.stop_gradient(v), prm, jnp.ones(pk.shape[0], bool))
+
+
 def _per_head(fn):
     """vmap a per-head function over heads (with per-head params) then batch."""
     return jax.vmap(jax.vmap(fn, in_axes=(0, 0, 0, 0)), in_axes=(0, 0, 0, None))
@@ -98,7 +103,7 @@ def cases(fm, read_steps):
         return _fold(every * mem.log_decay[:, None], v.shape[-1])
 
     def read(pq, pk, v, prm):
-        mem = write_reduced(jax.lax.stop_gradient(pk), jax.lax.stop_gradient(v), prm, jnp.ones(pk.shape[0], bool))
+        mem = _frozen_memory(pk, v, prm)
         z = reduced_read(
             pq,
             mem,
@@ -115,7 +120,7 @@ def cases(fm, read_steps):
         return _fold(z, v.shape[-1])
 
     def floor_inputs(pq, pk, v, prm):
-        mem = write_reduced(jax.lax.stop_gradient(pk), jax.lax.stop_gradient(v), prm, jnp.ones(pk.shape[0], bool))
+        mem = _frozen_memory(pk, v, prm)
         field = _read_field(pq, mem.read_weights(True), prm, v.shape[-1])
         scalars = _step_scalars(field, read_grid(prm, v.shape[-1], pq.shape[-1], read_steps, pq.dtype))
         return field, scalars
